@@ -10,12 +10,17 @@
 
 #include "errors.h"
 #include "generator.h"
+#include "host_backend.h"
 #include "philox.h"
 #include "remask.h"
 #include "sampler.h"
 
 #ifdef SDAR_HAVE_CUDA
 #include "cuda/bindings_cuda.h"  // GPU kernels for tests and benchmarks
+#include "cuda/device_backend.h"
+#endif
+#ifdef SDAR_HAVE_TENSORRT
+#include "trt/bindings_trt.h"
 #endif
 
 namespace py = pybind11;
@@ -38,6 +43,20 @@ class PyEngine : public Engine {
     if (PyErr_CheckSignals() != 0) throw py::error_already_set();
   }
 };
+
+// "cpu": the host loop and sampler; "cuda": cache, buffers and unmasking on the current GPU.
+std::unique_ptr<DecodeBackend> make_backend(const std::string& device) {
+  if (device == "cpu") return std::make_unique<HostBackend>();
+  if (device == "cuda") {
+#ifdef SDAR_HAVE_CUDA
+    return std::make_unique<cuda::DeviceBackend>();  // throws a clear DeviceError without a GPU
+#else
+    throw Error("device='cuda' needs sdar_rt built with its CUDA kernels, and this build has none (nvcc was not "
+                "found when it was installed): reinstall it with the CUDA toolkit on PATH, or use device='cpu'");
+#endif
+  }
+  throw InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
+}
 
 py::dict stats_dict(const Stats& s) {
   py::dict d;
@@ -203,7 +222,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("vocab_size", &EngineBindings::vocab_size)
       .def_readonly("max_context", &EngineBindings::max_context)
       .def_property_readonly("kv_dtype", [](const EngineBindings& b) { return dtype_name(b.kv_dtype); })
-      .def_readonly("device_memory", &EngineBindings::device_memory);
+      .def_readonly("device_memory", &EngineBindings::device_memory)
+      .def_readonly("stream", &EngineBindings::stream);
 
   py::class_<Engine, PyEngine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init<>())
@@ -211,8 +231,12 @@ PYBIND11_MODULE(_core, m) {
       .def("run", &Engine::run, py::arg("kind"), py::arg("past_len"), py::arg("tokens"));
 
   py::class_<Generator>(m, "Generator")
-      .def(py::init<const ModelSpec&, std::shared_ptr<Engine>>(), py::arg("spec"), py::arg("engine"),
-           py::keep_alive<1, 3>())
+      .def(py::init([](const ModelSpec& spec, std::shared_ptr<Engine> engine, const std::string& device) {
+             return std::make_unique<Generator>(spec, std::move(engine), make_backend(device));
+           }),
+           py::arg("spec"), py::arg("engine"), py::arg("device") = "cpu", py::keep_alive<1, 3>(),
+           "device='cpu': host loop and sampler; 'cuda': KV cache, buffers and unmasking kernels on the current "
+           "GPU (the engine gets device addresses and the stream in its bindings).")
       .def(
           "generate",
           [](Generator& self, const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
@@ -259,6 +283,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("u") = 0.0, "One draw of the core's sampler: (token, confidence).");
 #ifdef SDAR_HAVE_CUDA
   sdar::cuda::bind_cuda(m);
+#endif
+#ifdef SDAR_HAVE_TENSORRT
+  sdar::trt::bind_trt(m);
 #endif
   m.def("build_info", []() {
     py::dict d;

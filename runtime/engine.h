@@ -31,6 +31,10 @@ struct EngineBindings {
   int max_context = 0;
   DType kv_dtype = DType::Float32;
   bool device_memory = false;     // false: host addresses
+  // Device memory only: the CUDA stream (a cudaStream_t as an integer) the decoding loop runs on.
+  // A run must be ordered on it: enqueue there, or synchronise it before reading the inputs and
+  // finish before returning. 0 on the host.
+  std::uintptr_t stream = 0;
 };
 
 class Engine {

@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "errors.h"
-#include "philox.h"
+#include "host_backend.h"
 #include "remask.h"
 
 namespace sdar {
@@ -34,16 +34,17 @@ struct Generator::Plan {
   std::vector<std::uint32_t> row_ids;
 };
 
-Generator::Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std::shared_ptr<Allocator> allocator)
+Generator::Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine)
+    : Generator(spec, std::move(engine), std::make_unique<HostBackend>()) {}
+
+Generator::Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std::unique_ptr<DecodeBackend> backend)
     : spec_((spec.validate(), spec)),
       engine_(std::move(engine)),
-      cache_(spec_, allocator),
-      buffers_(spec_, allocator),
-      sequence_(host_allocator(), sizeof(std::int64_t) * static_cast<std::size_t>(spec_.batch) *
-                                      static_cast<std::size_t>(spec_.max_context)),
-      masked_(host_allocator(), static_cast<std::size_t>(spec_.batch) * static_cast<std::size_t>(spec_.max_context)),
-      sampler_(spec_.vocab_size) {
+      backend_(backend ? std::move(backend) : throw InvalidArgument("Generator needs a decoding backend")),
+      cache_(spec_, backend_->allocator()),
+      buffers_(spec_, backend_->allocator()) {
   if (!engine_) throw InvalidArgument("Generator needs an engine");
+  backend_->attach(spec_, buffers_);
   bindings_.input_ids = reinterpret_cast<std::uintptr_t>(buffers_.input_ids());
   bindings_.ids_capacity = buffers_.ids_capacity();
   bindings_.logits = reinterpret_cast<std::uintptr_t>(buffers_.logits());
@@ -60,7 +61,8 @@ Generator::Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std:
   bindings_.vocab_size = spec_.vocab_size;
   bindings_.max_context = spec_.max_context;
   bindings_.kv_dtype = spec_.kv_dtype;
-  bindings_.device_memory = allocator->is_device();
+  bindings_.device_memory = backend_->allocator()->is_device();
+  bindings_.stream = backend_->stream();
   engine_->bind(bindings_);
 }
 
@@ -137,50 +139,35 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
   return plan;
 }
 
-void Generator::pack_ids(int start, int tokens) const {
-  if (tokens > buffers_.ids_capacity()) {
-    throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
-  }
-  const std::int64_t* seq = sequence_.as<std::int64_t>();
-  std::int64_t* ids = buffers_.input_ids();
-  const auto stride = static_cast<std::size_t>(spec_.max_context);
-  for (int r = 0; r < spec_.batch; ++r) {
-    std::copy_n(seq + static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(start), tokens,
-                ids + static_cast<std::size_t>(r) * static_cast<std::size_t>(tokens));
-  }
-}
-
-void Generator::run_engine(GraphKind kind, std::int64_t past_len, int tokens, Stats& stats) {
-  const auto start = Clock::now();
-  engine_->run(kind, past_len, tokens);
-  stats.engine_seconds += seconds_since(start);
-}
-
 GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>>& prompts,
                                      const GenerationConfig& config, const BlockCallback& on_block) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  try {
+    return decode(prompts, config, on_block);
+  } catch (...) {
+    backend_->after_failure();
+    throw;
+  }
+}
+
+GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>& prompts,
+                                   const GenerationConfig& config, const BlockCallback& on_block) {
   const auto call_start = Clock::now();
   const Plan plan = validate(prompts, config);
+  DecodeBackend& backend = *backend_;
+  Engine& engine = *engine_;
 
   const int L = spec_.block_length;
   const int B = spec_.batch;
-  const int V = spec_.vocab_size;
   const int n = plan.prompt_length;
   const int m = config.max_new_tokens;
-  const auto stride = static_cast<std::size_t>(spec_.max_context);
-  std::int64_t* seq = sequence_.as<std::int64_t>();
-  std::uint8_t* masked = masked_.as<std::uint8_t>();
-
-  // Rows beyond the prompts repeat prompt 0 (the graphs have a static batch) and are discarded.
-  for (int r = 0; r < B; ++r) {
-    const auto& prompt = prompts[static_cast<std::size_t>(r < plan.rows ? r : 0)];
-    std::int64_t* row = seq + static_cast<std::size_t>(r) * stride;
-    std::uint8_t* row_mask = masked + static_cast<std::size_t>(r) * stride;
-    std::copy(prompt.begin(), prompt.end(), row);
-    std::fill(row + n, row + plan.total, spec_.mask_id);
-    std::fill(row_mask, row_mask + n, std::uint8_t{0});
-    std::fill(row_mask + n, row_mask + plan.total, std::uint8_t{1});
-  }
+  CallSetup setup;
+  setup.prompts = &prompts;
+  setup.prompt_length = n;
+  setup.total = plan.total;
+  setup.row_ids = &plan.row_ids;
+  setup.config = &config;
+  backend.begin_call(setup);
 
   GenerationResult result;
   result.rows.resize(static_cast<std::size_t>(plan.rows));
@@ -193,8 +180,8 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
   std::int64_t past_len = 0;
   for (int start = 0; start < prefill_len; start += chunk) {
     const int tokens = std::min(chunk, prefill_len - start);
-    pack_ids(start, tokens);
-    run_engine(GraphKind::Prefill, past_len, tokens, stats);
+    backend.pack_ids(start, tokens);
+    backend.run_engine(engine, GraphKind::Prefill, past_len, tokens);
     ++stats.nfe_prefill;
     past_len += tokens;
   }
@@ -202,113 +189,67 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
 
   std::vector<std::uint8_t> done(static_cast<std::size_t>(B), 1);
   for (int r = 0; r < plan.rows; ++r) done[static_cast<std::size_t>(r)] = 0;
-  std::vector<std::uint32_t> row_steps(static_cast<std::size_t>(plan.rows), 0);
   std::vector<std::vector<std::int64_t>> block_tokens(static_cast<std::size_t>(plan.rows));
-  std::vector<int> masked_offsets, chosen, scratch;
-  std::vector<double> confidence;
-  std::vector<Sample> samples(static_cast<std::size_t>(L));
-  masked_offsets.reserve(static_cast<std::size_t>(L));
-  chosen.reserve(static_cast<std::size_t>(L));
-  scratch.reserve(static_cast<std::size_t>(L));
-  confidence.reserve(static_cast<std::size_t>(L));
-  const SampleParams sample_params{config.temperature, config.top_k, config.top_p};
+  std::vector<std::int64_t> block(static_cast<std::size_t>(B) * static_cast<std::size_t>(L));
+  StepRequest request;
+  request.done = &done;
 
   bool pending_commit = false;  // the previous block is finished but not yet in the cache
   const int first_block = prefill_len / L;
   const int last_block = plan.total / L - 1;
-  for (int block = first_block; block <= last_block; ++block) {
-    const int block_start = block * L;
+  for (int b = first_block; b <= last_block; ++b) {
+    const int block_start = b * L;
     const auto block_start_time = Clock::now();  // the block's latency includes its commit pass
     if (pending_commit && !config.fused_commit) {
-      pack_ids(block_start - L, L);
-      run_engine(GraphKind::Prefill, past_len, L, stats);
+      backend.pack_ids(block_start - L, L);
+      backend.run_engine(engine, GraphKind::Prefill, past_len, L);
       ++stats.nfe_commit;
       past_len += L;
       pending_commit = false;
     }
 
+    // Every running row has masked positions in every block of the call (they start at n and
+    // end at total), so all of them are active at the block's first step.
+    int active = static_cast<int>(std::count(done.begin(), done.begin() + plan.rows, std::uint8_t{0}));
     int step = 0;
-    for (;;) {
-      bool any_active = false;
-      for (int r = 0; r < plan.rows && !any_active; ++r) {
-        if (done[static_cast<std::size_t>(r)]) continue;
-        const std::uint8_t* row_mask = masked + static_cast<std::size_t>(r) * stride + block_start;
-        any_active = std::any_of(row_mask, row_mask + L, [](std::uint8_t v) { return v != 0; });
-      }
-      if (!any_active) break;
-
+    while (active > 0) {
       if (pending_commit) {  // fused: commit the previous block + first step of this one
-        pack_ids(block_start - L, 2 * L);
-        run_engine(GraphKind::Fused, past_len, 2 * L, stats);
+        backend.pack_ids(block_start - L, 2 * L);
+        backend.run_engine(engine, GraphKind::Fused, past_len, 2 * L);
         ++stats.nfe_fused;
         past_len += L;
         pending_commit = false;
       } else {
-        pack_ids(block_start, L);
-        run_engine(GraphKind::Decode, past_len, L, stats);
+        backend.pack_ids(block_start, L);
+        backend.run_engine(engine, GraphKind::Decode, past_len, L);
         ++stats.nfe_denoise;
       }
-
-      const int scheduled = step < plan.steps ? plan.schedule[static_cast<std::size_t>(step)] : L;
-      for (int r = 0; r < plan.rows; ++r) {
-        if (done[static_cast<std::size_t>(r)]) continue;
-        std::int64_t* row = seq + static_cast<std::size_t>(r) * stride + block_start;
-        std::uint8_t* row_mask = masked + static_cast<std::size_t>(r) * stride + block_start;
-        masked_offsets.clear();
-        for (int j = 0; j < L; ++j) {
-          if (row_mask[j]) masked_offsets.push_back(j);
-        }
-        if (masked_offsets.empty()) continue;  // finished block: left untouched (rule 8)
-        const int n_step = std::min(scheduled, static_cast<int>(masked_offsets.size()));
-        // Sequential fills the first n_step masked positions: sample only those.
-        const std::size_t to_sample =
-            config.remasking == RemaskPolicy::Sequential ? static_cast<std::size_t>(n_step) : masked_offsets.size();
-        confidence.clear();
-        const std::uint32_t row_step = row_steps[static_cast<std::size_t>(r)];
-        for (std::size_t i = 0; i < to_sample; ++i) {
-          const int j = masked_offsets[i];
-          const float* logits = buffers_.logits() +
-                                (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
-                                    static_cast<std::size_t>(V);
-          const double u = config.temperature == 0.0
-                               ? 0.0
-                               : philox_uniform(config.seed, plan.row_ids[static_cast<std::size_t>(r)], row_step,
-                                                static_cast<std::uint32_t>(block_start + j));
-          samples[static_cast<std::size_t>(j)] = sampler_.sample(logits, sample_params, u);
-          confidence.push_back(samples[static_cast<std::size_t>(j)].confidence);
-        }
-        if (config.remasking == RemaskPolicy::Sequential) {
-          chosen.assign(masked_offsets.begin(), masked_offsets.begin() + n_step);
-        } else {
-          select_positions(config.remasking, config.threshold, masked_offsets, confidence, n_step, scratch, chosen);
-        }
-        for (const int j : chosen) {
-          row[j] = samples[static_cast<std::size_t>(j)].token;
-          row_mask[j] = 0;
-        }
-        row_steps[static_cast<std::size_t>(r)] = row_step + 1;
-      }
+      request.block_start = block_start;
+      request.scheduled = step < plan.steps ? plan.schedule[static_cast<std::size_t>(step)] : L;
+      active = backend.unmask_step(request);
       ++step;
     }
     stats.steps_per_block.push_back(step);
 
     // Rule 7: collect this block's output and each row's status.
+    backend.read_block(block_start, block);
     bool all_done = true;
     for (int r = 0; r < plan.rows; ++r) {
       auto& out = block_tokens[static_cast<std::size_t>(r)];
       out.clear();
       auto& row_result = result.rows[static_cast<std::size_t>(r)];
       if (done[static_cast<std::size_t>(r)]) continue;
-      const std::int64_t* row = seq + static_cast<std::size_t>(r) * stride;
+      const std::int64_t* row = block.data() + static_cast<std::size_t>(r) * static_cast<std::size_t>(L);
       for (int p = std::max(n, block_start); p < block_start + L; ++p) {
         if (p - n >= m) break;
-        if (contains(plan.stop_ids, row[p])) {
+        const std::int64_t token = row[p - block_start];
+        if (contains(plan.stop_ids, token)) {
           row_result.finish_reason = "stop";
           done[static_cast<std::size_t>(r)] = 1;
           break;
         }
-        out.push_back(row[p]);
-        row_result.tokens.push_back(row[p]);
+        out.push_back(token);
+        row_result.tokens.push_back(token);
       }
       if (!done[static_cast<std::size_t>(r)] && static_cast<int>(row_result.tokens.size()) >= m) {
         row_result.finish_reason = "length";
@@ -317,8 +258,8 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
       all_done = all_done && done[static_cast<std::size_t>(r)];
     }
     stats.block_seconds.push_back(seconds_since(block_start_time));
-    if (block == first_block) stats.time_to_first_block = seconds_since(call_start);
-    if (on_block && !on_block(block - first_block, block_tokens)) {
+    if (b == first_block) stats.time_to_first_block = seconds_since(call_start);
+    if (on_block && !on_block(b - first_block, block_tokens)) {
       for (int r = 0; r < plan.rows; ++r) {
         if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
       }
@@ -332,6 +273,7 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
     if (row.finish_reason.empty()) row.finish_reason = "length";  // unreachable: the last block ends it
   }
   for (const auto& row : result.rows) stats.tokens_generated += static_cast<std::int64_t>(row.tokens.size());
+  stats.engine_seconds = backend.engine_seconds();
   stats.total_seconds = seconds_since(call_start);
   return result;
 }

@@ -1,5 +1,6 @@
-// The generation core: owns the KV cache, the step buffers and the engine, and runs
-// CONTRACTS.md's decoding rules 1-9 over a batch of equal-length prompts.
+// The generation core: owns the KV cache, the step buffers, the engine and the decoding backend
+// (host or GPU, decode_backend.h), and runs CONTRACTS.md's decoding rules 1-9 over a batch of
+// equal-length prompts.
 //
 // Thread safety: generate() holds a mutex for the whole call; a second concurrent call on the
 // same Generator blocks until the first returns. All per-call state (past length, masks, row
@@ -14,11 +15,11 @@
 #include <vector>
 
 #include "buffer.h"
+#include "decode_backend.h"
 #include "engine.h"
 #include "generation_config.h"
 #include "kv_cache.h"
 #include "model_spec.h"
-#include "sampler.h"
 #include "stats.h"
 #include "step_buffers.h"
 
@@ -42,8 +43,10 @@ struct GenerationResult {
 
 class Generator {
  public:
-  Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine,
-            std::shared_ptr<Allocator> allocator = host_allocator());
+  // The CPU path: cache and buffers in host memory, steps decided by the CPU sampler.
+  Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine);
+  // Any backend, e.g. cuda::DeviceBackend for the GPU path.
+  Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std::unique_ptr<DecodeBackend> backend);
 
   // prompts: 1..B token-id lists of equal, non-zero length. Validates everything before any work.
   GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts,
@@ -56,18 +59,15 @@ class Generator {
  private:
   struct Plan;  // validated per-call numbers
   Plan validate(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config) const;
-  // Copies seq rows [start, start + tokens) of every batch row into input_ids as [B, tokens].
-  void pack_ids(int start, int tokens) const;
-  void run_engine(GraphKind kind, std::int64_t past_len, int tokens, Stats& stats);
+  GenerationResult decode(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
+                          const BlockCallback& on_block);
 
   const ModelSpec spec_;
   std::shared_ptr<Engine> engine_;
+  std::unique_ptr<DecodeBackend> backend_;
   KvCache cache_;
   StepBuffers buffers_;
-  Buffer sequence_;  // int64 [B, max_context]: the tokens of every row
-  Buffer masked_;    // uint8 [B, max_context]: 1 where the position is still masked
   EngineBindings bindings_;
-  Sampler sampler_;
   std::mutex mutex_;
 };
 

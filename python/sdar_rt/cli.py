@@ -38,7 +38,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-fused", action="store_true", help="commit blocks with a separate pass")
     p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="default: cuda for TensorRT, cpu otherwise")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
 
 

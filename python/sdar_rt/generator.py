@@ -34,8 +34,12 @@ def _is_int(x: Any) -> bool:
 class Generator:
     """Loads an artifact directory and generates text with the SDAR decoding rules.
 
-    ``engine``: "auto" (TensorRT when built and the artifact has engines, else ONNX Runtime),
-    "ort", "trt", or a ``sdar_rt._core.Engine`` instance. ``device``: "cpu" or "cuda".
+    ``engine``: "auto" (TensorRT when built and the artifact has TensorRT engines, else ONNX
+    Runtime), "ort", "trt", or a ``sdar_rt._core.Engine`` instance.
+    ``device``: "cpu", "cuda" or None (TensorRT: "cuda"; otherwise "cpu"). With TensorRT (and with a custom engine and device="cuda") the
+    whole decoding loop runs on the GPU: KV cache and logits in device memory, unmasking by CUDA
+    kernels, one 4-byte host read per denoising step. With ONNX Runtime the loop stays on the host
+    and device="cuda" selects ONNX Runtime's CUDA provider (onnxruntime-gpu).
     ``threads``: ONNX Runtime intra-op threads (None: its default).
     """
 
@@ -43,14 +47,14 @@ class Generator:
         self,
         artifact_dir: str | Path,
         engine: Any = "auto",
-        device: str = "cpu",
+        device: str | None = None,
         threads: int | None = None,
         prefill_chunk: int | None = None,
     ):
         self.artifact: Artifact = load_artifact(artifact_dir)
         a = self.artifact
         self.tokenizer = Tokenizer(a.path, mask_id=a.mask_id)
-        self.engine = self._make_engine(engine, device, threads)
+        self.engine, self.device = self._make_engine(engine, device, threads)
         L = a.block_length
         chunk = prefill_chunk or a.manifest.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK
         if not _is_int(chunk) or chunk < 1:
@@ -70,27 +74,28 @@ class Generator:
             eos_ids=a.eos_ids,
             prefill_chunk=chunk,
         )
-        self._core = _core.Generator(self.spec, self.engine)
+        self._core = _core.Generator(self.spec, self.engine, device=self.device)
         self.last_output: GenerationOutput | list[GenerationOutput] | None = None
 
-    def _make_engine(self, engine: Any, device: str, threads: int | None):
+    def _make_engine(self, engine: Any, device: str | None, threads: int | None) -> tuple[Any, str]:
+        """(engine, where the decoding loop runs: "cpu" | "cuda")."""
+        if device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if isinstance(engine, _core.Engine):
-            return engine
+            return engine, device or "cpu"  # a custom engine gets the buffers of the device asked for
         if engine not in ("auto", "ort", "trt"):
             raise ValueError(f"engine must be 'auto', 'ort', 'trt' or an Engine instance, got {engine!r}")
-        has_trt = bool(_core.build_info()["tensorrt"])
-        if engine == "trt":
-            self.artifact.check_engine("trt")  # a weight scheme TensorRT cannot run is refused first
-            if not has_trt:
-                raise RuntimeError(
-                    "engine='trt' needs sdar_rt built with TensorRT (install on a machine where "
-                    "NvInfer.h and libnvinfer are found, e.g. a Jetson with JetPack), or use "
-                    "engine='ort'"
-                )
-            raise RuntimeError("the TensorRT engine is not available in this build yet; use engine='ort'")
+        from .trt_engine import make_trt_engine, tensorrt_available
+
+        has_plans = any(e.get("kind", "trt") == "trt" for e in self.artifact.manifest.get("engines", []))
+        if engine == "trt" or (engine == "auto" and device != "cpu" and tensorrt_available() and has_plans):
+            if device == "cpu":
+                raise ValueError("engine='trt' runs on the GPU: use device='cuda' (or leave device unset)")
+            return make_trt_engine(self.artifact), "cuda"
         from .ort_engine import OrtEngine
 
-        return OrtEngine(self.artifact, device=device, threads=threads)
+        # ONNX Runtime binds host buffers; device='cuda' selects its CUDA provider (onnxruntime-gpu).
+        return OrtEngine(self.artifact, device=device or "cpu", threads=threads), "cpu"
 
     # ------------------------------------------------------------------ public API
     def generate(

@@ -27,3 +27,12 @@ for source in "$ROOT"/runtime/trt/*.cpp; do
       -I"$ROOT/csrc" "$source"
   echo "ok  $(basename "$source")"
 done
+# The Python bindings with the CUDA and TensorRT parts switched on (needs pybind11 installed).
+if PYBIND_FLAGS=$(python3 -m pybind11 --includes 2>/dev/null); then
+  # shellcheck disable=SC2086
+  g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -isystem "$TRT_INCLUDE" -isystem "$CUDA_INCLUDE" $PYBIND_FLAGS \
+      -I"$ROOT/runtime" -I"$ROOT/csrc" -DSDAR_HAVE_CUDA=1 -DSDAR_HAVE_TENSORRT=1 "$ROOT/csrc/bindings.cpp"
+  echo "ok  bindings.cpp (CUDA + TensorRT)"
+else
+  echo "skip bindings.cpp: pybind11 is not installed"
+fi

@@ -85,9 +85,12 @@ struct TrtEngine::Impl {
   Buffer present_scratch;  // decode steps' K/V: [layers][K, V][L rows], never read back
   EngineBindings b;
   bool bound = false;
+  bool synchronous = true;  // options.synchronous, off when a device loop shares the stream
 
   ~Impl() {
-    if (stream != nullptr) cudaStreamSynchronize(stream);  // nothing in flight on freed memory
+    // Nothing in flight on memory about to be freed. A stream adopted from the bindings may be
+    // gone already; cudaFree synchronises the device anyway.
+    if (own_stream) cudaStreamSynchronize(own_stream->get());
     cudaGetLastError();
   }
 
@@ -316,6 +319,10 @@ void TrtEngine::bind(const EngineBindings& bindings) {
     throw EngineError("engine bindings: one K and one V cache buffer per layer expected");
   }
   m.b = bindings;
+  // The GPU decoding loop's stream: enqueue there, so its unmasking kernel follows each pass
+  // without a host sync.
+  if (bindings.stream != 0) m.stream = reinterpret_cast<cudaStream_t>(bindings.stream);
+  m.synchronous = m.options.synchronous && bindings.stream == 0;
   m.present_scratch = Buffer(m.allocator, 2 * static_cast<std::size_t>(bindings.num_layers) *
                                               static_cast<std::size_t>(bindings.block_length) * bindings.row_bytes,
                              256);
@@ -385,7 +392,7 @@ void TrtEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
     m.prepare(g, past_len, tokens, past_len);
     m.enqueue(g);
   }
-  if (m.options.synchronous) SDAR_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  if (m.synchronous) SDAR_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 
 }  // namespace sdar::trt

@@ -31,8 +31,10 @@ struct TrtEngineOptions {
   bool cuda_graphs = true;
   // true: run() returns after the step finished (host consumers of the logits); false: the
   // step is only enqueued on stream() (a GPU consumer on the same stream needs no sync).
+  // Bindings that carry a stream (the GPU decoding loop) imply false.
   bool synchronous = true;
-  // Stream the engine enqueues on; null: the engine creates its own non-blocking stream.
+  // Stream the engine enqueues on until bind(); null: the engine creates its own non-blocking
+  // stream. bind() adopts EngineBindings::stream when it is set.
   cudaStream_t stream = nullptr;
 };
 

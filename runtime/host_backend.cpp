@@ -1,0 +1,127 @@
+#include "host_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+#include "errors.h"
+#include "philox.h"
+#include "remask.h"
+
+namespace sdar {
+
+void HostBackend::attach(const ModelSpec& spec, const StepBuffers& buffers) {
+  spec_ = spec;
+  buffers_ = &buffers;
+  sampler_ = std::make_unique<Sampler>(spec.vocab_size);
+  const auto cells = static_cast<std::size_t>(spec.batch) * static_cast<std::size_t>(spec.max_context);
+  sequence_ = Buffer(host_allocator(), sizeof(std::int64_t) * cells);
+  masked_ = Buffer(host_allocator(), cells);
+  const auto L = static_cast<std::size_t>(spec.block_length);
+  masked_offsets_.reserve(L);
+  chosen_.reserve(L);
+  scratch_.reserve(L);
+  confidence_.reserve(L);
+  samples_.resize(L);
+}
+
+void HostBackend::begin_call(const CallSetup& setup) {
+  call_ = setup;
+  engine_seconds_ = 0.0;
+  const auto& prompts = *setup.prompts;
+  const int n = setup.prompt_length;
+  const auto stride = static_cast<std::size_t>(spec_.max_context);
+  for (int r = 0; r < spec_.batch; ++r) {
+    const auto& prompt = prompts[static_cast<std::size_t>(r) < prompts.size() ? static_cast<std::size_t>(r) : 0];
+    std::int64_t* row = sequence_.as<std::int64_t>() + static_cast<std::size_t>(r) * stride;
+    std::uint8_t* row_mask = masked_.as<std::uint8_t>() + static_cast<std::size_t>(r) * stride;
+    std::copy(prompt.begin(), prompt.end(), row);
+    std::fill(row + n, row + setup.total, spec_.mask_id);
+    std::fill(row_mask, row_mask + n, std::uint8_t{0});
+    std::fill(row_mask + n, row_mask + setup.total, std::uint8_t{1});
+  }
+  row_steps_.assign(prompts.size(), 0);
+}
+
+void HostBackend::pack_ids(int start, int tokens) {
+  if (tokens > buffers_->ids_capacity()) {
+    throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
+  }
+  const std::int64_t* seq = sequence_.as<std::int64_t>();
+  std::int64_t* ids = buffers_->input_ids();
+  const auto stride = static_cast<std::size_t>(spec_.max_context);
+  for (int r = 0; r < spec_.batch; ++r) {
+    std::copy_n(seq + static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(start), tokens,
+                ids + static_cast<std::size_t>(r) * static_cast<std::size_t>(tokens));
+  }
+}
+
+void HostBackend::run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) {
+  const auto start = std::chrono::steady_clock::now();
+  engine.run(kind, past_len, tokens);
+  engine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+int HostBackend::unmask_step(const StepRequest& request) {
+  const GenerationConfig& config = *call_.config;
+  const int L = spec_.block_length;
+  const int V = spec_.vocab_size;
+  const int rows = static_cast<int>(call_.prompts->size());
+  const auto stride = static_cast<std::size_t>(spec_.max_context);
+  const SampleParams sample_params{config.temperature, config.top_k, config.top_p};
+  int active = 0;
+  for (int r = 0; r < rows; ++r) {
+    if ((*request.done)[static_cast<std::size_t>(r)]) continue;
+    const std::size_t row_offset = static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(request.block_start);
+    std::int64_t* row = sequence_.as<std::int64_t>() + row_offset;
+    std::uint8_t* row_mask = masked_.as<std::uint8_t>() + row_offset;
+    masked_offsets_.clear();
+    for (int j = 0; j < L; ++j) {
+      if (row_mask[j]) masked_offsets_.push_back(j);
+    }
+    if (masked_offsets_.empty()) continue;  // finished block: left untouched (rule 8)
+    const int n_step = std::min(request.scheduled, static_cast<int>(masked_offsets_.size()));
+    // Sequential fills the first n_step masked positions: sample only those.
+    const std::size_t to_sample =
+        config.remasking == RemaskPolicy::Sequential ? static_cast<std::size_t>(n_step) : masked_offsets_.size();
+    confidence_.clear();
+    const std::uint32_t row_step = row_steps_[static_cast<std::size_t>(r)];
+    for (std::size_t i = 0; i < to_sample; ++i) {
+      const int j = masked_offsets_[i];
+      const float* logits = buffers_->logits() +
+                            (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
+                                static_cast<std::size_t>(V);
+      const double u = config.temperature == 0.0
+                           ? 0.0
+                           : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,
+                                            static_cast<std::uint32_t>(request.block_start + j));
+      samples_[static_cast<std::size_t>(j)] = sampler_->sample(logits, sample_params, u);
+      confidence_.push_back(samples_[static_cast<std::size_t>(j)].confidence);
+    }
+    if (config.remasking == RemaskPolicy::Sequential) {
+      chosen_.assign(masked_offsets_.begin(), masked_offsets_.begin() + n_step);
+    } else {
+      select_positions(config.remasking, config.threshold, masked_offsets_, confidence_, n_step, scratch_, chosen_);
+    }
+    for (const int j : chosen_) {
+      row[j] = samples_[static_cast<std::size_t>(j)].token;
+      row_mask[j] = 0;
+    }
+    row_steps_[static_cast<std::size_t>(r)] = row_step + 1;
+    if (masked_offsets_.size() > chosen_.size()) ++active;
+  }
+  return active;
+}
+
+void HostBackend::read_block(int block_start, std::vector<std::int64_t>& tokens) {
+  const int L = spec_.block_length;
+  const auto stride = static_cast<std::size_t>(spec_.max_context);
+  tokens.resize(static_cast<std::size_t>(spec_.batch) * static_cast<std::size_t>(L));
+  for (int r = 0; r < spec_.batch; ++r) {
+    const std::int64_t* row = sequence_.as<std::int64_t>() + static_cast<std::size_t>(r) * stride +
+                              static_cast<std::size_t>(block_start);
+    std::copy_n(row, L, tokens.begin() + static_cast<std::ptrdiff_t>(r) * L);
+  }
+}
+
+}  // namespace sdar

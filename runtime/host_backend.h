@@ -1,0 +1,43 @@
+// The CPU decoding backend: the token sequence and masks in host memory, the engine timed with
+// the host clock, and each denoising step decided by the CPU sampler (float64, sampler.h) and
+// the remasking rules (remask.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "decode_backend.h"
+#include "sampler.h"
+
+namespace sdar {
+
+class HostBackend final : public DecodeBackend {
+ public:
+  HostBackend() = default;
+
+  std::shared_ptr<Allocator> allocator() const override { return host_allocator(); }
+  void attach(const ModelSpec& spec, const StepBuffers& buffers) override;
+  void begin_call(const CallSetup& setup) override;
+  void pack_ids(int start, int tokens) override;
+  void run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) override;
+  int unmask_step(const StepRequest& request) override;
+  void read_block(int block_start, std::vector<std::int64_t>& tokens) override;
+  double engine_seconds() override { return engine_seconds_; }
+
+ private:
+  ModelSpec spec_;
+  const StepBuffers* buffers_ = nullptr;
+  std::unique_ptr<Sampler> sampler_;
+  Buffer sequence_;  // int64 [B, max_context]: the tokens of every row
+  Buffer masked_;    // uint8 [B, max_context]: 1 where the position is still masked
+  CallSetup call_;
+  std::vector<std::uint32_t> row_steps_;  // denoising steps each row has run in this call
+  double engine_seconds_ = 0.0;
+  // Per-step scratch, reserved once (no allocation per step).
+  std::vector<int> masked_offsets_, chosen_, scratch_;
+  std::vector<double> confidence_;
+  std::vector<Sample> samples_;
+};
+
+}  // namespace sdar
