@@ -1,5 +1,7 @@
 """Micro-benchmark of the GPU unmasking step (not a test): kernel time per denoising step at the
-real SDAR vocabulary, measured with CUDA events around each step on the default stream.
+real SDAR vocabulary, measured with CUDA events around each step on the default stream; then the
+GPU decoding loop's time per step around a no-op engine (host cost of a step: copying the block's
+ids, the unmasking launch, the 4-byte "rows active" read; the kernel time above is inside it).
 
     python tests/bench_gpu_unmask.py [--vocab 151936] [--iters 200]
 
@@ -80,7 +82,42 @@ def main(argv: list[str] | None = None) -> int:
                 q = statistics.quantiles(times, n=10)
                 median = statistics.median(times)
                 print(f"L={L:<3d} {dtype:<9s} {name:<32s} {median:9.1f} {q[0]:9.1f} {q[-1]:9.1f}")
+    loop_time_per_step(V, B, rng)
     return 0
+
+
+class FixedLogitsEngine(_core.Engine):
+    """Leaves random logits in the core's device buffer once and does nothing per pass, so the
+    loop's own cost per step is what a run measures."""
+
+    def __init__(self, rng: np.random.Generator):
+        super().__init__()
+        self.rng = rng
+
+    def bind(self, b) -> None:
+        logits = (self.rng.standard_normal((b.batch, b.block_length, b.vocab_size)) * 3).astype(np.float32)
+        _core.cuda_copy_to_device(b.logits, logits)
+
+    def run(self, kind, past_len: int, tokens: int) -> None:
+        pass
+
+
+def loop_time_per_step(V: int, B: int, rng: np.random.Generator) -> None:
+    print("GPU decoding loop, no-op engine (static remasking, 1 token per step); microseconds per step:")
+    print("  wall = the whole loop; engine = event time of the no-op pass (the Python call is outside it)")
+    for L in (4, 16):
+        spec = _core.ModelSpec(num_layers=1, num_kv_heads=1, head_dim=8, vocab_size=V, block_length=L,
+                               max_context=1024, batch=B, mask_id=0)
+        gen = _core.Generator(spec, FixedLogitsEngine(rng), device="cuda")
+        config = _core.GenerationConfig(max_new_tokens=512, denoising_steps=L,
+                                        remasking="low_confidence_static")
+        prompts = [[1] * L for _ in range(B)]
+        gen.generate(prompts, config)  # warm-up
+        out = gen.generate(prompts, config)
+        s = out.stats
+        steps = sum(s.steps_per_block)
+        print(f"L={L:<3d} wall {1e6 * s.total_seconds / steps:8.1f}   "
+              f"wall - engine {1e6 * (s.total_seconds - s.engine_seconds) / steps:8.1f}   ({steps} steps)")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,23 @@ T* device_ptr(std::uintptr_t address) {
 inline void bind_cuda(py::module_& m) {
   m.def("cuda_device_count", &device_count, "Usable CUDA devices (0 without a GPU or driver).");
   m.def("cuda_device_synchronize", []() { SDAR_CUDA_CHECK(cudaDeviceSynchronize()); });
+  m.def(
+      "cuda_copy_to_device",
+      [](std::uintptr_t address, const py::buffer& data) {
+        const py::buffer_info info = data.request();
+        SDAR_CUDA_CHECK(cudaMemcpy(device_ptr<void>(address), info.ptr, static_cast<std::size_t>(info.size * info.itemsize),
+                                   cudaMemcpyHostToDevice));
+      },
+      py::arg("address"), py::arg("data"),
+      "Synchronous copy of a host buffer to a device address (tests and benchmarks: e.g. an engine's logits).");
+  m.def(
+      "cuda_memory_info",
+      []() {
+        std::size_t free_bytes = 0, total_bytes = 0;
+        SDAR_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        return py::make_tuple(free_bytes, total_bytes);
+      },
+      "(free, total) bytes of the current device (cudaMemGetInfo; on Jetson the memory shared with the CPU).");
 
   py::class_<DeviceArray>(m, "DeviceArray")
       .def(py::init<std::size_t>(), py::arg("nbytes"))

@@ -36,10 +36,11 @@ class Generator:
 
     ``engine``: "auto" (TensorRT when built and the artifact has TensorRT engines, else ONNX
     Runtime), "ort", "trt", or a ``sdar_rt._core.Engine`` instance.
-    ``device``: "cpu", "cuda" or None (TensorRT: "cuda"; otherwise "cpu"). With TensorRT (and with a custom engine and device="cuda") the
-    whole decoding loop runs on the GPU: KV cache and logits in device memory, unmasking by CUDA
-    kernels, one 4-byte host read per denoising step. With ONNX Runtime the loop stays on the host
-    and device="cuda" selects ONNX Runtime's CUDA provider (onnxruntime-gpu).
+    ``device``: "cpu", "cuda" or None (TensorRT: "cuda"; otherwise "cpu"). With TensorRT (and
+    with a custom engine and device="cuda") the whole decoding loop runs on the GPU: KV cache and
+    logits in device memory, unmasking by CUDA kernels, one 4-byte host read per denoising step.
+    With ONNX Runtime the loop stays on the host and device="cuda" selects ONNX Runtime's CUDA
+    provider (onnxruntime-gpu).
     ``threads``: ONNX Runtime intra-op threads (None: its default).
     """
 
