@@ -143,6 +143,12 @@ def test_stop_strings_and_ids(gen):
     word = text.strip().split()[2] if len(text.split()) > 2 else text[-3:]
     by_text = gen.generate("Once upon a time", max_new_tokens=40, chat=False, stop=word)
     assert by_text.text == text[: text.find(word)] and by_text.finish_reason == "stop"
+    # Streaming holds back what could be the start of a stop string: the pieces never show any of
+    # it, so they add up to the cut text exactly (a piece with part of `word` would break this).
+    pieces = list(gen.stream("Once upon a time", max_new_tokens=40, chat=False, stop=word))
+    assert "".join(pieces) == by_text.text and gen.last_output.finish_reason == "stop"
+    ahead = word + "\n" + text  # a stop string longer than the whole output never matches
+    assert "".join(gen.stream("Once upon a time", max_new_tokens=40, chat=False, stop=ahead)) == text
 
 
 def test_tokenizer_and_chat(gen):

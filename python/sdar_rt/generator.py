@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
+from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
 
 REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
@@ -353,37 +354,35 @@ class Generator:
         n = len(prompts[0])
         L = self.spec.block_length
         m = config.max_new_tokens
-        tokens: list[list[int]] = [[] for _ in prompts]
+        texts = [IncrementalText(tok) for _ in prompts]  # O(block) decoding per block, not O(row)
+        visible = [""] * len(prompts)  # text up to the first stop string
         emitted = [""] * len(prompts)  # text already handed to on_text
         ended = [False] * len(prompts)  # finished in the core or by a stop string
         string_stop = [False] * len(prompts)
-
-        def visible(r: int) -> str:
-            text = tok.decode(tokens[r])
-            for s in stop_strings:
-                cut = text.find(s)
-                if cut >= 0:
-                    text = text[:cut]
-                    string_stop[r] = True
-            return text
+        # While a row runs, its last (longest stop - 1) characters may be the start of a stop
+        # string: they are held back so streamed text never shows part of a stop string.
+        hold = max((len(s) for s in stop_strings), default=1) - 1
 
         def on_block(block: int, block_tokens) -> bool:
             expected = L - n % L if block == 0 else L
             for r, new in enumerate(block_tokens):
                 if ended[r]:
                     continue
-                remaining = m - len(tokens[r])
-                tokens[r].extend(new)
-                if len(new) < min(expected, remaining):
+                t = texts[r]
+                remaining = m - len(t.ids)
+                before = len(t.text)
+                t.extend(new)
+                if len(new) < min(expected, remaining) or len(t.ids) >= m:
                     ended[r] = True  # stop id or length reached in the core
-                text = visible(r)
-                if string_stop[r]:
-                    ended[r] = True
-                elif not ended[r] and len(tokens[r]) < m:
-                    text = text.rstrip("\ufffd")  # hold back an incomplete multi-byte character
-                if on_text is not None and text.startswith(emitted[r]) and len(text) > len(emitted[r]):
-                    on_text(row_indices[r], text[len(emitted[r]) :])
-                    emitted[r] = text
+                    t.finish()
+                cut = first_stop(t.text, stop_strings, before) if stop_strings else None
+                if cut is not None:
+                    string_stop[r] = ended[r] = True
+                visible[r] = t.text if cut is None else t.text[:cut]
+                ready = visible[r] if ended[r] else visible[r][: len(visible[r]) - hold]
+                if on_text is not None and len(ready) > len(emitted[r]):
+                    on_text(row_indices[r], ready[len(emitted[r]) :])
+                    emitted[r] = ready
             if cancel is not None and cancel.is_set():
                 return False
             return not (stop_strings and all(ended))
@@ -397,13 +396,12 @@ class Generator:
             ids = list(row.tokens)
             text = tok.decode(ids)
             reason = row.finish_reason
-            for s in stop_strings:
-                cut = text.find(s)
-                if cut >= 0:
-                    text, reason = text[:cut], "stop"
+            cut = first_stop(text, stop_strings) if stop_strings else None
+            if cut is not None:
+                text, reason = text[:cut], "stop"
             if reason == "cancelled" and string_stop[r]:
                 reason = "stop"
             if on_text is not None and text.startswith(emitted[r]) and len(text) > len(emitted[r]):
-                on_text(row_indices[r], text[len(emitted[r]) :])
+                on_text(row_indices[r], text[len(emitted[r]) :])  # what was held back
             outs.append(GenerationOutput(text, ids, reason, stats))
         return outs
