@@ -145,10 +145,26 @@ def _parser() -> argparse.ArgumentParser:
         help="export max context (default: exporter's; 1024 with --shape)",
     )
     p.add_argument("--fp16", action="store_true", help="export in float16")
+    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"],
+                   help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="where sdar_rt's decoding loop runs (default: cuda for TensorRT, else cpu)")
     p.add_argument("--memory-calls", type=int, default=0, help="generate calls for a memory-flatness run")
     p.add_argument("--json", default=None, help="write the report here (default: print it on stdout)")
     p.add_argument("--plot", default=None, help="PNG plot path (default: next to --json; needs matplotlib)")
     return p
+
+
+def _device_memory_mib(gen) -> float | None:
+    """GPU memory in use (total - free, all processes) after a run, when the loop runs on the GPU.
+    sdar_rt allocates its device memory once per Generator, so this is its steady state; on a
+    Jetson the GPU shares RAM with the CPU (tegrastats shows both)."""
+    if gen.device != "cuda":
+        return None
+    from . import _core
+
+    free, total = _core.cuda_memory_info()
+    return (total - free) / 2**20
 
 
 def _memory_run(gen, prompts, calls: int, kwargs: dict) -> dict:
@@ -183,7 +199,7 @@ def _sdar_sweep(a, targets, checks: Checks, report: dict) -> dict:
     primary: dict = {}
     for L in lengths:
         for B in batches:
-            gen = Generator(targets.artifact(L, B), threads=a.threads)
+            gen = Generator(targets.artifact(L, B), engine=a.engine, device=a.device, threads=a.threads)
             texts = _prompt_texts(gen, a.prompts)
             report["settings"].setdefault("prompts", texts)
             for P in plens:
@@ -221,7 +237,9 @@ def _sdar_sweep(a, targets, checks: Checks, report: dict) -> dict:
                             single = [[rows[0]] * B for rows in b1_outputs[key]]
                             checks.equal(f"batch {B} rows vs batch 1 {cfg}", out_f, single)
                         for row, commit in ((fused, "fused"), (sep, "separate")):
-                            row.update(system="sdar_rt", config={**cfg, "commit": commit})
+                            row.update(system="sdar_rt", config={**cfg, "commit": commit},
+                                       engine=type(gen.engine).__name__, device=gen.device,
+                                       device_memory_in_use_mib=_device_memory_mib(gen))
                             report["results"].append(row)
                         if not primary:
                             primary = {
@@ -252,7 +270,7 @@ def _ar(a, targets, primary: dict) -> dict:
     from .generator import Generator
 
     prompts = primary["prompts"]
-    gen = Generator(targets.artifact(1, 1), threads=a.threads)
+    gen = Generator(targets.artifact(1, 1), engine=a.engine, device=a.device, threads=a.threads)
     _log(f"ar baseline (block length 1, one forward per token): {a.runs} x {len(prompts)} calls")
     kwargs = {"max_new_tokens": a.max_new_tokens, "denoising_steps": 1, "fused_commit": True}
     row, _ = time_sdar(gen, prompts, runs=a.runs, warmup=a.warmup, kwargs=kwargs, limits=_limits(primary))
