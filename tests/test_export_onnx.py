@@ -49,13 +49,14 @@ def _model(ckpt, dtype="float32"):
 def test_artifact_layout_and_manifest(artifact, ckpt):
     out, summary = artifact
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["manifest.json", "prefill.onnx", "decode.onnx", "fused.onnx", "tokenizer.json",
-                            "tokenizer_config.json", "generation_config.json", "config.json"])
+    assert names == sorted(["manifest.json", "prefill.onnx", "decode.onnx", "fused.onnx", "step.onnx",
+                            "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                            "config.json"])
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
     m = json.loads((out / "manifest.json").read_text())
     sdar_rt_artifact = pytest.importorskip("sdar_rt.artifact")
     sdar_rt_artifact.validate_manifest(m)
-    assert m["format"] == "sdar_rt.artifact" and m["format_version"] == 1
+    assert m["format"] == "sdar_rt.artifact" and m["format_version"] == 2
     ck = load_checkpoint(ckpt, with_weights=False)
     assert m["source"]["checkpoint_sha256"] == ck.sha256
     assert m["model"] == {"num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
@@ -67,6 +68,9 @@ def test_artifact_layout_and_manifest(artifact, ckpt):
     assert (g["decode"]["tokens"], g["decode"]["logits"]) == (L, L)
     assert (g["fused"]["tokens"], g["fused"]["logits"]) == (2 * L, L)
     assert g["prefill"]["unused_inputs"] == ["past_key_1", "past_value_1"]
+    assert (g["step"]["tokens"], g["step"]["logits"], g["step"]["engine"]) == (None, "num_logits", "ort")
+    assert g["step"]["inputs"]["num_logits"] == {"dtype": "int64", "shape": [1]}
+    assert g["step"]["outputs"]["logits"]["shape"] == [1, "num_logits", 512]
     for kind in g:
         errs = m["validation"][kind]
         assert errs and max(errs.values()) < 1e-4
@@ -162,12 +166,13 @@ def test_external_data_single_graph(ckpt, tmp_path):
 
 
 def test_shared_external_data_for_all_graphs(ckpt, tmp_path):
-    """Over the protobuf limit (here forced with threshold 0) the three graphs share one data file
-    holding each weight once, under the same content-hash initializer names."""
+    """Over the protobuf limit (here forced with threshold 0) the four graphs share one data file
+    holding each weight once, under the same content-hash initializer names (the step graph's
+    fused projections Concat those same initializers: no second copy on disk)."""
     model = _model(ckpt)
     graphs = export_all(model, tmp_path, L, external_data_threshold=0)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["decode.onnx", "fused.onnx", "prefill.onnx",
-                                                           "weights.onnx.data"]
+                                                           "step.onnx", "weights.onnx.data"]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert (tmp_path / "weights.onnx.data").stat().st_size < 1.1 * weight_bytes
     names = {}
@@ -175,8 +180,9 @@ def test_shared_external_data_for_all_graphs(ckpt, tmp_path):
         assert g["external_data"] == "weights.onnx.data"
         m = onnx.load(str(tmp_path / g["file"]), load_external_data=False)
         names[kind] = {t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-    assert names["decode"] == names["fused"] and names["prefill"] < names["decode"]
-    validate_artifact_graphs(model, tmp_path, {"fused": graphs["fused"]}, L, MAX_CTX, 1, "float32")
+    assert names["decode"] == names["fused"] == names["step"] and names["prefill"] < names["decode"]
+    validate_artifact_graphs(model, tmp_path, {k: graphs[k] for k in ("fused", "step")}, L, MAX_CTX, 1,
+                             "float32")
 
 
 def test_cli_main_and_force(ckpt, tmp_path, capsys):

@@ -126,6 +126,7 @@ def test_build_engines_from_artifact(tmp_path, monkeypatch):
     # rebuilding replaces entries instead of duplicating them
     assert cli.main([str(art), "--engine", "trt", "-q"]) == 0
     assert len(json.loads((art / "manifest.json").read_text())["engines"]) == 3
+    assert not (art / "step.plan").exists()   # the ONNX Runtime-only step graph is not built
 
 
 def test_engine_onnx_on_artifact_is_refused(tmp_path):

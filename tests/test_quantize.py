@@ -115,7 +115,13 @@ def test_int4_matmulnbits_graphs(art4):
     for g, err in q["validation"]["exact_max_abs"].items():
         assert err < 1e-4, (g, err)
     assert 0 < q["validation"]["vs_float_rel"]["decode"]["logits"] < 1.0   # quantization error, reported
-    assert set(q["validation"]["shipped_rel"]) == {"prefill", "decode", "fused"}
+    assert set(q["validation"]["shipped_rel"]) == {"prefill", "decode", "fused", "step"}
+    assert "step" in q["validation"]["exact_max_abs"]
+    # the step graph: q/k/v and gate/up MatMulNBits fused over Concat-ed packed weights (2 per layer)
+    step = onnx.load(str(art4 / "step.onnx"))
+    fused = [n for n in step.graph.node if n.op_type == "MatMulNBits" and "_fused" in n.name]
+    assert len(fused) == 2 * man["model"]["num_layers"]
+    assert {n.op_type for n in step.graph.node if n.name.endswith("_concat")} == {"Concat"}
     names = {}
     for g in ("prefill", "decode", "fused"):
         m = onnx.load(str(art4 / f"{g}.onnx"))

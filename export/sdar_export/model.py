@@ -240,6 +240,8 @@ class SDARModel(nn.Module):
                 block_length: int, num_logits: int):
         """input_ids [B,T] int64, past_len [1] int64, past_keys/values: per layer [P,B,KVH,D].
 
+        ``num_logits``: an int (static), or an int64 [1] tensor (traced as a graph input).
+
         Returns (logits [B, num_logits, V] float32 or None, present_keys, present_values), the
         presents per layer [T,B,KVH,D] in the storage dtype.
         """
@@ -261,7 +263,12 @@ class SDARModel(nn.Module):
             pks.append(pk)
             pvs.append(pv)
         logits = None
-        if num_logits > 0:
+        if torch.is_tensor(num_logits):
+            # ONNX Runtime step graph: the row count is an input (0 in prefill, L in decode/fused),
+            # so one graph with a dynamic token axis serves every step kind (Range + Gather).
+            rows = torch.arange(T - num_logits.reshape(()), T, dtype=torch.int64)
+            logits = self.lm_head(self.norm(x.index_select(1, rows))).float()
+        elif num_logits > 0:
             h = self.norm(x[:, T - num_logits:])
             logits = self.lm_head(h).float()
         return logits, pks, pvs

@@ -1,9 +1,11 @@
-"""Export the three step graphs of CONTRACTS.md (prefill, decode, fused) to ONNX.
+"""Export the step graphs of CONTRACTS.md (prefill, decode, fused, and ONNX Runtime's step) to ONNX.
 
 I/O (all graphs): inputs ``input_ids`` [B,T] int64, ``past_len`` [1] int64, ``past_key_{i}`` /
 ``past_value_{i}`` [P,B,KVH,D]; outputs ``logits`` [B,NL,V] float32 (not in prefill),
 ``present_key_{i}`` / ``present_value_{i}`` [T,B,KVH,D]. P is a dynamic axis (0 allowed); B is
-static; T is static for decode (L) / fused (2L) and a dynamic multiple of L for prefill.
+static; T is static for decode (L) / fused (2L) and a dynamic multiple of L for prefill. The
+``step`` graph has a dynamic T and a ``num_logits`` [1] int64 input (logits of the last NL rows,
+0 allowed), and gets the ONNX Runtime-only rewrites of :mod:`sdar_export.ort_graph`.
 
 Exported with the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (opset 18 default):
 it handles the dynamic past axis, P == 0 included, and keeps plain ONNX ops (MatMul, Softmax,
@@ -38,22 +40,32 @@ EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)   # leave room for the graph itself
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str            # prefill | decode | fused
-    tokens: int | None   # static T, or None for the dynamic (multiple of L) prefill axis
-    logits: int          # number of logits rows (0 = no LM head)
+    name: str            # prefill | decode | fused | step
+    tokens: int | None   # static T, or None for the dynamic (multiple of L) token axis
+    logits: int          # number of logits rows (0 = no LM head); the step graph: most rows asked
+    logits_input: bool = False   # step: the row count is the ``num_logits`` input (0 .. T)
 
     @property
     def file(self) -> str:
         return f"{self.name}.onnx"
 
 
-def graph_specs(block_length: int) -> list[GraphSpec]:
+STEP_GRAPH = "step"
+
+
+def graph_specs(block_length: int, step: bool = True) -> list[GraphSpec]:
+    """The three standard-op graphs (every engine, TensorRT included) and, with ``step``, the ONNX
+    Runtime step graph: dynamic T plus a ``num_logits`` input, so one session (one copy of the
+    weights) runs prefill (0 rows), decode (T = L, L rows) and fused (T = 2L, L rows)."""
     L = block_length
-    return [GraphSpec("prefill", None, 0), GraphSpec("decode", L, L), GraphSpec("fused", 2 * L, L)]
+    specs = [GraphSpec("prefill", None, 0), GraphSpec("decode", L, L), GraphSpec("fused", 2 * L, L)]
+    if step:
+        specs.append(GraphSpec(STEP_GRAPH, None, L, logits_input=True))
+    return specs
 
 
-def input_names(num_layers: int) -> list[str]:
-    names = ["input_ids", "past_len"]
+def input_names(num_layers: int, num_logits: bool = False) -> list[str]:
+    names = ["input_ids", "past_len"] + (["num_logits"] if num_logits else [])
     for i in range(num_layers):
         names += [f"past_key_{i}", f"past_value_{i}"]
     return names
@@ -69,33 +81,38 @@ def output_names(num_layers: int, with_logits: bool) -> list[str]:
 class StepGraph(torch.nn.Module):
     """Flat-argument wrapper of SDARModel for one graph kind (what gets traced)."""
 
-    def __init__(self, model: SDARModel, block_length: int, num_logits: int):
+    def __init__(self, model: SDARModel, block_length: int, num_logits: int, logits_input: bool = False):
         super().__init__()
         self.model, self.L, self.NL = model, block_length, num_logits
+        self.logits_input = logits_input
         self.n = model.num_layers
 
-    def forward(self, input_ids, past_len, *past):
+    def forward(self, input_ids, past_len, *rest):
+        nl, past = (rest[0], rest[1:]) if self.logits_input else (self.NL, rest)
         pk = list(past[0::2])
         pv = list(past[1::2])
-        logits, ks, vs = self.model(input_ids, past_len, pk, pv, self.L, self.NL)
+        logits, ks, vs = self.model(input_ids, past_len, pk, pv, self.L, nl)
         out = [logits] if logits is not None else []
         for k, v in zip(ks, vs, strict=True):
             out += [k, v]
         return tuple(out)
 
 
-def example_inputs(model: SDARModel, batch: int, T: int, P: int, past_len: int, seed: int = 0):
-    """(input_ids, past_len, past_key_0, past_value_0, ...) with random finite cache contents."""
+def example_inputs(model: SDARModel, batch: int, T: int, P: int, past_len: int, seed: int = 0,
+                   num_logits: int | None = None):
+    """(input_ids, past_len, [num_logits,] past_key_0, past_value_0, ...) with random finite cache
+    contents; ``num_logits`` (the step graph's input) is included when given."""
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (batch, T), generator=g, dtype=torch.int64)
     pl = torch.tensor([past_len], dtype=torch.int64)
+    head = (ids, pl) if num_logits is None else (ids, pl, torch.tensor([num_logits], dtype=torch.int64))
     past = []
     for _ in range(cfg.num_hidden_layers):
         for _kv in range(2):
             past.append(torch.randn(P, batch, cfg.num_key_value_heads, cfg.head_dim,
                                     generator=g).to(model.dtype_))
-    return (ids, pl, *past)
+    return (*head, *past)
 
 
 def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_length: int, batch: int = 1,
@@ -114,8 +131,9 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
     path = Path(path)
     L, n = block_length, model.num_layers
     T_ex = spec.tokens if spec.tokens is not None else 2 * L
-    args = example_inputs(model, batch, T_ex, P=2 * L + 1, past_len=L)
-    in_names = input_names(n)
+    args = example_inputs(model, batch, T_ex, P=2 * L + 1, past_len=L,
+                          num_logits=spec.logits if spec.logits_input else None)
+    in_names = input_names(n, spec.logits_input)
     out_names = output_names(n, spec.logits > 0)
     dyn: dict[str, dict[int, str]] = {}
     for i in range(n):
@@ -126,7 +144,9 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
         for i in range(n):
             dyn[f"present_key_{i}"] = {0: "new_tokens"}
             dyn[f"present_value_{i}"] = {0: "new_tokens"}
-    wrapper = StepGraph(model, L, spec.logits).eval()
+    if spec.logits_input:
+        dyn["logits"] = {1: "num_logits"}
+    wrapper = StepGraph(model, L, spec.logits, spec.logits_input).eval()
     # The TorchScript exporter writes one external file per tensor next to the model when the graph
     # is over 2 GB: trace into a private scratch dir, then re-save as one file (+ one .data file).
     scratch = Path(tempfile.mkdtemp(prefix=f".scratch_{spec.name}_", dir=path.parent))
@@ -145,6 +165,9 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
     canonicalize_initializers(m)
     if rewrite is not None:
         rewrite(m, spec.name)
+    if spec.logits_input:
+        from .ort_graph import optimize_for_ort  # noqa: PLC0415
+        optimize_for_ort(m)
     limit = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
     if shared_data is None and sum(len(t.raw_data) for t in m.graph.initializer) > limit:
         shared_data = SharedWeights(path.with_name(path.name + ".data"))
@@ -157,9 +180,10 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
 def canonicalize_initializers(m) -> None:
     """Rename every initializer to ``w_<sha256 of dtype, shape, bytes>`` (identical tensors merged).
 
-    The same weight then has the same name in the prefill, decode and fused graphs, so they can
-    share one external data file, and a runtime can hand ONNX Runtime one copy of each weight for
-    all three sessions (``SessionOptions.add_initializer``) instead of loading the model 3 times.
+    The same weight then has the same name in every graph, so they share one external data file
+    (one copy on disk). In memory, ONNX Runtime prepacks matmul weights per session (a copy each,
+    and ``session.disable_prepacking`` makes 4-token matmuls ~2.7x slower on CPU), so the engine
+    runs every kind on the one ``step`` graph instead of sharing initializers between sessions.
     """
     import hashlib
 
@@ -249,7 +273,7 @@ def restore_unused_inputs(m, in_names: list[str], model: SDARModel, batch: int,
         elif name == "input_ids":
             new.append(helper.make_tensor_value_info(
                 name, TensorProto.INT64, [batch, "new_tokens" if dynamic_tokens else None]))
-        elif name == "past_len":
+        elif name in ("past_len", "num_logits"):
             new.append(helper.make_tensor_value_info(name, TensorProto.INT64, [1]))
         else:
             new.append(helper.make_tensor_value_info(
@@ -279,8 +303,10 @@ SHARED_DATA_FILE = "weights.onnx.data"
 
 
 def export_all(model: SDARModel, out_dir: str | Path, block_length: int, batch: int = 1, opset: int = 18,
-               progress=None, external_data_threshold: int | None = None, rewrite=None) -> dict[str, dict]:
-    """Export prefill/decode/fused into out_dir. Returns the manifest ``graphs`` section.
+               progress=None, external_data_threshold: int | None = None, rewrite=None,
+               step: bool = True) -> dict[str, dict]:
+    """Export prefill/decode/fused (and the ONNX Runtime step graph) into out_dir. Returns the
+    manifest ``graphs`` section.
 
     Models whose weights exceed the protobuf limit get one shared ``weights.onnx.data`` file.
     """
@@ -289,7 +315,7 @@ def export_all(model: SDARModel, out_dir: str | Path, block_length: int, batch: 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     shared = SharedWeights(out_dir / SHARED_DATA_FILE) if weight_bytes > limit else None
     graphs = {}
-    for spec in graph_specs(block_length):
+    for spec in graph_specs(block_length, step=step):
         if progress:
             progress(f"exporting {spec.file}")
         export_graph(model, spec, out_dir / spec.file, block_length, batch=batch, opset=opset,
@@ -307,15 +333,21 @@ def graph_manifest_entry(model: SDARModel, spec: GraphSpec, out_dir: Path, batch
     T = spec.tokens if spec.tokens is not None else "new_tokens"
     inputs = {"input_ids": {"dtype": "int64", "shape": [batch, T]},
               "past_len": {"dtype": "int64", "shape": [1]}}
+    if spec.logits_input:
+        inputs["num_logits"] = {"dtype": "int64", "shape": [1]}
     outputs = {}
     if spec.logits:
-        outputs["logits"] = {"dtype": "float32", "shape": [batch, spec.logits, cfg.vocab_size]}
+        rows = "num_logits" if spec.logits_input else spec.logits
+        outputs["logits"] = {"dtype": "float32", "shape": [batch, rows, cfg.vocab_size]}
     for i in range(n):
         for kind in ("key", "value"):
             inputs[f"past_{kind}_{i}"] = {"dtype": dt, "shape": ["past_seq", batch, kvh, D]}
             outputs[f"present_{kind}_{i}"] = {"dtype": dt, "shape": [T, batch, kvh, D]}
     e = {"file": spec.file, "tokens": spec.tokens, "logits": spec.logits,
          "inputs": inputs, "outputs": outputs}
+    if spec.logits_input:
+        # ONNX Runtime only (contrib ops, Concat-ed weights): TensorRT builds the three graphs above.
+        e.update(logits="num_logits", engine="ort", serves=["prefill", "decode", "fused"])
     unused = unused_inputs(out_dir / spec.file)
     if unused:
         e["unused_inputs"] = unused

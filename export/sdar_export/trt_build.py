@@ -83,6 +83,8 @@ def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_ch
     for name, g in manifest["graphs"].items():
         if graphs and name not in graphs:
             continue
+        if g.get("engine") == "ort":   # the ONNX Runtime step graph (contrib ops): not for TensorRT
+            continue
         log(f"building TensorRT engine for {g['file']}")
         builder = trt.Builder(logger)
         flags = 0

@@ -105,14 +105,22 @@ def validation_cases(kind: str, block_length: int, max_context: int, tokens: int
     return cases
 
 
-def validate_graph(model, path: str | Path, kind: str, num_logits: int, tokens: int | None,
+def step_cases(block_length: int, max_context: int) -> list[tuple[int, int, int, int]]:
+    """(T, P, past_len, num_logits) cases of the ONNX Runtime step graph: each use it serves."""
+    L = block_length
+    uses = (("prefill", None, 0), ("decode", L, L), ("fused", 2 * L, L))
+    return [(*c, nl) for kind, t, nl in uses for c in validation_cases(kind, L, max_context, t)]
+
+
+def validate_graph(model, path: str | Path, kind: str, num_logits: int | str, tokens: int | None,
                    block_length: int, max_context: int, batch: int = 1, dtype: str = "float32",
                    tolerance: tuple[float, float] | None = None, seed: int = 0,
                    session_config: dict | None = None) -> ValidationReport:
     """Compare one ONNX graph with the PyTorch model; returns a report (does not raise).
 
     ``session_config``: ONNX Runtime session config entries (e.g. the accuracy level of quantized
-    matmuls, see sdar_export.quantize).
+    matmuls, see sdar_export.quantize). ``num_logits == "num_logits"``: the step graph, run at
+    every use it serves (:func:`step_cases`).
     """
     import onnxruntime as ort
     import torch
@@ -130,15 +138,23 @@ def validate_graph(model, path: str | Path, kind: str, num_logits: int, tokens: 
     rep = ValidationReport(graph=kind)
     ref_max: dict[str, float] = {}
     bf16 = dtype == "bfloat16"
-    for ci, (T, P, pl) in enumerate(validation_cases(kind, block_length, max_context, tokens)):
-        args = example_inputs(model, batch, T, P, pl, seed=seed + 17 * ci + P)
+    step = num_logits == "num_logits"
+    if step:
+        cases = step_cases(block_length, max_context)
+    else:
+        cases = [(*c, num_logits) for c in validation_cases(kind, block_length, max_context, tokens)]
+    for ci, (T, P, pl, nl) in enumerate(cases):
+        args = example_inputs(model, batch, T, P, pl, seed=seed + 17 * ci + P,
+                              num_logits=nl if step else None)
+        past = args[3:] if step else args[2:]
         with torch.no_grad():
-            logits, ks, vs = model(args[0], args[1], list(args[2::2]), list(args[3::2]), block_length,
-                                   num_logits)
+            logits, ks, vs = model(args[0], args[1], list(past[0::2]), list(past[1::2]), block_length, nl)
+        if step and logits is None:   # the step graph always has the output, with 0 rows here
+            logits = torch.zeros(batch, 0, model.config.vocab_size)
         refs = ([logits] if logits is not None else []) + [x for kv in zip(ks, vs, strict=True) for x in kv]
-        onames = output_names(n, num_logits > 0)
+        onames = output_names(n, logits is not None)
         ref = {nm: r.float().numpy() for nm, r in zip(onames, refs, strict=True)}
-        feeds = {nm: _to_numpy(a) for nm, a in zip(input_names(n), args, strict=True) if nm in declared}
+        feeds = {nm: _to_numpy(a) for nm, a in zip(input_names(n, step), args, strict=True) if nm in declared}
         try:
             got = run_ort(sess, feeds, {k: v.shape for k, v in ref.items()}, bf16)
         except Exception as e:  # onnxruntime raises its own exception types

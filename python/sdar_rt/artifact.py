@@ -13,9 +13,12 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sdar_rt.artifact"
-MANIFEST_FORMAT_VERSION = 1
+# 2: the artifact also holds the ONNX Runtime ``step`` graph (dynamic T + a ``num_logits`` input,
+# serving prefill, decode and fused from one session, so the weights are in memory once).
+MANIFEST_FORMAT_VERSION = 2
 DTYPES = ("float32", "float16", "bfloat16")
-GRAPH_NAMES = ("prefill", "decode", "fused")
+GRAPH_NAMES = ("prefill", "decode", "fused", "step")
+STEP_GRAPH = "step"
 REQUIRED_GRAPHS = ("prefill", "decode")
 REQUIRED_KEYS = (
     "format",
@@ -105,6 +108,11 @@ def validate_manifest(manifest: dict, where: str = MANIFEST_NAME) -> None:
             raise _fail(where, f"unknown graph {name!r} (expected {GRAPH_NAMES})")
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
             raise _fail(where, f"graphs.{name}.file must be a file name")
+        if name == STEP_GRAPH:
+            if entry.get("tokens") is not None or entry.get("logits") != "num_logits":
+                raise _fail(where, "graphs.step must have a dynamic token axis (tokens null) and "
+                                   "logits 'num_logits'")
+            continue
         want_tokens = {"decode": L, "fused": 2 * L}.get(name)
         if want_tokens is not None and entry.get("tokens", want_tokens) != want_tokens:
             raise _fail(where, f"graphs.{name}.tokens is {entry.get('tokens')!r}, expected {want_tokens}")

@@ -1,10 +1,15 @@
 """ONNX Runtime engine: runs the artifact's step graphs on buffers owned by the C++ core.
 
-One ``InferenceSession`` and one ``IOBinding`` per graph, created once. A run rebinds only what
-moved: ``input_ids`` when its length changes, the ``past_*`` inputs and ``present_*`` outputs
-when ``past_len`` changes (the past is the cache prefix bound in place, the present is bound to
-the rows right after it, so the graph writes the new K/V straight into the cache). ``past_len``
-is a numpy int64[1] bound once by address and updated in place; ``logits`` is bound once.
+With the artifact's ``step`` graph (dynamic T, a ``num_logits`` input): one ``InferenceSession``
+for every graph kind, so the weights (and ONNX Runtime's prepacked copies of them) are in memory
+once, and one ``IOBinding`` per kind on it (prefill binds ``num_logits`` = 0, decode and fused
+bind L). Without it (an artifact whose step graph was left out): one session per graph.
+
+A run rebinds only what moved: ``input_ids`` when its length changes, the ``past_*`` inputs and
+``present_*`` outputs when ``past_len`` changes (the past is the cache prefix bound in place, the
+present is bound to the rows right after it, so the graph writes the new K/V straight into the
+cache). ``past_len`` is a numpy int64[1] bound once by address and updated in place; ``logits``
+is bound once.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 import numpy as np
 
 from . import _core
-from .artifact import Artifact, ArtifactError
+from .artifact import STEP_GRAPH, Artifact, ArtifactError
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -28,13 +33,15 @@ def _import_ort():
 
 
 class _Graph:
-    """Session + binding of one graph and what is currently bound."""
+    """Session + binding of one graph kind and what is currently bound."""
 
-    def __init__(self, session, input_names, output_names):
+    def __init__(self, session, num_logits: int | None = None):
         self.session = session
         self.binding = session.io_binding()
-        self.inputs = set(input_names)
-        self.outputs = set(output_names)
+        self.inputs = {i.name for i in session.get_inputs()}
+        self.outputs = {o.name for o in session.get_outputs()}
+        # step graph: the logits rows this kind asks for, bound by address once
+        self.num_logits = None if num_logits is None else np.array([num_logits], dtype=np.int64)
         self.bound_tokens = -1
         self.bound_past = -1
 
@@ -83,19 +90,27 @@ class OrtEngine(_core.Engine):
             "decode": _core.GraphKind.Decode,
             "fused": _core.GraphKind.Fused,
         }
-        for name, kind in kinds.items():
-            if not artifact.has_graph(name):
-                continue
+
+        def load(name: str):
             path = artifact.graph_path(name)
             try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+                return ort.InferenceSession(str(path), sess_options=options, providers=providers)
             except Exception as exc:
                 raise ArtifactError(
                     f"{path}: ONNX Runtime cannot load the graph ({exc}); re-export it"
                 ) from exc
-            self._graphs[kind] = _Graph(
-                session, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-            )
+
+        self.shared_session = artifact.has_graph(STEP_GRAPH)
+        if self.shared_session:
+            step = load(STEP_GRAPH)
+            L = artifact.block_length
+            for name, kind in kinds.items():
+                if artifact.has_graph(name):
+                    self._graphs[kind] = _Graph(step, 0 if name == "prefill" else L)
+        else:
+            for name, kind in kinds.items():
+                if artifact.has_graph(name):
+                    self._graphs[kind] = _Graph(load(name))
         self._past_len = np.zeros(1, dtype=np.int64)
         self._b = None
         self.run_count = 0
@@ -120,6 +135,13 @@ class OrtEngine(_core.Engine):
                         )
             if "past_len" in g.inputs:
                 g.binding.bind_input("past_len", "cpu", 0, np.int64, (1,), self._past_len.ctypes.data)
+            if g.num_logits is not None:
+                g.binding.bind_input("num_logits", "cpu", 0, np.int64, (1,), g.num_logits.ctypes.data)
+                if kind == _core.GraphKind.Prefill:
+                    # zero logits rows: an empty output, bound once (nothing is written)
+                    g.binding.bind_output(
+                        "logits", "cpu", 0, np.float32, (b.batch, 0, b.vocab_size), b.logits
+                    )
             if kind != _core.GraphKind.Prefill:
                 if "logits" not in g.outputs:
                     raise ArtifactError(

@@ -1,0 +1,110 @@
+"""The ONNX Runtime step graph (``step.onnx``): one graph, one session, every step kind.
+
+Checks the graph's own I/O (dynamic T, ``num_logits`` rows, 0 in prefill), its ORT-only rewrites
+(q/k/v and gate/up fused through a Concat of the shared weights; the standard graphs keep standard
+ops for TensorRT), and that the engine running every kind on it gives the tokens of the three-graph
+engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from sdar_fixtures import tiny_artifact
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return tiny_artifact(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def three_graph_art(art, tmp_path_factory):
+    """The same artifact with the step graph left out of the manifest (the engine's fallback)."""
+    _, src = art
+    dst = tmp_path_factory.mktemp("nostep") / "art"
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    del m["graphs"]["step"]
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def _ops(path) -> Counter:
+    m = onnx.load(str(path), load_external_data=False)
+    return Counter((n.domain or "ai.onnx", n.op_type) for n in m.graph.node)
+
+
+def test_step_graph_fuses_projections_and_standard_graphs_stay_standard(art):
+    _, a = art
+    step = _ops(a / "step.onnx")
+    decode = _ops(a / "decode.onnx")
+    layers = 2
+    # q/k/v and gate/up: 2 fused matmuls per layer instead of 5
+    assert decode[("ai.onnx", "MatMul")] - step[("ai.onnx", "MatMul")] == 3 * layers
+    assert step[("ai.onnx", "Split")] >= 2 * layers
+    for g in ("prefill", "decode", "fused"):
+        assert {d for d, _ in _ops(a / f"{g}.onnx")} == {"ai.onnx"}, g
+
+
+def test_step_graph_serves_prefill_decode_fused(art):
+    torch = pytest.importorskip("torch")
+    from sdar_export.model import build_model, full_sequence_logits
+
+    ck, a = art
+    L, V, n = 4, 512, 2
+    model = build_model(ck, dtype="float32")
+    s = ort.InferenceSession(str(a / "step.onnx"), providers=["CPUExecutionProvider"])
+    ids = torch.randint(0, V, (1, 4 * L), generator=torch.Generator().manual_seed(1))
+    full = full_sequence_logits(model, ids, L).numpy()
+    cache = {f"past_{kv}_{i}": np.zeros((64, 1, 2, 32), np.float32)
+             for i in range(n) for kv in ("key", "value")}
+    names = [o.name for o in s.get_outputs()]
+
+    def step(start, T, nl):
+        feeds = {"input_ids": ids[:, start:start + T].numpy(), "past_len": np.array([start], np.int64),
+                 "num_logits": np.array([nl], np.int64)}
+        feeds.update({k: c[:start] for k, c in cache.items()})
+        res = dict(zip(names, s.run(None, feeds), strict=True))
+        for k, c in cache.items():
+            c[start:start + T] = res[k.replace("past", "present")]
+        return res["logits"]
+
+    assert step(0, 2 * L, 0).shape == (1, 0, V)                  # prefill: no LM head rows
+    np.testing.assert_allclose(step(2 * L, L, L), full[:, 2 * L:3 * L], atol=1e-4)     # decode
+    np.testing.assert_allclose(step(2 * L, 2 * L, L), full[:, 3 * L:4 * L], atol=1e-4)  # fused
+
+
+def test_engine_runs_every_kind_on_one_session(art):
+    from sdar_rt import Generator, _core
+
+    _, a = art
+    gen = Generator(a, threads=1)
+    graphs = gen.engine._graphs
+    assert gen.engine.shared_session and gen.engine.has_fused
+    assert set(graphs) == {_core.GraphKind.Prefill, _core.GraphKind.Decode, _core.GraphKind.Fused}
+    assert len({id(g.session) for g in graphs.values()}) == 1
+    assert [int(graphs[k].num_logits[0]) for k in (_core.GraphKind.Prefill, _core.GraphKind.Decode)] == [0, 4]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_graph_tokens_equal_three_graph_engine(art, three_graph_art, fused):
+    from sdar_rt import Generator
+
+    _, a = art
+    one, three = Generator(a, threads=1), Generator(three_graph_art, threads=1)
+    assert one.engine.shared_session and not three.engine.shared_session
+    prompts = [[5, 9, 11, 3, 7, 2, 8, 1, 4], [3, 4]]
+    kw = dict(max_new_tokens=21, remasking="low_confidence_static", denoising_steps=2, fused_commit=fused)
+    for p in prompts:
+        x = one.generate_ids([p], **kw)[0]
+        y = three.generate_ids([p], **kw)[0]
+        assert x.token_ids == y.token_ids and len(x.token_ids) > 0
+        assert x.stats["nfe_prefill"] == y.stats["nfe_prefill"]
