@@ -40,6 +40,12 @@ void throw_error(cudaError_t status, const char* what) { throw DeviceError(descr
 void check_launch(const char* kernel) {
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) throw_error(status, kernel);
+#ifndef NDEBUG
+  // Debug builds: wait for the kernel, so a fault is reported at the launch that caused it
+  // rather than at the step's next sync.
+  const cudaError_t finished = cudaDeviceSynchronize();
+  if (finished != cudaSuccess) throw_error(finished, kernel);
+#endif
 }
 
 int device_count() noexcept {

@@ -32,6 +32,7 @@ inline void check(cudaError_t status, const char* what) {
 }
 
 // After a kernel launch: launch-configuration errors are only reported by cudaGetLastError.
+// Debug builds (no NDEBUG) also synchronise, so execution faults surface at their launch.
 void check_launch(const char* kernel);
 
 // Number of usable CUDA devices; 0 (never an exception) when there is no GPU or no driver.
