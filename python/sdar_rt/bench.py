@@ -48,15 +48,18 @@ def _log(msg: str) -> None:
     print(f"sdar-bench: {msg}", file=sys.stderr, flush=True)
 
 
-def _prompt_texts(gen, path: str | None) -> list[str]:
+def _prompt_texts(gen, path: str | None, model_dir: Path | None = None) -> list[str]:
+    """--prompts FILE, else the prompts of the model's task (``bench_prompts.txt`` in the artifact or
+    the checkpoint dir, e.g. the packaged digit sorter's), else general prompts."""
     if path:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
         if not lines:
             raise ValueError(f"{path}: no prompts (one prompt per line)")
         return lines
-    task = gen.artifact.path / "bench_prompts.txt"
-    if task.is_file():  # an artifact may carry prompts of its model's task
-        return [line for line in task.read_text().splitlines() if line.strip()]
+    for folder in (gen.artifact.path, model_dir):
+        task = folder / "bench_prompts.txt" if folder is not None else None
+        if task is not None and task.is_file():
+            return [line for line in task.read_text().splitlines() if line.strip()]
     return list(DEFAULT_PROMPTS)
 
 
@@ -200,7 +203,7 @@ def _sdar_sweep(a, targets, checks: Checks, report: dict) -> dict:
     for L in lengths:
         for B in batches:
             gen = Generator(targets.artifact(L, B), engine=a.engine, device=a.device, threads=a.threads)
-            texts = _prompt_texts(gen, a.prompts)
+            texts = _prompt_texts(gen, a.prompts, targets.model_dir)
             report["settings"].setdefault("prompts", texts)
             for P in plens:
                 prompts = _prompt_ids(gen, texts, P)
