@@ -4,6 +4,7 @@
                 [--engine {onnx,trt}] [--opset 18] [--prefill-chunk N] [--skip-validate] [--force]
                 [--int4 [--group-size 128] | --int8] [--symmetric|--asymmetric] [--quant-format F]
                 [--quantize-embeddings] [--quantize-lm-head] [--accuracy-level 4]
+                [--awq [--calibration PROMPTS.txt]]
     sdar-export ARTIFACT_DIR --engine trt        # engines only, on the device, no torch import
 
 The artifact is written into a temporary directory next to OUT and renamed into place at the end,
@@ -117,7 +118,8 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
            workspace_mb: int = 2048, tolerance: tuple[float, float] | None = None, quiet: bool = False,
            quantize: str | None = None, group_size: int | None = None, symmetric: bool = True,
            quant_format: str | None = None, quantize_embeddings: bool = False, quantize_lm_head: bool = False,
-           accuracy_level: int | None = None, _summary: dict | None = None,
+           accuracy_level: int | None = None, awq: bool = False, calibration: str | Path | None = None,
+           _summary: dict | None = None,
            _external_data_threshold: int | None = None) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path.
 
@@ -126,6 +128,8 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     artifact, only the engines are built (no torch).
     ``quantize``: None | "int4" | "int8" weight-only quantization of the decoder linears (see
     sdar_export.quantize for the scheme and the graph forms, ``quant_format`` MatMulNBits | QDQ).
+    ``awq``: activation-aware scales (sdar_export.awq) calibrated on ``calibration`` (a file, one
+    prompt per line; None: a built-in set) before the RTN step.
     """
     model_dir = Path(model_dir)
     st = _Stages(quiet)
@@ -140,12 +144,14 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
         from .quantize import DEFAULT_ACCURACY_LEVEL, make_scheme  # noqa: PLC0415  (no torch)
         level = DEFAULT_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
         scheme = make_scheme(quantize, group_size, symmetric, quant_format, engine, quantize_embeddings,
-                             quantize_lm_head, level, dtype)
+                             quantize_lm_head, level, dtype, method="awq" if awq else "rtn")
     elif (group_size is not None or not symmetric or quant_format is not None or quantize_embeddings
-          or quantize_lm_head or accuracy_level is not None):
+          or quantize_lm_head or accuracy_level is not None or awq):
         raise ExportError("--group-size, --asymmetric, --quant-format, --quantize-embeddings, "
-                          "--quantize-lm-head and --accuracy-level only apply to a quantized export; "
+                          "--quantize-lm-head, --accuracy-level and --awq only apply to a quantized export; "
                           "add --int4 or --int8.")
+    if calibration is not None and not awq:
+        raise ExportError("--calibration only applies with --awq (RTN needs no calibration); add --awq.")
 
     if is_artifact(model_dir):
         if engine != "trt":
@@ -175,6 +181,10 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     if prefill_chunk is None:
         prefill_chunk = max(block_length, min(256, max_context) // max(block_length, 1) * block_length)
     _check_options(block_length, max_context, batch, prefill_chunk, cfg.max_position_embeddings, opset)
+    calib_ids = None
+    if awq:   # bad calibration input fails here, before the weights are loaded
+        from .awq import calibration_ids  # noqa: PLC0415
+        calib_ids = calibration_ids(model_dir, calibration, max_context, cfg.vocab_size)
 
     suffix = {'float32': 'fp32', 'float16': 'fp16', 'bfloat16': 'bf16'}[dtype]
     if scheme is not None:
@@ -189,11 +199,20 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     ck = st.run("load checkpoint", load_checkpoint, model_dir, dtype=dtype)
     from .model import SDARModel  # noqa: PLC0415
     compute = "float32" if dtype == "bfloat16" else dtype   # see onnx_export docstring (ORT CPU)
-    float_model, plan, rewrite, qcounts = None, None, None, {}
+    float_model, plan, rewrite, qcounts, awq_res = None, None, None, {}, None
     if scheme is not None:
         from .quantize import make_rewriter, quantize_weights  # noqa: PLC0415
+        src = ck.weights
+        if calib_ids is not None:
+            from .awq import apply_awq  # noqa: PLC0415
+            awq_res = st.run(f"AWQ calibration ({len(calib_ids)} prompts)", apply_awq, ck.weights, ck.config,
+                             calib_ids, scheme, dtype, block_length, ck.mask_id, progress=st.log)
+            src = awq_res.weights
         qweights, plan = st.run(f"quantize weights ({scheme.weights}, {scheme.method})", quantize_weights,
-                                ck.weights, ck.config, scheme, dtype, progress=st.log)
+                                src, ck.config, scheme, dtype, progress=st.log)
+        del src
+        if awq_res is not None:
+            awq_res.weights = {}   # the scaled float copy is not needed any more (large models)
         if not skip_validate:
             float_model = SDARModel(ck.config, ck.weights, dtype=dtype, compute_dtype=compute).eval()
         ck.weights = qweights
@@ -243,6 +262,8 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
             if plan is not None:
                 from .quantize import manifest_section  # noqa: PLC0415
                 manifest["quantization"] = manifest_section(plan, dtype, qcounts.get("decode", {}))
+                if awq_res is not None:
+                    manifest["quantization"]["awq"] = awq_res.manifest()
                 if qval is not None:
                     manifest["quantization"]["validation"] = qval
             write_manifest(stage, manifest)
@@ -426,6 +447,11 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize-lm-head", action="store_true", help="also quantize the LM head")
     q.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy_level (default 4: int8 activations, the fast CPU kernel)")
+    q.add_argument("--awq", action="store_true",
+                   help="activation-aware weight scaling before rounding, calibrated through the float "
+                        "network (sdar_export.awq)")
+    q.add_argument("--calibration", default=None, metavar="FILE",
+                   help="AWQ calibration prompts, one per line (\\n = newline); default: a built-in set")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -442,7 +468,7 @@ def main(argv=None) -> int:
                      quantize="int4" if a.int4 else "int8" if a.int8 else None, group_size=a.group_size,
                      symmetric=a.symmetric, quant_format=a.quant_format,
                      quantize_embeddings=a.quantize_embeddings, quantize_lm_head=a.quantize_lm_head,
-                     accuracy_level=a.accuracy_level)
+                     accuracy_level=a.accuracy_level, awq=a.awq, calibration=a.calibration)
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
     python -m sdar_export.quality MODEL_DIR [--int4|--int8] [--group-size 128] [--asymmetric]
         [--quant-format MatMulNBits|QDQ] [--float-artifact A] [--quant-artifact B] [--workdir DIR]
         [--prompts 4] [--prompt-len 32] [--max-new-tokens 256] [--denoising-steps 2] [--threshold 0.9]
-        [--threads 2] [--task-prompts 200] [--json OUT]
+        [--threads 2] [--task-prompts 200] [--json OUT] [--awq [--calibration builtin|task|FILE]]
 
 1. PyTorch, float32 network vs the same network with the dequantized weights, on random prompts
    (whole sequence, block-causal): relative error ||h_q - h_f|| / ||h_f|| of the hidden state after
@@ -13,6 +13,11 @@
    mean index of the first divergence), TPF and decode tokens/s of each.
 3. If MODEL_DIR is the tiny task checkpoint (export/sdar_export/tiny_task), exact match on its
    held-out prompts through both artifacts at ``--threshold`` (default 0.9).
+
+``--awq``: the same for an AWQ export (sdar_export.awq, calibrated on ``--calibration``: the
+built-in prompts, ``task`` = tiny-task training-distribution prompts, or a file) next to RTN, under
+``"awq"``, with an ``"rtn_vs_awq"`` summary. On the tiny task checkpoint the PyTorch comparison
+also runs held-out task sequences (prompt + answer): its random prompts are 3 token ids only.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _models(model_dir, scheme):
+def _models(model_dir, scheme, calib_ids=None, block_length: int = 4):
+    """(checkpoint, float model, RTN model, AWQ model or None when ``calib_ids`` is None)."""
     from .checkpoint import load_checkpoint
     from .model import SDARModel
     from .quantize import quantize_weights
@@ -36,7 +42,47 @@ def _models(model_dir, scheme):
     qw, plan = quantize_weights(ck.weights, ck.config, scheme, "float32")
     fm = SDARModel(ck.config, ck.weights).eval()
     qm = SDARModel(ck.config, qw).eval()
-    return ck, fm, qm
+    am = None
+    if calib_ids is not None:
+        from .awq import apply_awq
+        res = apply_awq(ck.weights, ck.config, calib_ids, scheme, "float32", block_length, ck.mask_id,
+                        progress=lambda m: print(f"AWQ {m}", file=sys.stderr))
+        aw, _ = quantize_weights(res.weights, ck.config, scheme, "float32")
+        am = SDARModel(ck.config, aw).eval()
+    return ck, fm, qm, am
+
+
+def task_calibration(n: int = 16, seed: int = 777) -> list[str]:
+    """Tiny-task calibration texts: rendered prompt + answer of training-distribution lists (never
+    a held-out one), one line each with ``\\n`` for the newlines the chat template writes."""
+    from .tiny_task import task as T
+
+    held = {tuple(d) for d in T.heldout_set()}
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        d = T.random_digits(rng)
+        if tuple(d) not in held:
+            text = T.render_prompt(T.user_message(d)) + T.answer_text(d) + "<|im_end|>"
+            out.append(text.replace("\n", "\\n"))
+    return out
+
+
+def _calibration(a, work: Path, max_ctx: int, vocab: int, task: bool):
+    """(token ids, file for sdar-export or None for the built-in set) of ``--calibration``."""
+    from .awq import calibration_ids
+    from .errors import ExportError
+
+    path = None
+    if a.calibration == "task":
+        if not task:
+            raise ExportError("--calibration task needs the tiny task checkpoint; pass a file or 'builtin'.")
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / "task_calibration.txt"
+        path.write_text("\n".join(task_calibration()) + "\n", encoding="utf-8")
+    elif a.calibration != "builtin":
+        path = Path(a.calibration)
+    return calibration_ids(a.model_dir, path, max_ctx, vocab), path
 
 
 def layer_errors(fm, qm, prompts: list[list[int]], block_length: int) -> dict:
@@ -171,6 +217,11 @@ def main(argv=None) -> int:
     ap.add_argument("--task-prompts", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-torch", action="store_true", help="skip the per-layer PyTorch comparison")
+    ap.add_argument("--skip-generation", action="store_true", help="PyTorch comparison only (no artifacts)")
+    ap.add_argument("--awq", action="store_true", help="also measure an AWQ export against RTN")
+    ap.add_argument("--calibration", default="builtin",
+                    help="AWQ calibration: 'builtin', 'task' (tiny task checkpoint) or a file, one prompt "
+                         "a line")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
@@ -183,16 +234,6 @@ def main(argv=None) -> int:
         report: dict = {"model_dir": str(a.model_dir),
                         "scheme": {"weights": weights, "group_size": scheme.group_size,
                                    "symmetric": scheme.symmetric, "format": scheme.format}}
-        ck, fm, qm = _models(a.model_dir, scheme)
-        vocab = ck.config.vocab_size
-        rng = np.random.default_rng(a.seed)
-        hi = min(vocab, ck.mask_id) if ck.mask_id > 0 else vocab
-        prompts = [[int(x) for x in rng.integers(0, hi, a.prompt_len)] for _ in range(a.prompts)]
-        if not a.skip_torch:
-            t = time.time()
-            report["torch"] = layer_errors(fm, qm, prompts, a.block_length)
-            print(f"torch comparison: {time.time() - t:.1f} s", file=sys.stderr)
-        del fm, qm
         L = a.block_length
         max_ctx = -(-(a.prompt_len + a.max_new_tokens) // L) * L
         task = is_tiny_task(a.model_dir)
@@ -200,6 +241,33 @@ def main(argv=None) -> int:
             from .tiny_task import task as T
             max_ctx = max(max_ctx, -(-(T.MAX_PROMPT_LEN + T.MAX_ANSWER_LEN + 8) // L) * L)
         work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="sdar_quality_"))
+        calib_ids = calib_file = None
+        if a.awq:
+            from .config import SDARConfig
+            cfg = SDARConfig.from_file(Path(a.model_dir))
+            calib_ids, calib_file = _calibration(a, work, max_ctx, cfg.vocab_size, task)
+            report["scheme"]["awq_calibration"] = {"source": a.calibration, "prompts": len(calib_ids)}
+        t = time.time()
+        ck, fm, qm, am = _models(a.model_dir, scheme, calib_ids, L)
+        if am is not None:
+            print(f"AWQ calibration + quantization: {time.time() - t:.1f} s", file=sys.stderr)
+        vocab = ck.config.vocab_size
+        rng = np.random.default_rng(a.seed)
+        hi = min(vocab, ck.mask_id) if ck.mask_id > 0 else vocab
+        prompts = [[int(x) for x in rng.integers(0, hi, a.prompt_len)] for _ in range(a.prompts)]
+        if not a.skip_torch:
+            t = time.time()
+            report["torch"] = layer_errors(fm, qm, prompts, a.block_length)
+            if am is not None:
+                report.setdefault("awq", {})["torch"] = layer_errors(fm, am, prompts, a.block_length)
+                if task:   # real sequences: the random prompts above are ids 0..mask_id-1 only
+                    seqs = [T.prompt_ids(d) + T.answer_ids(d) for d in T.heldout_set(a.task_prompts)]
+                    report["torch_task"] = layer_errors(fm, qm, seqs, a.block_length)
+                    report["awq"]["torch_task"] = layer_errors(fm, am, seqs, a.block_length)
+            print(f"torch comparison: {time.time() - t:.1f} s", file=sys.stderr)
+        del fm, qm, am
+        if a.skip_generation:
+            return _finish(report, a)
         fa, qa = a.float_artifact, a.quant_artifact
         from .cli import export
         if fa is None:
@@ -217,9 +285,47 @@ def main(argv=None) -> int:
             report["task"] = {"threshold": a.threshold,
                               "float": task_exact_match(fa, a.task_prompts, a.threshold, 4, a.threads),
                               "quant": task_exact_match(qa, a.task_prompts, a.threshold, 4, a.threads)}
+        if a.awq:
+            aa = export(a.model_dir, work / f"{weights}-awq", max_context=max_ctx, block_length=L,
+                        skip_validate=True, force=True, quiet=True, quantize=weights, group_size=a.group_size,
+                        symmetric=not a.asymmetric, quant_format=a.quant_format, awq=True,
+                        calibration=calib_file)
+            report["artifacts"]["awq"] = str(aa)
+            report.setdefault("awq", {})["generation"] = compare_generations(fa, aa, prompts, **kw)
+            if task:
+                report["awq"]["task"] = task_exact_match(aa, a.task_prompts, a.threshold, 4, a.threads)
+                # greedy agreement on real prompts (the random ones are 3 distinct ids here)
+                tp = [T.prompt_ids(d) for d in T.heldout_set(a.task_prompts)]
+                report["generation_task"] = compare_generations(fa, qa, tp, **kw)
+                report["awq"]["generation_task"] = compare_generations(fa, aa, tp, **kw)
     except (CheckpointError, ExportError) as e:
         print(f"sdar_export.quality: error: {e}", file=sys.stderr)
         return 2
+    return _finish(report, a)
+
+
+def rtn_vs_awq(report: dict) -> dict:
+    """The headline numbers of RTN and AWQ side by side (what was measured)."""
+    out: dict = {}
+    w = report.get("awq", {})
+    for key in ("torch", "torch_task"):
+        if key in report and key in w:
+            for m in ("logits_rel_err", "teacher_forced_argmax_agreement"):
+                out[f"{key}.{m}"] = {"rtn": report[key][m], "awq": w[key][m]}
+    for key in ("generation", "generation_task"):
+        if key in report and key in w:
+            for m in ("token_agreement", "identical_sequences"):
+                out[f"{key}.{m}"] = {"rtn": report[key][m], "awq": w[key][m]}
+    if "task" in report and "task" in w:
+        out["task.exact_match"] = {"float": report["task"]["float"]["exact_match"],
+                                   "rtn": report["task"]["quant"]["exact_match"],
+                                   "awq": w["task"]["exact_match"]}
+    return out
+
+
+def _finish(report: dict, a) -> int:
+    if "awq" in report:
+        report["rtn_vs_awq"] = rtn_vs_awq(report)
     text = json.dumps(report, indent=2)
     if a.json:
         Path(a.json).write_text(text + "\n")

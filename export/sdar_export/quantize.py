@@ -13,6 +13,9 @@ Scheme (``QuantScheme``):
   * The scales are rounded to the artifact dtype *before* the integers are chosen, so the
     dequantized weights ``(q - z) * s`` are exactly what any engine computes; the PyTorch reference
     used for validation is the network with these dequantized weights.
+  * ``method``: "rtn", or "awq" (``--awq``): activation-aware per-channel scales, calibrated
+    through the float network and folded into the preceding norm / linear (sdar_export.awq), are
+    applied first; the RTN step above then quantizes the scaled weights, unchanged.
 
 Graph forms (the three step graphs are exported from the dequantized network, then every MatMul /
 Gather that reads a quantized weight is rewritten; weights are matched by content hash, so the
@@ -109,8 +112,8 @@ def make_scheme(weights: str, group_size: int | None = None, symmetric: bool = T
                           f"dtype), got {dtype}; drop --bf16 (use --fp16).")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ExportError(f"accuracy level must be 0..4, got {accuracy_level}")
-    if method not in ("rtn",):
-        raise ExportError(f"unknown quantization method {method!r}; only 'rtn' is implemented")
+    if method not in ("rtn", "awq"):
+        raise ExportError(f"unknown quantization method {method!r}; use 'rtn' or 'awq'")
     return QuantScheme(bits, group_size, symmetric, fmt, quantize_embeddings, quantize_lm_head,
                        accuracy_level, method)
 
