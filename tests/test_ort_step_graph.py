@@ -54,6 +54,25 @@ def test_step_graph_fuses_projections_and_standard_graphs_stay_standard(art):
         assert {d for d, _ in _ops(a / f"{g}.onnx")} == {"ai.onnx"}, g
 
 
+def test_step_graph_folds_static_shapes(art):
+    """Shape arithmetic of the static axes (batch, heads, head_dim) is constant in the step graph:
+    Reshape targets are initializers unless two token axes are dynamic, and the rotate_half slice
+    bounds are constants: fewer Shape / Unsqueeze nodes are left than in prefill (also dynamic in T,
+    same layers, and it has no LM head)."""
+    _, a = art
+    m = onnx.load(str(a / "step.onnx"), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    layers = 2
+    reshapes = [n for n in m.graph.node if n.op_type == "Reshape" and "/layers." in n.name]
+    computed = [n.name for n in reshapes if n.input[1] not in inits]
+    assert len(computed) <= 2 * layers, computed     # the scores' [.., T, P + T] views
+    step, prefill = _ops(a / "step.onnx"), _ops(a / "prefill.onnx")
+    assert step[("ai.onnx", "Shape")] <= 3 * layers + 2 < prefill[("ai.onnx", "Shape")]
+    assert step[("ai.onnx", "Unsqueeze")] < prefill[("ai.onnx", "Unsqueeze")] * 2 / 3
+    slices = [n for n in m.graph.node if n.op_type == "Slice" and "/layers.0/" in n.name]
+    assert sum(all(x in inits for x in n.input[1:]) for n in slices) >= 4   # rotate_half of q and k
+
+
 def test_step_graph_serves_prefill_decode_fused(art):
     torch = pytest.importorskip("torch")
     from sdar_export.model import build_model, full_sequence_logits

@@ -3,7 +3,7 @@
     sdar-export MODEL_DIR [-o OUT] [--fp16|--bf16] [--block-length 4] [--max-context N] [--batch 1]
                 [--engine {onnx,trt}] [--opset 18] [--prefill-chunk N] [--skip-validate] [--force]
                 [--int4 [--group-size 128] | --int8] [--symmetric|--asymmetric] [--quant-format F]
-                [--quantize-embeddings] [--quantize-lm-head] [--accuracy-level 4]
+                [--quantize-embeddings] [--quantize-lm-head] [--lm-head-bits {4,8}] [--accuracy-level 4]
     sdar-export ARTIFACT_DIR --engine trt        # engines only, on the device, no torch import
 
 The artifact is written into a temporary directory next to OUT and renamed into place at the end,
@@ -117,7 +117,7 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
            workspace_mb: int = 2048, tolerance: tuple[float, float] | None = None, quiet: bool = False,
            quantize: str | None = None, group_size: int | None = None, symmetric: bool = True,
            quant_format: str | None = None, quantize_embeddings: bool = False, quantize_lm_head: bool = False,
-           accuracy_level: int | None = None, _summary: dict | None = None,
+           accuracy_level: int | None = None, lm_head_bits: int | None = None, _summary: dict | None = None,
            _external_data_threshold: int | None = None) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path.
 
@@ -140,12 +140,12 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
         from .quantize import DEFAULT_ACCURACY_LEVEL, make_scheme  # noqa: PLC0415  (no torch)
         level = DEFAULT_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
         scheme = make_scheme(quantize, group_size, symmetric, quant_format, engine, quantize_embeddings,
-                             quantize_lm_head, level, dtype)
+                             quantize_lm_head, level, dtype, lm_head_bits=lm_head_bits)
     elif (group_size is not None or not symmetric or quant_format is not None or quantize_embeddings
-          or quantize_lm_head or accuracy_level is not None):
+          or quantize_lm_head or accuracy_level is not None or lm_head_bits is not None):
         raise ExportError("--group-size, --asymmetric, --quant-format, --quantize-embeddings, "
-                          "--quantize-lm-head and --accuracy-level only apply to a quantized export; "
-                          "add --int4 or --int8.")
+                          "--quantize-lm-head, --lm-head-bits and --accuracy-level only apply to a "
+                          "quantized export; add --int4 or --int8.")
 
     if is_artifact(model_dir):
         if engine != "trt":
@@ -424,6 +424,9 @@ def parser() -> argparse.ArgumentParser:
                         "DequantizeLinear -> MatMul, for TensorRT; default with --engine trt)")
     q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the embedding table")
     q.add_argument("--quantize-lm-head", action="store_true", help="also quantize the LM head")
+    q.add_argument("--lm-head-bits", type=int, default=None, choices=[4, 8],
+                   help="quantize the LM head with these bits (implies --quantize-lm-head; e.g. an 8-bit "
+                        "head for --int4)")
     q.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy_level (default 4: int8 activations, the fast CPU kernel)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -442,7 +445,7 @@ def main(argv=None) -> int:
                      quantize="int4" if a.int4 else "int8" if a.int8 else None, group_size=a.group_size,
                      symmetric=a.symmetric, quant_format=a.quant_format,
                      quantize_embeddings=a.quantize_embeddings, quantize_lm_head=a.quantize_lm_head,
-                     accuracy_level=a.accuracy_level)
+                     accuracy_level=a.accuracy_level, lm_head_bits=a.lm_head_bits)
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

@@ -163,6 +163,9 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
     m.producer_name = "sdar_export"
     restore_unused_inputs(m, in_names, model, batch, dynamic_tokens=spec.tokens is None)
     canonicalize_initializers(m)
+    if spec.logits_input:
+        from .ort_graph import fold_static_shapes  # noqa: PLC0415
+        fold_static_shapes(m)   # before the quantization rewrite: shape inference needs standard ops
     if rewrite is not None:
         rewrite(m, spec.name)
     if spec.logits_input:

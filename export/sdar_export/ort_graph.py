@@ -146,3 +146,169 @@ def optimize_for_ort(m) -> dict:
     """All ONNX Runtime-only rewrites of the step graph, in place; returns what was done."""
     casts = merge_duplicate_casts(m)
     return {"merged_casts": casts, "fused_matmul_groups": fuse_shared_input_matmuls(m)}
+
+
+# --------------------------------------------------------------------------- static shapes
+#
+# The traced graph computes every reshape target and slice bound at run time from Shape nodes
+# (Shape -> Gather -> Unsqueeze -> Concat, ...), about 30 tiny nodes per layer. Each costs ONNX
+# Runtime a kernel launch (~5-10 us on CPU): a few ms per forward, which matters once the weights
+# are 4-bit. Only the token axes (T, P, num_logits) are dynamic and the batch is static, so most of
+# these values are known at export: they become constants, Reshape targets use 0 (copy that input
+# dim) and -1 (the one remaining dim) for the dynamic axes, and the dead plumbing is dropped.
+
+_INT_OPS = {"Unsqueeze", "Squeeze", "Cast", "Div", "Mul", "Add", "Sub", "Concat", "Gather"}
+
+
+def _inferred_dims(m) -> dict[str, list]:
+    """Per value: dims from ONNX shape inference (ints, symbol names, or None when unknown).
+
+    Runs on a data-free copy (weights over 1 KiB dropped) so a > 2 GB model can be inferred.
+    """
+    import onnx
+    from onnx import shape_inference
+
+    c = onnx.ModelProto()
+    c.ir_version, c.producer_name = m.ir_version, m.producer_name
+    c.opset_import.extend(m.opset_import)
+    g = c.graph
+    g.node.extend(m.graph.node)
+    g.input.extend(m.graph.input)
+    g.output.extend(m.graph.output)
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1024:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.append(t)
+    inferred = shape_inference.infer_shapes(c, data_prop=True)
+    out: dict[str, list] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tt = v.type.tensor_type
+        if tt.HasField("shape"):
+            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in tt.shape.dim]
+    return out
+
+
+def _eval_int(node, vals: list[np.ndarray], attrs: dict) -> np.ndarray | None:
+    """The value of a small integer node from constant inputs (ONNX semantics), or None."""
+    op = node.op_type
+    if op == "Unsqueeze":
+        return np.expand_dims(vals[0], tuple(int(a) for a in vals[1]))
+    if op == "Squeeze":
+        return np.squeeze(vals[0], tuple(int(a) for a in vals[1])) if len(vals) > 1 else np.squeeze(vals[0])
+    if op == "Cast":
+        from onnx import helper
+
+        return vals[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op == "Concat":
+        return np.concatenate(vals, axis=attrs.get("axis", 0))
+    if op == "Gather":
+        return np.take(vals[0], vals[1], axis=attrs.get("axis", 0))
+    a, b = vals
+    if a.dtype.kind not in "iu" or b.dtype.kind not in "iu":
+        return None
+    if op == "Div":
+        return np.trunc(a / b).astype(a.dtype) if np.all(b != 0) else None   # ONNX integer Div truncates
+    return {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}[op](a, b).astype(a.dtype)
+
+
+def _known_values(m, dims: dict[str, list]) -> dict[str, np.ndarray]:
+    """Integer values computable at export: constants, Shape of static-shaped values, and _INT_OPS
+    over those (Gather of a Shape picks static entries even when other dims are dynamic)."""
+    from onnx import numpy_helper
+
+    known = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer
+             if t.data_type in (6, 7) and len(t.dims) <= 1 and len(t.raw_data) <= 1024}
+    partial: dict[str, list] = {}          # Shape outputs with some dynamic entries
+    for node in m.graph.node:
+        a = _attrs(node)
+        if node.op_type == "Constant" and "value" in a and node.output[0]:
+            v = numpy_helper.to_array(a["value"])
+            if v.dtype.kind in "iu":
+                known[node.output[0]] = v
+        elif node.op_type == "Shape" and not set(a) - {"start", "end"} and node.input[0] in dims:
+            d = dims[node.input[0]][a.get("start", 0):a.get("end")]
+            if all(isinstance(x, int) for x in d):
+                known[node.output[0]] = np.array(d, np.int64)
+            else:
+                partial[node.output[0]] = d
+        elif (node.op_type == "Gather" and node.input[0] in partial and node.input[1] in known
+              and a.get("axis", 0) == 0):
+            picked = np.take(np.array(partial[node.input[0]], dtype=object), known[node.input[1]])
+            if all(isinstance(x, int) for x in np.atleast_1d(np.asarray(picked, dtype=object))):
+                known[node.output[0]] = np.array(picked, np.int64)
+        elif node.op_type in _INT_OPS and node.input and all(x in known for x in node.input):
+            v = _eval_int(node, [known[x] for x in node.input], a)
+            if v is not None:
+                known[node.output[0]] = v
+    return known
+
+
+def _reshape_target(in_dims: list | None, out_dims: list | None) -> np.ndarray | None:
+    """A constant Reshape target equal to the inferred output shape: static dims as is, a dynamic
+    dim that is the input's dim at the same index as 0 (copy), at most one other as -1."""
+    if out_dims is None or any(d is None for d in out_dims):
+        return None
+    target = []
+    for i, d in enumerate(out_dims):
+        if isinstance(d, int):
+            target.append(d)
+        elif in_dims is not None and i < len(in_dims) and in_dims[i] == d:
+            target.append(0)
+        else:
+            target.append(-1)
+    if target.count(-1) > 1 or any(isinstance(d, int) and d == 0 for d in out_dims):
+        return None     # 0 would mean "copy" to Reshape; two -1 are ambiguous
+    return np.array(target, np.int64)
+
+
+def _drop_dead(m) -> int:
+    """Remove nodes whose outputs nothing reads (graph outputs count as read)."""
+    used = {o.name for o in m.graph.output}
+    keep = []
+    for node in reversed(m.graph.node):
+        if any(o in used for o in node.output if o):
+            keep.append(node)
+            used.update(node.input)
+    dropped = len(m.graph.node) - len(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(keep))
+    inits = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return dropped
+
+
+def fold_static_shapes(m) -> dict:
+    """Constant Reshape targets and shape arithmetic (see above), in place; run on the float graph
+    (ONNX shape inference does not know the contrib ops the quantized graph holds)."""
+    from onnx import numpy_helper
+
+    dims = _inferred_dims(m)
+    known = _known_values(m, dims)
+    added: dict[str, str] = {}
+
+    def const(value: np.ndarray) -> str:
+        key = f"{value.dtype}:{value.shape}:{value.tobytes().hex()}"
+        if key not in added:
+            name = f"static_shape_{len(added)}"
+            # not np.ascontiguousarray: it makes a 0-d scalar 1-d
+            m.graph.initializer.append(numpy_helper.from_array(np.array(value, order="C"), name))
+            added[key] = name
+        return added[key]
+
+    initializers = {t.name for t in m.graph.initializer}
+    reshapes = 0
+    for node in m.graph.node:
+        if node.op_type in ("Constant", "Shape") or node.op_type in _INT_OPS and node.output[0] in known:
+            continue      # itself plumbing: dropped if nothing else reads it
+        if node.op_type == "Reshape" and node.input[1] not in known:
+            target = _reshape_target(dims.get(node.input[0]), dims.get(node.output[0]))
+            if target is not None:
+                node.input[1] = const(target)
+                reshapes += 1
+        for i, x in enumerate(node.input):
+            if x in known and x not in initializers and known[x].size <= 64:
+                node.input[i] = const(known[x])
+    return {"static_reshapes": reshapes, "dropped_nodes": _drop_dead(m)}
