@@ -69,8 +69,22 @@ def test_step_graph_folds_static_shapes(art):
     step, prefill = _ops(a / "step.onnx"), _ops(a / "prefill.onnx")
     assert step[("ai.onnx", "Shape")] <= 3 * layers + 2 < prefill[("ai.onnx", "Shape")]
     assert step[("ai.onnx", "Unsqueeze")] < prefill[("ai.onnx", "Unsqueeze")] * 2 / 3
-    slices = [n for n in m.graph.node if n.op_type == "Slice" and "/layers.0/" in n.name]
-    assert sum(all(x in inits for x in n.input[1:]) for n in slices) >= 4   # rotate_half of q and k
+
+
+def test_step_graph_rope_is_one_rotary_embedding_per_tensor(art):
+    """q and k of every layer: com.microsoft.RotaryEmbedding at offset past_len over cos / sin
+    tables of every position (the traced Slice / Neg / Concat / Mul / Add are gone); the standard
+    graphs keep the traced form."""
+    _, a = art
+    m = onnx.load(str(a / "step.onnx"), load_external_data=False)
+    rotary = [n for n in m.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == 2 * 2 and {n.domain for n in rotary} == {"com.microsoft"}
+    assert {n.input[1] for n in rotary} == {"past_len"}
+    assert _ops(a / "step.onnx")[("ai.onnx", "Neg")] == 0 < _ops(a / "decode.onnx")[("ai.onnx", "Neg")]
+    inits = {t.name: t for t in m.graph.initializer}
+    cfg = json.loads((a / "config.json").read_text())
+    D = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert list(inits[rotary[0].input[2]].dims) == [cfg["max_position_embeddings"], D // 2]
 
 
 def test_step_graph_serves_prefill_decode_fused(art):
