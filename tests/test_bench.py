@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,10 +110,51 @@ def test_mismatched_reference_is_detected(tiny, bench, tmp_path, monkeypatch, ca
     assert report["results"] == [] and report["baselines"] == {}  # no speed without equal tokens
 
 
+def test_int4_comparison(tiny, bench, tmp_path):
+    """--int4: the same checkpoint exported with 4-bit weights (8-bit LM head) runs the primary
+    configuration; rates, ratios, token agreement and TPF change are reported per weight format."""
+    out = tmp_path / "int4.json"
+    argv = _argv(tiny, out)
+    argv[argv.index("--baselines") + 1] = ""
+    assert bench.main([*argv, "--int4", "--group-size", "32", "--lm-head-bits", "8"]) == 0
+    report = json.loads(out.read_text())
+    w = report["weights"]
+    assert w["config"]["commit"] == "fused" and w["config"]["batch"] == 1
+    flt, q = w["rows"]
+    assert (flt["weights"], flt["lm_head"]) == ("float32", "float32")
+    assert (q["weights"], q["lm_head"], q["group_size"]) == ("int4", "int8", 32)
+    manifest = json.loads((Path(q["artifact"]) / "manifest.json").read_text())
+    assert manifest["quantization"]["lm_head"] == "int8" and "int4-g32-head8" in q["artifact"]
+    fused = report["results"][0]
+    assert flt["tokens_per_second"] == fused["tokens_per_second"] and flt["tpf"] == fused["tpf"]
+    assert q["speedup"] == pytest.approx(q["tokens_per_second"] / flt["tokens_per_second"])
+    assert q["tpf_change"] == pytest.approx(q["tpf"] - flt["tpf"])
+    assert w["met"] == (q["speedup"] >= w["target_speedup"] == 2.0)
+    assert q["rows"] == fused["calls"] and q["tokens_compared"] >= fused["tokens"]
+    assert 0.0 <= q["token_agreement"] <= 1.0 and 0 <= q["rows_equal"] <= q["rows"]
+    assert any(line.startswith("int4 (LM head int8, group 32) vs float32") for line in report["summary"])
+
+
+def test_token_agreement():
+    from sdar_rt.bench_weights import token_agreement
+
+    ours = [[[1, 2, 3]], [[4, 5]], [[6, 7, 8, 9]]]
+    theirs = [[[1, 2, 3]], [[4, 0]], [[6, 7]]]   # one token differs; a row two tokens shorter
+    r = token_agreement(ours, theirs)
+    assert (r["tokens_equal"], r["tokens_compared"], r["rows_equal"], r["rows"]) == (6, 9, 1, 3)
+    assert r["token_agreement"] == pytest.approx(6 / 9) and r["row_agreement"] == pytest.approx(1 / 3)
+
+
+def test_int4_options_need_int4(bench, tiny, capsys):
+    assert bench.main([str(tiny / "ck"), "--lm-head-bits", "8"]) == 2
+    assert "add --int4" in capsys.readouterr().err
+
+
 def test_bench_import_does_not_import_torch():
     code = (
         "import sys, sdar_rt.bench, sdar_rt.bench_runs, sdar_rt.bench_report, sdar_rt.bench_artifacts, "
-        "sdar_rt.bench_ortgenai, sdar_rt.bench_reference; assert 'torch' not in sys.modules, 'torch imported'"
+        "sdar_rt.bench_ortgenai, sdar_rt.bench_reference, sdar_rt.bench_weights; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -54,6 +54,39 @@ def test_step_graph_fuses_projections_and_standard_graphs_stay_standard(art):
         assert {d for d, _ in _ops(a / f"{g}.onnx")} == {"ai.onnx"}, g
 
 
+def test_step_graph_folds_static_shapes(art):
+    """Shape arithmetic of the static axes (batch, heads, head_dim) is constant in the step graph:
+    Reshape targets are initializers unless two token axes are dynamic, and the rotate_half slice
+    bounds are constants: fewer Shape / Unsqueeze nodes are left than in prefill (also dynamic in T,
+    same layers, and it has no LM head)."""
+    _, a = art
+    m = onnx.load(str(a / "step.onnx"), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    layers = 2
+    reshapes = [n for n in m.graph.node if n.op_type == "Reshape" and "/layers." in n.name]
+    computed = [n.name for n in reshapes if n.input[1] not in inits]
+    assert len(computed) <= 2 * layers, computed     # the scores' [.., T, P + T] views
+    step, prefill = _ops(a / "step.onnx"), _ops(a / "prefill.onnx")
+    assert step[("ai.onnx", "Shape")] <= 3 * layers + 2 < prefill[("ai.onnx", "Shape")]
+    assert step[("ai.onnx", "Unsqueeze")] < prefill[("ai.onnx", "Unsqueeze")] * 2 / 3
+
+
+def test_step_graph_rope_is_one_rotary_embedding_per_tensor(art):
+    """q and k of every layer: com.microsoft.RotaryEmbedding at offset past_len over cos / sin
+    tables of every position (the traced Slice / Neg / Concat / Mul / Add are gone); the standard
+    graphs keep the traced form."""
+    _, a = art
+    m = onnx.load(str(a / "step.onnx"), load_external_data=False)
+    rotary = [n for n in m.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotary) == 2 * 2 and {n.domain for n in rotary} == {"com.microsoft"}
+    assert {n.input[1] for n in rotary} == {"past_len"}
+    assert _ops(a / "step.onnx")[("ai.onnx", "Neg")] == 0 < _ops(a / "decode.onnx")[("ai.onnx", "Neg")]
+    inits = {t.name: t for t in m.graph.initializer}
+    cfg = json.loads((a / "config.json").read_text())
+    D = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert list(inits[rotary[0].input[2]].dims) == [cfg["max_position_embeddings"], D // 2]
+
+
 def test_step_graph_serves_prefill_decode_fused(art):
     torch = pytest.importorskip("torch")
     from sdar_export.model import build_model, full_sequence_logits

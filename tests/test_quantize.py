@@ -257,6 +257,32 @@ def test_trt_build_refuses_matmulnbits_artifact(art4, capsys):
     assert "cannot run on TensorRT" in err and "QDQ" in err
 
 
+def test_int4_body_with_8bit_lm_head(ck, tmp_path):
+    """--lm-head-bits 8: the head is an 8-bit MatMulNBits in the body's groups, the body stays 4-bit,
+    and the graphs still match PyTorch with the same dequantized weights (exact validation)."""
+    from sdar_export.cli import main
+
+    out = tmp_path / "art"
+    assert main([str(ck), "-o", str(out), "--max-context", str(MC), "-q", "--int4", "--group-size", "32",
+                 "--lm-head-bits", "8"]) == 0
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["weights"] == "int4" and q["lm_head"] == "int8" and q["embeddings"] == "float32"
+    assert q["quantized_weights"] == 15
+    for g, err in q["validation"]["exact_max_abs"].items():
+        assert err < 1e-4, (g, err)
+    for g in ("decode", "step"):
+        m = onnx.load(str(out / f"{g}.onnx"))
+        bits = {}
+        for n in m.graph.node:
+            if n.op_type == "MatMulNBits":
+                a = {x.name: x.i for x in n.attribute}
+                bits.setdefault(a["bits"], []).append(a["N"])
+                assert a["block_size"] == 32
+        assert bits[8] == [512], g          # the head [hidden -> vocab], nothing else in 8 bits
+        assert len(bits[4]) == (14 if g == "decode" else 8), g   # step: q/k/v and gate/up fused
+        assert not [n for n in m.graph.node if n.op_type == "MatMul" and n.input[1].startswith("w_")], g
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -267,6 +293,9 @@ def test_trt_build_refuses_matmulnbits_artifact(art4, capsys):
     (["--int4", "--bf16"], "float32 or float16"),
     (["--group-size", "32"], "add --int4 or --int8"),
     (["--quantize-lm-head"], "add --int4 or --int8"),
+    (["--lm-head-bits", "8"], "add --int4 or --int8"),
+    (["--int4", "--lm-head-bits", "8", "--quant-format", "QDQ"], "MatMulNBits"),
+    (["--int8", "--lm-head-bits", "4"], "needs a --group-size"),
 ])
 def test_bad_quantization_options(ck, tmp_path, capsys, args, msg):
     from sdar_export.cli import main

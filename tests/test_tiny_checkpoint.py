@@ -88,6 +88,39 @@ def test_runtime_solves_task_and_threshold_trades_forwards(tiny_generator):
     assert tpf[0.5] >= tpf[0.9] >= tpf[0.999] and tpf[0.5] > tpf[0.999], tpf
 
 
+def _solve(gen, digits, threshold: float = 0.9) -> tuple[float, float, list]:
+    """(fraction solved, TPF, output token ids) over the held-out prompts."""
+    from sdar_export.tiny_task import task as T
+
+    tokens = forwards = ok = 0
+    outs = []
+    for d in digits:
+        out = gen.generate("sort: " + " ".join(str(x) for x in d), max_new_tokens=16, threshold=threshold)
+        tokens += out.stats["tokens_generated"]
+        forwards += out.stats["decode_forwards"]
+        ok += T.is_correct(d, out.token_ids) and out.finish_reason == "stop"
+        outs.append(list(out.token_ids))
+    return ok / len(digits), tokens / forwards, outs
+
+
+@pytest.mark.parametrize("head_bits", [None, 8])
+def test_int4_still_solves_task(tiny_generator, tmp_path, head_bits):
+    """sdar-export --int4 (float LM head by default; and an 8-bit head): at the card's threshold the
+    held-out prompts are still solved (>= 95%) with parallel decoding, nearly always with the fp32
+    tokens."""
+    from sdar_export.cli import export
+    from sdar_export.tiny_task import task as T
+    from sdar_rt import Generator
+
+    art = export(CKPT, tmp_path / "art", quantize="int4", lm_head_bits=head_bits, quiet=True)
+    digits = T.heldout_set()[:120]
+    solved, tpf, outs = _solve(Generator(art, threads=1), digits)
+    _, tpf_fp32, ref = _solve(tiny_generator, digits)
+    assert solved >= 0.95, solved
+    assert tpf >= 1.5 and abs(tpf - tpf_fp32) < 0.25, (tpf, tpf_fp32)
+    assert sum(a == b for a, b in zip(outs, ref, strict=True)) >= 0.95 * len(digits)
+
+
 def test_demo_main_job_exports_and_streams_the_packaged_model(tmp_path, capsys):
     """The README's main job (`sdar-demo`): packaged checkpoint -> export -> streamed answer."""
     pytest.importorskip("torch")

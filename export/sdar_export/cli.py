@@ -3,7 +3,7 @@
     sdar-export MODEL_DIR [-o OUT] [--fp16|--bf16] [--block-length 4] [--max-context N] [--batch 1]
                 [--engine {onnx,trt}] [--opset 18] [--prefill-chunk N] [--skip-validate] [--force]
                 [--int4 [--group-size 128] | --int8] [--symmetric|--asymmetric] [--quant-format F]
-                [--quantize-embeddings] [--quantize-lm-head] [--accuracy-level 4]
+                [--quantize-embeddings] [--quantize-lm-head] [--lm-head-bits {4,8}] [--accuracy-level 4]
                 [--awq [--calibration PROMPTS.txt]]
     sdar-export ARTIFACT_DIR --engine trt        # engines only, on the device, no torch import
 
@@ -119,7 +119,7 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
            quantize: str | None = None, group_size: int | None = None, symmetric: bool = True,
            quant_format: str | None = None, quantize_embeddings: bool = False, quantize_lm_head: bool = False,
            accuracy_level: int | None = None, awq: bool = False, calibration: str | Path | None = None,
-           _summary: dict | None = None,
+           lm_head_bits: int | None = None, _summary: dict | None = None,
            _external_data_threshold: int | None = None) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path.
 
@@ -144,12 +144,13 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
         from .quantize import DEFAULT_ACCURACY_LEVEL, make_scheme  # noqa: PLC0415  (no torch)
         level = DEFAULT_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
         scheme = make_scheme(quantize, group_size, symmetric, quant_format, engine, quantize_embeddings,
-                             quantize_lm_head, level, dtype, method="awq" if awq else "rtn")
+                             quantize_lm_head, level, dtype, method="awq" if awq else "rtn",
+                             lm_head_bits=lm_head_bits)
     elif (group_size is not None or not symmetric or quant_format is not None or quantize_embeddings
-          or quantize_lm_head or accuracy_level is not None or awq):
+          or quantize_lm_head or accuracy_level is not None or awq or lm_head_bits is not None):
         raise ExportError("--group-size, --asymmetric, --quant-format, --quantize-embeddings, "
-                          "--quantize-lm-head, --accuracy-level and --awq only apply to a quantized export; "
-                          "add --int4 or --int8.")
+                          "--quantize-lm-head, --lm-head-bits, --accuracy-level and --awq only apply to a "
+                          "quantized export; add --int4 or --int8.")
     if calibration is not None and not awq:
         raise ExportError("--calibration only applies with --awq (RTN needs no calibration); add --awq.")
 
@@ -445,6 +446,9 @@ def parser() -> argparse.ArgumentParser:
                         "DequantizeLinear -> MatMul, for TensorRT; default with --engine trt)")
     q.add_argument("--quantize-embeddings", action="store_true", help="also quantize the embedding table")
     q.add_argument("--quantize-lm-head", action="store_true", help="also quantize the LM head")
+    q.add_argument("--lm-head-bits", type=int, default=None, choices=[4, 8],
+                   help="quantize the LM head with these bits (implies --quantize-lm-head; e.g. an 8-bit "
+                        "head for --int4)")
     q.add_argument("--accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy_level (default 4: int8 activations, the fast CPU kernel)")
     q.add_argument("--awq", action="store_true",
@@ -468,7 +472,8 @@ def main(argv=None) -> int:
                      quantize="int4" if a.int4 else "int8" if a.int8 else None, group_size=a.group_size,
                      symmetric=a.symmetric, quant_format=a.quant_format,
                      quantize_embeddings=a.quantize_embeddings, quantize_lm_head=a.quantize_lm_head,
-                     accuracy_level=a.accuracy_level, awq=a.awq, calibration=a.calibration)
+                     accuracy_level=a.accuracy_level, awq=a.awq, calibration=a.calibration,
+                     lm_head_bits=a.lm_head_bits)
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

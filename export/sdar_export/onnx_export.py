@@ -163,11 +163,14 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
     m.producer_name = "sdar_export"
     restore_unused_inputs(m, in_names, model, batch, dynamic_tokens=spec.tokens is None)
     canonicalize_initializers(m)
+    if spec.logits_input:
+        from .ort_graph import fold_static_shapes  # noqa: PLC0415
+        fold_static_shapes(m)   # before the quantization rewrite: shape inference needs standard ops
     if rewrite is not None:
         rewrite(m, spec.name)
     if spec.logits_input:
         from .ort_graph import optimize_for_ort  # noqa: PLC0415
-        optimize_for_ort(m)
+        optimize_for_ort(m, rope=rope_tables(model))
     limit = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
     if shared_data is None and sum(len(t.raw_data) for t in m.graph.initializer) > limit:
         shared_data = SharedWeights(path.with_name(path.name + ".data"))
@@ -175,6 +178,14 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
         shared_data.externalize(m)
     onnx.save_model(m, str(path))
     return path
+
+
+def rope_tables(model: SDARModel) -> tuple:
+    """cos / sin [max_position_embeddings, head_dim / 2] float32 of every position, computed as
+    SDARModel.forward does (float position * inv_freq): the step graph's RotaryEmbedding reads them."""
+    pos = torch.arange(model.config.max_position_embeddings, dtype=torch.int64).float()
+    freqs = pos.unsqueeze(-1) * model.inv_freq.unsqueeze(0)
+    return freqs.cos().numpy(), freqs.sin().numpy()
 
 
 def canonicalize_initializers(m) -> None:

@@ -10,6 +10,9 @@ a ``Concat`` of the original initializers, followed by a ``Split``:
   the inputs nothing else reads, and prepacks the result, so memory holds one copy.
 
 Exact: each output column is the same dot product over K as before, only computed in a wider call.
+
+The step graph's shape arithmetic of the static axes (batch, heads, head_dim) is also folded into
+constants (:func:`fold_static_shapes`): fewer tiny nodes per layer for ONNX Runtime to launch.
 """
 
 from __future__ import annotations
@@ -142,7 +145,283 @@ def merge_duplicate_casts(m) -> int:
     return len(alias)
 
 
-def optimize_for_ort(m) -> dict:
-    """All ONNX Runtime-only rewrites of the step graph, in place; returns what was done."""
+def optimize_for_ort(m, rope: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """All ONNX Runtime-only rewrites of the step graph, in place; returns what was done.
+    ``rope``: (cos, sin) tables [positions, head_dim / 2] float32 for :func:`fuse_rotary`."""
     casts = merge_duplicate_casts(m)
-    return {"merged_casts": casts, "fused_matmul_groups": fuse_shared_input_matmuls(m)}
+    done = {"merged_casts": casts, "fused_matmul_groups": fuse_shared_input_matmuls(m)}
+    if rope is not None:
+        done["rotary"] = fuse_rotary(m, *rope)
+        _drop_dead(m)
+    return done
+
+
+# --------------------------------------------------------------------------- rotary embedding
+#
+# RoPE as traced is ~11 nodes per tensor (Slice x2, Neg, Concat, Mul x2, Add, plus the cos/sin
+# broadcasts), twice per layer. com.microsoft.RotaryEmbedding does it in one kernel from cos/sin
+# tables of every position, with ``past_len`` as the position offset (positions past_len + t): the
+# same products and sum per element (x*cos - x2*sin, x2*cos + x*sin), so the validation tolerances
+# hold. The tables are the model's own cos/sin of pos * inv_freq in float32.
+
+ROTARY_POSITIONS = "past_len"
+
+
+def _producers(m) -> dict:
+    return {o: n for n in m.graph.node for o in n.output}
+
+
+def _has_ancestor(name: str, op: str, prod: dict, depth: int = 6) -> bool:
+    """Whether ``op`` produces ``name`` within ``depth`` hops up the graph (cos / sin provenance)."""
+    frontier = [name]
+    for _ in range(depth):
+        nodes = [prod[x] for x in frontier if x in prod]
+        if any(n.op_type == op for n in nodes):
+            return True
+        frontier = [x for n in nodes for x in n.input]
+    return False
+
+
+def _const(name: str, inits: dict) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(inits[name]) if name in inits else None
+
+
+def _is_half_slice(node, x: str, lo: int, hi: int | None, inits: dict, half: int) -> bool:
+    """Slice(x) over the last axis from ``lo`` to ``hi`` (None: to the end), step 1."""
+    if node is None or node.op_type != "Slice" or node.input[0] != x or len(node.input) < 4:
+        return False
+    starts, ends, axes = (_const(n, inits) for n in node.input[1:4])
+    steps = _const(node.input[4], inits) if len(node.input) > 4 else np.ones(1, np.int64)
+    if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)):
+        return False
+    end_ok = int(ends[0]) >= 2 * half if hi is None else int(ends[0]) == hi
+    return int(starts[0]) == lo and end_ok and int(axes[0]) in (-1, 3) and int(steps[0]) == 1
+
+
+def _rotary_match(add, prod: dict, inits: dict, half: int) -> tuple[str, str, str] | None:
+    """(x, cos, sin) if ``add`` is x * cos + rotate_half(x) * sin, else None."""
+    muls = [prod.get(x) for x in add.input]
+    if add.op_type != "Add" or any(n is None or n.op_type != "Mul" for n in muls):
+        return None
+    for rot, direct in (muls, muls[::-1]):
+        cat = next((prod[x] for x in rot.input if x in prod and prod[x].op_type == "Concat"), None)
+        if cat is None or len(cat.input) != 2 or _attrs(cat).get("axis") not in (-1, 3):
+            continue
+        sin = next(x for x in rot.input if x != cat.output[0])
+        neg = prod.get(cat.input[0])
+        if neg is None or neg.op_type != "Neg" or neg.input[0] not in prod:
+            continue
+        x = prod[neg.input[0]].input[0]
+        if x not in direct.input:
+            continue
+        cos = next(y for y in direct.input if y != x)
+        if (_is_half_slice(prod[neg.input[0]], x, half, None, inits, half)
+                and _is_half_slice(prod.get(cat.input[1]), x, 0, half, inits, half)
+                and _has_ancestor(cos, "Cos", prod) and _has_ancestor(sin, "Sin", prod)):
+            return x, cos, sin
+    return None
+
+
+def fuse_rotary(m, cos_table: np.ndarray, sin_table: np.ndarray) -> int:
+    """Replace every traced RoPE by com.microsoft.RotaryEmbedding on a [B, T, heads * D] view;
+    returns how many. The x * cos + rotate_half(x) * sin nodes are left for _drop_dead."""
+    from onnx import helper, numpy_helper
+
+    half = cos_table.shape[1]
+    inits = _initializers(m)
+    prod = _producers(m)
+    names = {"cos": "rotary_cos_cache", "sin": "rotary_sin_cache", "flat": "rotary_flat_shape",
+             "heads": "rotary_heads_shape"}
+    out, fused = [], 0
+    for node in m.graph.node:
+        match = _rotary_match(node, prod, inits, half) if node.op_type == "Add" else None
+        if match is None:
+            out.append(node)
+            continue
+        x, base = match[0], node.name + "_rotary"
+        rotary_in = [base + "_x", ROTARY_POSITIONS, names["cos"], names["sin"]]
+        out += [helper.make_node("Reshape", [x, names["flat"]], [base + "_x"], name=base + "_flat"),
+                helper.make_node("RotaryEmbedding", rotary_in, [base + "_y"], name=base,
+                                 domain="com.microsoft", interleaved=0),
+                helper.make_node("Reshape", [base + "_y", names["heads"]], list(node.output),
+                                 name=base + "_heads")]
+        fused += 1
+    if fused:
+        m.graph.initializer.extend([
+            numpy_helper.from_array(np.ascontiguousarray(cos_table, np.float32), names["cos"]),
+            numpy_helper.from_array(np.ascontiguousarray(sin_table, np.float32), names["sin"]),
+            numpy_helper.from_array(np.array([0, 0, -1], np.int64), names["flat"]),
+            numpy_helper.from_array(np.array([0, 0, -1, 2 * half], np.int64), names["heads"])])
+        del m.graph.node[:]
+        m.graph.node.extend(out)
+        if not any(o.domain == "com.microsoft" for o in m.opset_import):
+            m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+# --------------------------------------------------------------------------- static shapes
+#
+# The traced graph computes every reshape target and slice bound at run time from Shape nodes
+# (Shape -> Gather -> Unsqueeze -> Concat, ...), about 30 tiny nodes per layer. Each costs ONNX
+# Runtime a kernel launch (~5-10 us on CPU): a few ms per forward, which matters once the weights
+# are 4-bit. Only the token axes (T, P, num_logits) are dynamic and the batch is static, so most of
+# these values are known at export: they become constants, Reshape targets use 0 (copy that input
+# dim) and -1 (the one remaining dim) for the dynamic axes, and the dead plumbing is dropped.
+
+_INT_OPS = {"Unsqueeze", "Squeeze", "Cast", "Div", "Mul", "Add", "Sub", "Concat", "Gather"}
+
+
+def _inferred_dims(m) -> dict[str, list]:
+    """Per value: dims from ONNX shape inference (ints, symbol names, or None when unknown).
+
+    Runs on a data-free copy (weights over 1 KiB dropped) so a > 2 GB model can be inferred.
+    """
+    import onnx
+    from onnx import shape_inference
+
+    c = onnx.ModelProto()
+    c.ir_version, c.producer_name = m.ir_version, m.producer_name
+    c.opset_import.extend(m.opset_import)
+    g = c.graph
+    g.node.extend(m.graph.node)
+    g.input.extend(m.graph.input)
+    g.output.extend(m.graph.output)
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1024:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.append(t)
+    inferred = shape_inference.infer_shapes(c, data_prop=True)
+    out: dict[str, list] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tt = v.type.tensor_type
+        if tt.HasField("shape"):
+            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in tt.shape.dim]
+    return out
+
+
+def _eval_int(node, vals: list[np.ndarray], attrs: dict) -> np.ndarray | None:
+    """The value of a small integer node from constant inputs (ONNX semantics), or None."""
+    op = node.op_type
+    if op == "Unsqueeze":
+        return np.expand_dims(vals[0], tuple(int(a) for a in vals[1]))
+    if op == "Squeeze":
+        return np.squeeze(vals[0], tuple(int(a) for a in vals[1])) if len(vals) > 1 else np.squeeze(vals[0])
+    if op == "Cast":
+        from onnx import helper
+
+        return vals[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op == "Concat":
+        return np.concatenate(vals, axis=attrs.get("axis", 0))
+    if op == "Gather":
+        return np.take(vals[0], vals[1], axis=attrs.get("axis", 0))
+    a, b = vals
+    if a.dtype.kind not in "iu" or b.dtype.kind not in "iu":
+        return None
+    if op == "Div":
+        return np.trunc(a / b).astype(a.dtype) if np.all(b != 0) else None   # ONNX integer Div truncates
+    return {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}[op](a, b).astype(a.dtype)
+
+
+def _known_values(m, dims: dict[str, list]) -> dict[str, np.ndarray]:
+    """Integer values computable at export: constants, Shape of static-shaped values, and _INT_OPS
+    over those (Gather of a Shape picks static entries even when other dims are dynamic)."""
+    from onnx import numpy_helper
+
+    known = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer
+             if t.data_type in (6, 7) and len(t.dims) <= 1 and len(t.raw_data) <= 1024}
+    partial: dict[str, list] = {}          # Shape outputs with some dynamic entries
+    for node in m.graph.node:
+        a = _attrs(node)
+        if node.op_type == "Constant" and "value" in a and node.output[0]:
+            v = numpy_helper.to_array(a["value"])
+            if v.dtype.kind in "iu":
+                known[node.output[0]] = v
+        elif node.op_type == "Shape" and not set(a) - {"start", "end"} and node.input[0] in dims:
+            d = dims[node.input[0]][a.get("start", 0):a.get("end")]
+            if all(isinstance(x, int) for x in d):
+                known[node.output[0]] = np.array(d, np.int64)
+            else:
+                partial[node.output[0]] = d
+        elif (node.op_type == "Gather" and node.input[0] in partial and node.input[1] in known
+              and a.get("axis", 0) == 0):
+            picked = np.take(np.array(partial[node.input[0]], dtype=object), known[node.input[1]])
+            if all(isinstance(x, int) for x in np.atleast_1d(np.asarray(picked, dtype=object))):
+                known[node.output[0]] = np.array(picked, np.int64)
+        elif node.op_type in _INT_OPS and node.input and all(x in known for x in node.input):
+            v = _eval_int(node, [known[x] for x in node.input], a)
+            if v is not None:
+                known[node.output[0]] = v
+    return known
+
+
+def _reshape_target(in_dims: list | None, out_dims: list | None) -> np.ndarray | None:
+    """A constant Reshape target equal to the inferred output shape: static dims as is, a dynamic
+    dim that is the input's dim at the same index as 0 (copy), at most one other as -1."""
+    if out_dims is None or any(d is None for d in out_dims):
+        return None
+    target = []
+    for i, d in enumerate(out_dims):
+        if isinstance(d, int):
+            target.append(d)
+        elif in_dims is not None and i < len(in_dims) and in_dims[i] == d:
+            target.append(0)
+        else:
+            target.append(-1)
+    if target.count(-1) > 1 or any(isinstance(d, int) and d == 0 for d in out_dims):
+        return None     # 0 would mean "copy" to Reshape; two -1 are ambiguous
+    return np.array(target, np.int64)
+
+
+def _drop_dead(m) -> int:
+    """Remove nodes whose outputs nothing reads (graph outputs count as read)."""
+    used = {o.name for o in m.graph.output}
+    keep = []
+    for node in reversed(m.graph.node):
+        if any(o in used for o in node.output if o):
+            keep.append(node)
+            used.update(node.input)
+    dropped = len(m.graph.node) - len(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(keep))
+    inits = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return dropped
+
+
+def fold_static_shapes(m) -> dict:
+    """Constant Reshape targets and shape arithmetic (see above), in place; run on the float graph
+    (ONNX shape inference does not know the contrib ops the quantized graph holds)."""
+    from onnx import numpy_helper
+
+    dims = _inferred_dims(m)
+    known = _known_values(m, dims)
+    added: dict[str, str] = {}
+
+    def const(value: np.ndarray) -> str:
+        key = f"{value.dtype}:{value.shape}:{value.tobytes().hex()}"
+        if key not in added:
+            name = f"static_shape_{len(added)}"
+            # not np.ascontiguousarray: it makes a 0-d scalar 1-d
+            m.graph.initializer.append(numpy_helper.from_array(np.array(value, order="C"), name))
+            added[key] = name
+        return added[key]
+
+    initializers = {t.name for t in m.graph.initializer}
+    reshapes = 0
+    for node in m.graph.node:
+        if node.op_type in ("Constant", "Shape") or node.op_type in _INT_OPS and node.output[0] in known:
+            continue      # itself plumbing: dropped if nothing else reads it
+        if node.op_type == "Reshape" and node.input[1] not in known:
+            target = _reshape_target(dims.get(node.input[0]), dims.get(node.output[0]))
+            if target is not None:
+                node.input[1] = const(target)
+                reshapes += 1
+        for i, x in enumerate(node.input):
+            if x in known and x not in initializers and known[x].size <= 64:
+                node.input[i] = const(known[x])
+    return {"static_reshapes": reshapes, "dropped_nodes": _drop_dead(m)}

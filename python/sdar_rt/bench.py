@@ -4,6 +4,7 @@
                [--block-lengths 4 8 16] [--steps 2 4] [--threshold 0.9 0.7] [--remasking POLICY]
                [--batch 1 4] [--prompt-lengths 16 256] [--prompts FILE] [--threads N]
                [--baselines reference,ar,ort-genai] [--memory-calls N] [--json OUT.json] [--plot OUT.png]
+               [--int4 [--group-size 128] [--lm-head-bits {4,8}]]
 
 Every combination of block length x batch x prompt length x steps x threshold is run with the fused
 commit pass and with a separate commit pass; both must give the same tokens, batched rows must equal
@@ -16,6 +17,12 @@ exported with block length 1, i.e. causal, decoded by sdar_rt one forward per to
 ``ort-genai`` (onnxruntime-genai's AR generator on the same weights, exported as Qwen3). A model dir
 is exported once per block length / batch (cached under ~/.cache/sdar_rt/bench); ``--shape 0.6b``
 benchmarks a random-weight checkpoint with Qwen3-0.6B's dimensions.
+
+``--int4`` also exports the checkpoint with ``sdar-export --int4`` (``--group-size``, default 128;
+``--lm-head-bits 4|8`` quantizes the LM head too, which the exporter keeps in float by default) and
+runs the first configuration (batch 1, fused commit) on it right after the float sweep: tok/s, TPF
+and the ratio to float for each weight format, greedy-token agreement with the float tokens (equal
+tokens and equal rows) and the TPF change (``weights`` in the JSON; the target is >= 2x float tok/s).
 """
 
 from __future__ import annotations
@@ -153,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="where sdar_rt's decoding loop runs (default: cuda for TensorRT, else cpu)")
     p.add_argument("--memory-calls", type=int, default=0, help="generate calls for a memory-flatness run")
+    p.add_argument("--int4", action="store_true",
+                   help="also run the checkpoint exported with --int4 and compare it with the float weights")
+    p.add_argument("--group-size", type=int, default=None, help="--int4 group size (default 128)")
+    p.add_argument("--lm-head-bits", type=int, default=None, choices=[4, 8],
+                   help="--int4: quantize the LM head with these bits (default: float head)")
     p.add_argument("--json", default=None, help="write the report here (default: print it on stdout)")
     p.add_argument("--plot", default=None, help="PNG plot path (default: next to --json; needs matplotlib)")
     return p
@@ -411,6 +423,10 @@ def _summary(report: dict, primary: dict) -> None:
             for r in by_plen
         )
         s.append(f"cost vs actual context (max context {primary['artifact'].max_context}): {parts}")
+    if report.get("weights"):
+        from .bench_weights import summary_line
+
+        s.append(summary_line(report["weights"]))
 
 
 def run(a) -> dict:
@@ -426,6 +442,8 @@ def run(a) -> dict:
             raise ValueError(f"{flag} must be >= 1")
     if any(b < 1 for b in a.batch):
         raise ValueError("--batch values must be >= 1")
+    if not a.int4 and (a.group_size is not None or a.lm_head_bits is not None):
+        raise ValueError("--group-size and --lm-head-bits apply to the --int4 comparison; add --int4")
     max_context = a.max_context or (1024 if a.shape else None)
     targets = Targets(a.target, shape=a.shape, model_dir=a.model_dir, fp16=a.fp16, max_context=max_context)
     name = a.shape and f"random {a.shape}" or str(targets.fixed_artifact or targets.model_dir)
@@ -462,6 +480,12 @@ def run(a) -> dict:
     report["equality"]["checks"] = checks.items
     try:
         primary = _sdar_sweep(a, targets, checks, report)
+        if a.int4:  # right after the float run: the ratio sees the same machine load
+            from .bench_artifacts import LowBit
+            from .bench_weights import compare
+
+            lowbit = LowBit(group_size=a.group_size or 128, lm_head_bits=a.lm_head_bits)
+            report["weights"] = compare(a, targets, primary, lowbit)
         report["baselines"] = _baselines(a, names, targets, primary, checks)
     except BenchMismatch as exc:
         report["error"] = str(exc)

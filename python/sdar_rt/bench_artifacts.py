@@ -4,7 +4,9 @@ A benchmark target is either an artifact dir (measured as-is: no sweeps over blo
 no baselines that need the weights unless ``--model-dir`` names the checkpoint) or a Hugging Face
 SDAR checkpoint dir, which is exported once per (block length, batch, max context, dtype) into
 ``~/.cache/sdar_rt/bench/`` and reused. ``--shape 0.6b`` writes a random-weight checkpoint with the
-Qwen3-0.6B dimensions there first. Exporting needs torch (the ``export`` extra); measuring does not.
+Qwen3-0.6B dimensions there first. ``LowBit`` names a weight-only quantized export of the same
+checkpoint (``--int4``), cached next to the float one. Exporting needs torch (the ``export`` extra);
+measuring does not.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
@@ -80,12 +83,37 @@ def checkpoint_info(model_dir: Path) -> dict:
     return {k: cfg.get(k) for k in keys}
 
 
+@dataclass(frozen=True)
+class LowBit:
+    """A weight-only quantized export of the benchmark's checkpoint (sdar-export's options)."""
+
+    weights: str = "int4"
+    group_size: int = 128
+    lm_head_bits: int | None = None  # None: the LM head stays in the float dtype (exporter default)
+
+    @property
+    def tag(self) -> str:
+        """Part of the cached artifact's name: every option that changes the weights."""
+        head = f"-head{self.lm_head_bits}" if self.lm_head_bits else ""
+        return f"{self.weights}-g{self.group_size}{head}"
+
+    def export_kwargs(self) -> dict:
+        return {"quantize": self.weights, "group_size": self.group_size, "lm_head_bits": self.lm_head_bits}
+
+
 def artifact_for(
-    model_dir: Path, *, block_length: int, batch: int, max_context: int | None, dtype: str
+    model_dir: Path,
+    *,
+    block_length: int,
+    batch: int,
+    max_context: int | None,
+    dtype: str,
+    lowbit: LowBit | None = None,
 ) -> Path:
     """The artifact of ``model_dir`` for these export options; exported on first use."""
     ctx = f"c{max_context}" if max_context else "cdef"
-    name = f"{model_dir.name}-{_checkpoint_key(model_dir)}-{dtype}-L{block_length}-b{batch}-{ctx}"
+    weights = f"{dtype}-{lowbit.tag}" if lowbit else dtype
+    name = f"{model_dir.name}-{_checkpoint_key(model_dir)}-{weights}-L{block_length}-b{batch}-{ctx}"
     art = cache_dir() / "artifacts" / name
     if is_artifact(art):
         try:
@@ -93,7 +121,7 @@ def artifact_for(
             return art
         except ArtifactError as exc:
             _log(f"cached artifact {art} is unusable ({exc}); exporting again")
-    _log(f"exporting {model_dir} (block length {block_length}, batch {batch}, {dtype}) -> {art}")
+    _log(f"exporting {model_dir} (block length {block_length}, batch {batch}, {weights}) -> {art}")
     try:
         from sdar_export.cli import export
     except ImportError as exc:
@@ -111,6 +139,7 @@ def artifact_for(
         batch=batch,
         force=True,
         quiet=True,
+        **(lowbit.export_kwargs() if lowbit else {}),
     )
     return art
 
@@ -144,8 +173,8 @@ class Targets:
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             raise ArtifactError(f"{self.model_dir}: no config.json; --model-dir must be the checkpoint dir")
 
-    def artifact(self, block_length: int, batch: int = 1) -> Path:
-        if self.fixed_artifact is not None:
+    def artifact(self, block_length: int, batch: int = 1, lowbit: LowBit | None = None) -> Path:
+        if self.fixed_artifact is not None and lowbit is None:
             a = load_artifact(self.fixed_artifact)
             if a.block_length == block_length and a.batch >= batch:
                 return self.fixed_artifact
@@ -156,13 +185,19 @@ class Targets:
                     "as the target or --model-dir"
                 )
         if self.model_dir is None:
-            raise ValueError("no checkpoint to export from")
+            what = f"the {lowbit.weights} export" if lowbit else "exporting"
+            raise ValueError(f"{what} needs the checkpoint: pass a model dir as the target or --model-dir")
+        max_context, dtype = self.max_context, self.dtype
+        if self.fixed_artifact is not None:  # the quantized twin of a given artifact: its context, dtype
+            fixed = load_artifact(self.fixed_artifact)
+            max_context, dtype = max_context or fixed.max_context, fixed.dtype
         return artifact_for(
             self.model_dir,
             block_length=block_length,
             batch=batch,
-            max_context=self.max_context,
-            dtype=self.dtype,
+            max_context=max_context,
+            dtype=dtype,
+            lowbit=lowbit,
         )
 
     def default_block_length(self) -> int:

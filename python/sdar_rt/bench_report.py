@@ -239,6 +239,10 @@ def print_tables(report: dict) -> None:
             _fmt(r.get("peak_rss_mib"), ".0f"),
         )
     console.print(t)
+    if report.get("weights"):
+        from .bench_weights import print_table
+
+        print_table(console, report["weights"])
     for name, b in report["baselines"].items():
         if "skipped" in b:
             console.print(f"baseline {name}: skipped ({b['skipped']})")
