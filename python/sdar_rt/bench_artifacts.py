@@ -67,6 +67,17 @@ def _checkpoint_key(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _exporter_key() -> str:
+    """Identity of the exporter's code: a cached artifact from an older exporter (other graphs, other
+    rewrites) must not be benchmarked as if it were the current one."""
+    import sdar_export
+
+    h = hashlib.sha256()
+    for p in sorted(Path(sdar_export.__file__).parent.rglob("*.py")):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def checkpoint_info(model_dir: Path) -> dict:
     cfg = json.loads((model_dir / "config.json").read_text())
     keys = (
@@ -113,7 +124,8 @@ def artifact_for(
     """The artifact of ``model_dir`` for these export options; exported on first use."""
     ctx = f"c{max_context}" if max_context else "cdef"
     weights = f"{dtype}-{lowbit.tag}" if lowbit else dtype
-    name = f"{model_dir.name}-{_checkpoint_key(model_dir)}-{weights}-L{block_length}-b{batch}-{ctx}"
+    name = (f"{model_dir.name}-{_checkpoint_key(model_dir)}-x{_exporter_key()}-{weights}-L{block_length}"
+            f"-b{batch}-{ctx}")
     art = cache_dir() / "artifacts" / name
     if is_artifact(art):
         try:
