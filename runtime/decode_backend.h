@@ -7,6 +7,7 @@
 //     host sync per denoising step for the "rows still active" count.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -35,6 +36,12 @@ struct StepRequest {
   const std::vector<std::uint8_t>* done = nullptr;  // [B] 1: finished row, left untouched
 };
 
+// The start of a call, in one layout for every backend: row r of `tokens` / `masked` (row stride
+// `stride`, positions [0, total)) holds prompt r, or prompt 0 for rows beyond the call's prompts,
+// then mask ids; `masked` is 1 from the prompt's end on.
+void write_call_rows(const CallSetup& setup, int batch, std::int64_t mask_id, std::size_t stride,
+                     std::int64_t* tokens, std::uint8_t* masked);
+
 class DecodeBackend {
  public:
   virtual ~DecodeBackend() = default;
@@ -49,7 +56,8 @@ class DecodeBackend {
   // Starts a call: rows [0, prompts) hold their prompt, rows beyond repeat prompt 0 (the graphs
   // have a static batch; those rows are discarded); positions [n, total) are masked.
   virtual void begin_call(const CallSetup& setup) = 0;
-  // Copies positions [start, start + tokens) of every row into input_ids as [B, tokens].
+  // Copies positions [start, start + tokens) of every row into input_ids as [B, tokens]
+  // (the Generator checks tokens <= ids_capacity).
   virtual void pack_ids(int start, int tokens) = 0;
   // One engine pass, timed (engine_seconds).
   virtual void run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) = 0;

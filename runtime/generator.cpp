@@ -168,6 +168,13 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   setup.row_ids = &plan.row_ids;
   setup.config = &config;
   backend.begin_call(setup);
+  // Copies positions [start, start + tokens) of every row into the engine's input ids.
+  const auto pack_ids = [&](int start, int tokens) {
+    if (tokens > buffers_.ids_capacity()) {
+      throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
+    }
+    backend.pack_ids(start, tokens);
+  };
 
   GenerationResult result;
   result.rows.resize(static_cast<std::size_t>(plan.rows));
@@ -180,7 +187,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   std::int64_t past_len = 0;
   for (int start = 0; start < prefill_len; start += chunk) {
     const int tokens = std::min(chunk, prefill_len - start);
-    backend.pack_ids(start, tokens);
+    pack_ids(start, tokens);
     backend.run_engine(engine, GraphKind::Prefill, past_len, tokens);
     ++stats.nfe_prefill;
     past_len += tokens;
@@ -201,7 +208,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     const int block_start = b * L;
     const auto block_start_time = Clock::now();  // the block's latency includes its commit pass
     if (pending_commit && !config.fused_commit) {
-      backend.pack_ids(block_start - L, L);
+      pack_ids(block_start - L, L);
       backend.run_engine(engine, GraphKind::Prefill, past_len, L);
       ++stats.nfe_commit;
       past_len += L;
@@ -214,13 +221,13 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     int step = 0;
     while (active > 0) {
       if (pending_commit) {  // fused: commit the previous block + first step of this one
-        backend.pack_ids(block_start - L, 2 * L);
+        pack_ids(block_start - L, 2 * L);
         backend.run_engine(engine, GraphKind::Fused, past_len, 2 * L);
         ++stats.nfe_fused;
         past_len += L;
         pending_commit = false;
       } else {
-        backend.pack_ids(block_start, L);
+        pack_ids(block_start, L);
         backend.run_engine(engine, GraphKind::Decode, past_len, L);
         ++stats.nfe_denoise;
       }

@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <string>
 
-#include "errors.h"
 #include "philox.h"
 #include "remask.h"
 
@@ -28,25 +26,12 @@ void HostBackend::attach(const ModelSpec& spec, const StepBuffers& buffers) {
 void HostBackend::begin_call(const CallSetup& setup) {
   call_ = setup;
   engine_seconds_ = 0.0;
-  const auto& prompts = *setup.prompts;
-  const int n = setup.prompt_length;
-  const auto stride = static_cast<std::size_t>(spec_.max_context);
-  for (int r = 0; r < spec_.batch; ++r) {
-    const auto& prompt = prompts[static_cast<std::size_t>(r) < prompts.size() ? static_cast<std::size_t>(r) : 0];
-    std::int64_t* row = sequence_.as<std::int64_t>() + static_cast<std::size_t>(r) * stride;
-    std::uint8_t* row_mask = masked_.as<std::uint8_t>() + static_cast<std::size_t>(r) * stride;
-    std::copy(prompt.begin(), prompt.end(), row);
-    std::fill(row + n, row + setup.total, spec_.mask_id);
-    std::fill(row_mask, row_mask + n, std::uint8_t{0});
-    std::fill(row_mask + n, row_mask + setup.total, std::uint8_t{1});
-  }
-  row_steps_.assign(prompts.size(), 0);
+  write_call_rows(setup, spec_.batch, spec_.mask_id, static_cast<std::size_t>(spec_.max_context),
+                  sequence_.as<std::int64_t>(), masked_.as<std::uint8_t>());
+  row_steps_.assign(setup.prompts->size(), 0);
 }
 
 void HostBackend::pack_ids(int start, int tokens) {
-  if (tokens > buffers_->ids_capacity()) {
-    throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
-  }
   const std::int64_t* seq = sequence_.as<std::int64_t>();
   std::int64_t* ids = buffers_->input_ids();
   const auto stride = static_cast<std::size_t>(spec_.max_context);

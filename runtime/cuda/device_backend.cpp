@@ -53,17 +53,12 @@ void DeviceBackend::begin_call(const CallSetup& setup) {
   engine_seconds_ = 0.0;
   passes_pending_ = 0;
   uploaded_done_.clear();
-  const auto& prompts = *setup.prompts;
   const int B = spec_.batch;
   const auto total = static_cast<std::size_t>(setup.total);
   // Stage [B, total] on the host, then one strided copy per buffer (once per call).
-  std::vector<std::int64_t> tokens(static_cast<std::size_t>(B) * total, spec_.mask_id);
-  std::vector<std::uint8_t> masked(static_cast<std::size_t>(B) * total, 1);
-  for (int r = 0; r < B; ++r) {
-    const auto& prompt = prompts[static_cast<std::size_t>(r) < prompts.size() ? static_cast<std::size_t>(r) : 0];
-    std::copy(prompt.begin(), prompt.end(), tokens.begin() + static_cast<std::ptrdiff_t>(r * total));
-    std::fill_n(masked.begin() + static_cast<std::ptrdiff_t>(r * total), prompt.size(), std::uint8_t{0});
-  }
+  std::vector<std::int64_t> tokens(static_cast<std::size_t>(B) * total);
+  std::vector<std::uint8_t> masked(static_cast<std::size_t>(B) * total);
+  write_call_rows(setup, B, spec_.mask_id, total, tokens.data(), masked.data());
   const auto pitch = static_cast<std::size_t>(spec_.max_context);
   cudaStream_t s = stream_.get();
   SDAR_CUDA_CHECK(cudaMemcpy2DAsync(sequence_.data(), pitch * sizeof(std::int64_t), tokens.data(),
@@ -78,9 +73,6 @@ void DeviceBackend::begin_call(const CallSetup& setup) {
 }
 
 void DeviceBackend::pack_ids(int start, int tokens) {
-  if (tokens > buffers_->ids_capacity()) {
-    throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
-  }
   const std::size_t width = sizeof(std::int64_t) * static_cast<std::size_t>(tokens);
   const std::int64_t* source = sequence_.as<std::int64_t>() + start;
   SDAR_CUDA_CHECK(cudaMemcpy2DAsync(buffers_->input_ids(), width, source,
