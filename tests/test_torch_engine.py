@@ -248,6 +248,16 @@ def test_bind_checks_memory_kind_and_dtype(artifact):
 # ---------------------------------------------------------------- CPU: the core on host buffers
 
 
+def check_tokens_equal_ort(gen: Generator, engine: TorchStepEngine, ort_outputs, case: dict, fused: bool):
+    """The torch-engine Generator decodes DIGITS exactly as ONNX Runtime on CPU does, and every
+    forward the core counted reached the engine. Returns the outputs."""
+    before = engine.run_count
+    outs = generate(gen, DIGITS, fused_commit=fused, **case)
+    assert_same_decoding(outs, ort_outputs(DIGITS, fused_commit=fused, **case))
+    assert engine.run_count - before == sum(o.stats["nfe"] for o in outs)
+    return outs
+
+
 @pytest.fixture(scope="module")
 def cpu_torch(artifact):
     engine = TorchStepEngine(CKPT, device="cpu")
@@ -257,11 +267,7 @@ def cpu_torch(artifact):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("case", CASES)
 def test_cpu_tokens_equal_onnx_runtime(cpu_torch, ort_outputs, case, fused):
-    gen, engine = cpu_torch
-    before = engine.run_count
-    outs = generate(gen, DIGITS, fused_commit=fused, **case)
-    assert_same_decoding(outs, ort_outputs(DIGITS, fused_commit=fused, **case))
-    assert engine.run_count - before == sum(o.stats["nfe"] for o in outs)
+    outs = check_tokens_equal_ort(*cpu_torch, ort_outputs, case, fused)
     if not case.get("temperature"):
         assert solved(DIGITS, outs) >= len(DIGITS) - 1  # the trained model really runs
 
@@ -349,11 +355,7 @@ def gpu_torch(artifact):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("case", CASES)
 def test_gpu_tokens_equal_cpu_onnx_runtime(gpu_torch, ort_outputs, case, fused):
-    gen, engine = gpu_torch
-    before = engine.run_count
-    outs = generate(gen, DIGITS, fused_commit=fused, **case)
-    assert_same_decoding(outs, ort_outputs(DIGITS, fused_commit=fused, **case))
-    assert engine.run_count - before == sum(o.stats["nfe"] for o in outs)
+    check_tokens_equal_ort(*gpu_torch, ort_outputs, case, fused)
 
 
 @needs_gpu_path

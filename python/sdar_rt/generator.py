@@ -87,10 +87,12 @@ class Generator:
             return engine, device or "cpu"  # a custom engine gets the buffers of the device asked for
         if engine not in ("auto", "ort", "trt"):
             raise ValueError(f"engine must be 'auto', 'ort', 'trt' or an Engine instance, got {engine!r}")
-        from .trt_engine import make_trt_engine, tensorrt_available
+        from .trt_engine import make_trt_engine, tensorrt_available, trt_plans
 
-        has_plans = any(e.get("kind", "trt") == "trt" for e in self.artifact.manifest.get("engines", []))
-        if engine == "trt" or (engine == "auto" and device != "cpu" and tensorrt_available() and has_plans):
+        # auto: TensorRT when this build has it and the artifact carries plans for it
+        auto_trt = (engine == "auto" and device != "cpu" and tensorrt_available()
+                    and bool(trt_plans(self.artifact)))
+        if engine == "trt" or auto_trt:
             if device == "cpu":
                 raise ValueError("engine='trt' runs on the GPU: use device='cuda' (or leave device unset)")
             return make_trt_engine(self.artifact), "cuda"
@@ -355,7 +357,6 @@ class Generator:
         L = self.spec.block_length
         m = config.max_new_tokens
         texts = [IncrementalText(tok) for _ in prompts]  # O(block) decoding per block, not O(row)
-        visible = [""] * len(prompts)  # text up to the first stop string
         emitted = [""] * len(prompts)  # text already handed to on_text
         ended = [False] * len(prompts)  # finished in the core or by a stop string
         string_stop = [False] * len(prompts)
@@ -378,8 +379,8 @@ class Generator:
                 cut = first_stop(t.text, stop_strings, before) if stop_strings else None
                 if cut is not None:
                     string_stop[r] = ended[r] = True
-                visible[r] = t.text if cut is None else t.text[:cut]
-                ready = visible[r] if ended[r] else visible[r][: len(visible[r]) - hold]
+                visible = t.text if cut is None else t.text[:cut]  # text up to the first stop string
+                ready = visible if ended[r] else visible[: len(visible) - hold]
                 if on_text is not None and len(ready) > len(emitted[r]):
                     on_text(row_indices[r], ready[len(emitted[r]) :])
                     emitted[r] = ready

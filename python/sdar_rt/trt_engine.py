@@ -20,9 +20,14 @@ def tensorrt_available() -> bool:
     return bool(_core.build_info()["tensorrt"])
 
 
+def trt_plans(artifact: Artifact) -> list[dict]:
+    """The manifest's TensorRT engine entries, as written by `sdar-export ARTIFACT --engine trt`."""
+    return [e for e in artifact.manifest.get("engines", []) if e.get("kind", "trt") == "trt"]
+
+
 def trt_entries(artifact: Artifact) -> list[dict[str, str]]:
     """The artifact's TensorRT engine entries with absolute plan paths; ArtifactError when none."""
-    entries = [e for e in artifact.manifest.get("engines", []) if e.get("kind", "trt") == "trt"]
+    entries = trt_plans(artifact)
     if not entries:
         raise ArtifactError(
             f"{artifact.path}: the artifact has no TensorRT engines; build them on this device with "
