@@ -78,9 +78,13 @@ def test_report_fields_and_equality(tiny, bench, tmp_path):
         assert set(row["block_latency_ms"]) >= {"median", "p90", "p99"}
         assert row["tokens"] > 0 and row["tokens_per_second"] > 0
     fused = report["results"][0]
-    for key in ("engine_seconds", "host_fraction", "ort_seconds", "ms_per_decode_forward"):
+    for key in ("engine_seconds", "host_fraction", "ort_seconds", "ms_per_decode_forward", "prefill_seconds"):
         assert fused[key] is not None, key
     assert 0.0 <= fused["host_fraction"] < 1.0
+    # the rate after the prompt's prefill: same tokens over the wall time less the prefill phase
+    assert 0.0 < fused["prefill_seconds"] < fused["wall_seconds"]
+    assert fused["decode_tokens_per_second"] == pytest.approx(
+        fused["tokens"] / (fused["wall_seconds"] - fused["prefill_seconds"]))
     assert fused["nfe_per_call"]["fused"] > 0 and report["results"][1]["nfe_per_call"]["commit"] > 0
     for name in ("reference", "ar"):
         assert report["baselines"][name]["sdar_rt_speedup"] > 0
@@ -128,6 +132,8 @@ def test_int4_comparison(tiny, bench, tmp_path):
     fused = report["results"][0]
     assert flt["tokens_per_second"] == fused["tokens_per_second"] and flt["tpf"] == fused["tpf"]
     assert q["speedup"] == pytest.approx(q["tokens_per_second"] / flt["tokens_per_second"])
+    decode_ratio = q["decode_tokens_per_second"] / flt["decode_tokens_per_second"]
+    assert q["decode_speedup"] == pytest.approx(decode_ratio)
     assert q["tpf_change"] == pytest.approx(q["tpf"] - flt["tpf"])
     assert w["met"] == (q["speedup"] >= w["target_speedup"] == 2.0)
     assert q["rows"] == fused["calls"] and q["tokens_compared"] >= fused["tokens"]

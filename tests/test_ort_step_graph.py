@@ -67,8 +67,26 @@ def test_step_graph_folds_static_shapes(art):
     computed = [n.name for n in reshapes if n.input[1] not in inits]
     assert len(computed) <= 2 * layers, computed     # the scores' [.., T, P + T] views
     step, prefill = _ops(a / "step.onnx"), _ops(a / "prefill.onnx")
-    assert step[("ai.onnx", "Shape")] <= 3 * layers + 2 < prefill[("ai.onnx", "Shape")]
+    assert step[("ai.onnx", "Shape")] <= 2 < prefill[("ai.onnx", "Shape")]
     assert step[("ai.onnx", "Unsqueeze")] < prefill[("ai.onnx", "Unsqueeze")] * 2 / 3
+
+
+def test_step_graph_reads_dynamic_dims_once(art):
+    """T and P are read from the graph inputs (input_ids, past_key_0) once, not through a Shape of
+    each layer's own tensors: no layer holds shape plumbing, and the identity Casts the trace writes
+    (``.float()`` of float32 values, the logits' among them) are gone."""
+    _, a = art
+    m = onnx.load(str(a / "step.onnx"), load_external_data=False)
+    shapes = [n for n in m.graph.node if n.op_type == "Shape"]
+    assert sorted(n.input[0] for n in shapes) == ["input_ids", "past_key_0"]
+    plumbing = {"Shape", "Gather", "Unsqueeze", "Cast"}
+    # what is left is one copy, under the first layer's names (where the trace first built it)
+    repeated = [n.name for n in m.graph.node if "/layers." in n.name and "/layers.0/" not in n.name
+                and n.op_type in plumbing]
+    assert repeated == []
+    producer = {o: n for n in m.graph.node for o in n.output}
+    assert producer["logits"].op_type == "MatMul"
+    assert _ops(a / "step.onnx")[("ai.onnx", "Cast")] < _ops(a / "decode.onnx")[("ai.onnx", "Cast")]
 
 
 def test_step_graph_rope_is_one_rotary_embedding_per_tensor(art):
@@ -141,3 +159,49 @@ def test_step_graph_tokens_equal_three_graph_engine(art, three_graph_art, fused)
         y = three.generate_ids([p], **kw)[0]
         assert x.token_ids == y.token_ids and len(x.token_ids) > 0
         assert x.stats["nfe_prefill"] == y.stats["nfe_prefill"]
+
+
+def _graph(nodes, inputs, outputs):
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(x, f, [2, 3]) for x in inputs],
+        [helper.make_tensor_value_info(y, f, None) for y in outputs]))
+
+
+def test_common_subexpressions_merge_link_by_link_and_keep_graph_outputs():
+    from onnx import helper
+    from sdar_export.ort_graph import eliminate_common_subexpressions
+
+    mk = helper.make_node
+    m = _graph([mk("Relu", ["x"], ["a1"]), mk("Relu", ["x"], ["a2"]),          # same op, same input
+                mk("Neg", ["a1"], ["b1"]), mk("Neg", ["a2"], ["b2"]),          # equal once a2 -> a1
+                mk("Softmax", ["x"], ["s1"], axis=0), mk("Softmax", ["x"], ["s2"], axis=1),
+                mk("Add", ["b1", "b2"], ["y"]), mk("Relu", ["x"], ["out2"])],
+               ["x"], ["y", "out2", "s1", "s2"])
+    before = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    want = before.run(None, {"x": x})
+    assert eliminate_common_subexpressions(m) == 2          # a2 and b2; out2 is a graph output
+    assert [n.output[0] for n in m.graph.node] == ["a1", "b1", "s1", "s2", "y", "out2"]
+    assert list(m.graph.node[4].input) == ["b1", "b1"]
+    after = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, exp in zip(after.run(None, {"x": x}), want, strict=True):
+        np.testing.assert_array_equal(got, exp)
+
+
+def test_identity_casts_are_dropped_and_real_casts_kept():
+    from onnx import TensorProto, helper
+    from sdar_export.ort_graph import drop_identity_casts
+
+    mk, f = helper.make_node, TensorProto.FLOAT
+    m = _graph([mk("Relu", ["x"], ["r"]), mk("Cast", ["r"], ["c"], to=f), mk("Neg", ["c"], ["n"]),
+                mk("Cast", ["n"], ["logits"], to=f),                  # writes a graph output
+                mk("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), mk("Cast", ["h"], ["back"], to=f)],
+               ["x"], ["logits", "back"])
+    types = {"x": f, "r": f, "c": f, "n": f, "h": TensorProto.FLOAT16}
+    assert drop_identity_casts(m, types) == 2
+    assert [(n.op_type, list(n.input), list(n.output)) for n in m.graph.node] == [
+        ("Relu", ["x"], ["r"]), ("Neg", ["r"], ["logits"]),           # Neg now writes the output
+        ("Cast", ["x"], ["h"]), ("Cast", ["h"], ["back"])]

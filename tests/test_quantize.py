@@ -385,3 +385,23 @@ def test_quality_command(ck, art4, tmp_path, capsys):
     assert g["float"]["decode_tokens_per_s"] > 0 and g["quant"]["tpf"] > 0
     assert main([str(ck), "--int4", "--group-size", "48"]) == 2
     assert "power of two" in capsys.readouterr().err
+
+
+def test_float_head_note_when_the_head_outweighs_the_quantized_body():
+    """The exporter's hint: a float LM head larger than the whole 4-bit body is named, with the option
+    that quantizes it; none when the head is quantized or smaller than the body."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from sdar_export.quantize import float_head_note, quantize_weights
+
+    body = {"model.layers.0.mlp.down_proj.weight": torch.randn(64, 128)}   # 8192 int4 + 256 scales
+    cfg = SimpleNamespace(is_moe=False)
+    for vocab, head_bits, want in ((1000, None, True), (8, None, False), (1000, 8, False)):
+        w = {**body, "model.embed_tokens.weight": torch.randn(vocab, 128)}
+        scheme = make_scheme("int4", 32, lm_head_bits=head_bits)
+        qweights, plan = quantize_weights(w, cfg, scheme, "float32")
+        note = float_head_note(plan, qweights, "float32")
+        assert (note is not None) == want, (vocab, head_bits, note)
+        if want:
+            assert "--lm-head-bits" in note and "LM head" in note

@@ -103,9 +103,9 @@ def _solve(gen, digits, threshold: float = 0.9) -> tuple[float, float, list]:
     return ok / len(digits), tokens / forwards, outs
 
 
-@pytest.mark.parametrize("head_bits", [None, 8])
+@pytest.mark.parametrize("head_bits", [None, 8, 4])
 def test_int4_still_solves_task(tiny_generator, tmp_path, head_bits):
-    """sdar-export --int4 (float LM head by default; and an 8-bit head): at the card's threshold the
+    """sdar-export --int4 (float LM head by default; 8-bit and 4-bit heads): at the card's threshold the
     held-out prompts are still solved (>= 95%) with parallel decoding, nearly always with the fp32
     tokens."""
     from sdar_export.cli import export

@@ -211,6 +211,10 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
             src = awq_res.weights
         qweights, plan = st.run(f"quantize weights ({scheme.weights}, {scheme.method})", quantize_weights,
                                 src, ck.config, scheme, dtype, progress=st.log)
+        from .quantize import float_head_note  # noqa: PLC0415
+        note = float_head_note(plan, qweights, dtype)
+        if note:
+            st.log(f"note: {note}")
         del src
         if awq_res is not None:
             awq_res.weights = {}   # the scaled float copy is not needed any more (large models)

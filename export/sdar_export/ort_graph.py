@@ -12,7 +12,8 @@ a ``Concat`` of the original initializers, followed by a ``Split``:
 Exact: each output column is the same dot product over K as before, only computed in a wider call.
 
 The step graph's shape arithmetic of the static axes (batch, heads, head_dim) is also folded into
-constants (:func:`fold_static_shapes`): fewer tiny nodes per layer for ONNX Runtime to launch.
+constants, the dynamic axes (T, P) are read once from the graph inputs instead of once per layer, and
+identity Casts are dropped (:func:`fold_static_shapes`): fewer tiny nodes for ONNX Runtime to launch.
 """
 
 from __future__ import annotations
@@ -274,7 +275,13 @@ _INT_OPS = {"Unsqueeze", "Squeeze", "Cast", "Div", "Mul", "Add", "Sub", "Concat"
 
 
 def _inferred_dims(m) -> dict[str, list]:
-    """Per value: dims from ONNX shape inference (ints, symbol names, or None when unknown).
+    """Per value: dims from ONNX shape inference (ints, symbol names, or None when unknown)."""
+    return _inferred(m)[0]
+
+
+def _inferred(m) -> tuple[dict[str, list], dict[str, int]]:
+    """Per value: (dims, element type) from ONNX shape inference; dims are ints, symbol names, or
+    None when unknown.
 
     Runs on a data-free copy (weights over 1 KiB dropped) so a > 2 GB model can be inferred.
     """
@@ -295,12 +302,15 @@ def _inferred_dims(m) -> dict[str, list]:
             g.initializer.append(t)
     inferred = shape_inference.infer_shapes(c, data_prop=True)
     out: dict[str, list] = {}
+    types: dict[str, int] = {}
     for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         tt = v.type.tensor_type
+        if tt.elem_type:
+            types[v.name] = tt.elem_type
         if tt.HasField("shape"):
             out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                            for d in tt.shape.dim]
-    return out
+    return out, types
 
 
 def _eval_int(node, vals: list[np.ndarray], attrs: dict) -> np.ndarray | None:
@@ -398,7 +408,8 @@ def fold_static_shapes(m) -> dict:
     (ONNX shape inference does not know the contrib ops the quantized graph holds)."""
     from onnx import numpy_helper
 
-    dims = _inferred_dims(m)
+    dims, types = _inferred(m)
+    identity_casts = drop_identity_casts(m, types)
     known = _known_values(m, dims)
     added: dict[str, str] = {}
 
@@ -424,4 +435,119 @@ def fold_static_shapes(m) -> dict:
         for i, x in enumerate(node.input):
             if x in known and x not in initializers and known[x].size <= 64:
                 node.input[i] = const(known[x])
-    return {"static_reshapes": reshapes, "dropped_nodes": _drop_dead(m)}
+    shared = share_dynamic_dims(m, dims, const)
+    merged = eliminate_common_subexpressions(m)
+    return {"static_reshapes": reshapes, "identity_casts": identity_casts, "shared_dynamic_dims": shared,
+            "merged_nodes": merged, "dropped_nodes": _drop_dead(m)}
+
+
+# --------------------------------------------------------------------------- dynamic dims
+#
+# What is left of the shape plumbing reads the dynamic axes (T, P) through a Shape of each layer's
+# own tensors (the hidden state, that layer's past K), so every layer repeats the same Shape ->
+# Gather -> Unsqueeze / Add / Concat chain. Every such dim is the dim of a graph input (T is
+# input_ids' axis 1, P is past_key_0's axis 0: shape inference names them by the same symbol), so
+# each Gather(Shape(v), k) is rewired to read the graph input instead; the chains of all layers
+# then become identical and eliminate_common_subexpressions keeps one copy.
+
+def share_dynamic_dims(m, dims: dict[str, list], const) -> int:
+    """Rewire Gather(Shape(v), k) of a symbolic dim to Gather(Shape(graph input), axis) of the same
+    symbol; returns how many. ``const(value)``: the name of an initializer holding ``value``."""
+    from onnx import helper
+
+    source: dict[str, tuple[str, int]] = {}
+    for inp in m.graph.input:
+        for axis, d in enumerate(dims.get(inp.name) or []):
+            if isinstance(d, str):
+                source.setdefault(d, (inp.name, axis))
+    known = {t.name: t for t in m.graph.initializer}
+    shape_of = {n.output[0]: n.input[0] for n in m.graph.node
+                if n.op_type == "Shape" and not n.attribute}
+    shapes: dict[str, str] = {}       # graph input -> the output of its one Shape node
+    front, rewired = [], 0
+    for node in m.graph.node:
+        if (node.op_type != "Gather" or node.input[0] not in shape_of or node.input[1] not in known
+                or _attrs(node).get("axis", 0) != 0):
+            continue
+        index = _const(node.input[1], known)
+        value_dims = dims.get(shape_of[node.input[0]]) or []
+        if index is None or index.size != 1 or not -len(value_dims) <= int(index.flat[0]) < len(value_dims):
+            continue
+        symbol = value_dims[int(index.flat[0])]
+        if not isinstance(symbol, str) or symbol not in source:
+            continue
+        inp, axis = source[symbol]
+        if inp not in shapes:
+            shapes[inp] = f"shared_shape_of_{inp}"
+            front.append(helper.make_node("Shape", [inp], [shapes[inp]], name=shapes[inp] + "_node"))
+        node.input[0] = shapes[inp]
+        node.input[1] = const(np.array(axis, np.int64).reshape(index.shape))
+        rewired += 1
+    if front:
+        nodes = front + list(m.graph.node)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+    return rewired
+
+
+def eliminate_common_subexpressions(m) -> int:
+    """Merge nodes with the same op, attributes and inputs (in graph order, so chains collapse
+    link by link); returns how many were merged. Graph outputs are never renamed."""
+    graph_outputs = {o.name for o in m.graph.output}
+    seen: dict[tuple, list[str]] = {}
+    alias: dict[str, str] = {}
+    keep = []
+    for node in m.graph.node:
+        for i, x in enumerate(node.input):
+            if x in alias:
+                node.input[i] = alias[x]
+        mergeable = (not node.op_type.startswith("Random")
+                     and not any(o in graph_outputs for o in node.output)
+                     and not any(a.g.node or a.graphs for a in node.attribute))
+        key = (node.domain, node.op_type, tuple(node.input),
+               tuple(a.SerializeToString() for a in node.attribute), len(node.output))
+        if mergeable and key in seen:
+            alias.update(zip(node.output, seen[key], strict=True))
+            continue
+        if mergeable:
+            seen[key] = list(node.output)
+        keep.append(node)
+    merged = len(m.graph.node) - len(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return merged
+
+
+def drop_identity_casts(m, types: dict[str, int]) -> int:
+    """Remove Casts to the type their input already has (``.float()`` of a float32 tensor is traced
+    as one: the logits Cast alone copies B x rows x vocab floats). A Cast writing a graph output
+    hands that name to its input's producer when the Cast is that value's only reader."""
+    graph_outputs = {o.name for o in m.graph.output}
+    graph_inputs = {i.name for i in m.graph.input}
+    readers: dict[str, int] = defaultdict(int)
+    for node in m.graph.node:
+        for x in node.input:
+            readers[x] += 1
+    producer = _producers(m)
+    alias: dict[str, str] = {}
+    keep = []
+    for node in m.graph.node:
+        x = node.input[0] if node.input else ""
+        identity = node.op_type == "Cast" and types.get(x) == _attrs(node).get("to") and x
+        if identity and node.output[0] not in graph_outputs:
+            alias[node.output[0]] = x
+            continue
+        if (identity and x in producer and x not in graph_inputs | graph_outputs and readers[x] == 1):
+            src = producer[x]
+            src.output[list(src.output).index(x)] = node.output[0]
+            continue
+        keep.append(node)
+    for node in keep:
+        for i, x in enumerate(node.input):
+            while x in alias:
+                x = alias[x]
+            node.input[i] = x
+    dropped = len(m.graph.node) - len(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return dropped

@@ -90,6 +90,7 @@ def summarize(calls: list[dict]) -> dict:
     if all(c.get("engine") is not None for c in calls):
         engine = sum(c["engine"] for c in calls)
         core = sum(c["core"] for c in calls)
+        prefill = sum(c["prefill_engine"] for c in calls)
         ort = sum(c["ort"] for c in calls) if all(c.get("ort") is not None for c in calls) else None
         out.update(
             engine_seconds=engine,
@@ -99,9 +100,11 @@ def summarize(calls: list[dict]) -> dict:
             python_api_seconds=wall - core,  # tokenizer decode + Generator bookkeeping
             ort_seconds=ort,
             outside_ort_fraction=None if ort is None or not wall else (wall - ort) / wall,
-            ms_per_decode_forward=1e3 * (engine - sum(c["prefill_engine"] for c in calls)) / forwards
-            if forwards
-            else None,
+            ms_per_decode_forward=1e3 * (engine - prefill) / forwards if forwards else None,
+            prefill_seconds=prefill,
+            # the generation rate without the prompt's prefill (llama-bench's "tg" next to "pp"):
+            # prefill is one compute-bound pass, decode the weight-read-bound loop after it
+            decode_tokens_per_second=tokens / (wall - prefill) if wall > prefill else None,
         )
     return out
 
