@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ def _in_child(fn, *args, **kwargs):
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
+        result = pool.submit(fn, *args, **kwargs).result()
+    os.sync()   # the GBs just written are flushed now, not by the kernel during the next timing
+    return result
 
 # Random-weight checkpoints with real model dimensions: the exporter's presets of the same name.
 SHAPES = {"0.6b": "qwen3-0.6b", "1.7b": "qwen3-1.7b"}
