@@ -205,3 +205,20 @@ def test_identity_casts_are_dropped_and_real_casts_kept():
     assert [(n.op_type, list(n.input), list(n.output)) for n in m.graph.node] == [
         ("Relu", ["x"], ["r"]), ("Neg", ["r"], ["logits"]),           # Neg now writes the output
         ("Cast", ["x"], ["h"]), ("Cast", ["h"], ["back"])]
+
+
+def test_identity_cast_chain_into_a_graph_output_keeps_the_output_produced():
+    """Relu -> Cast(float) -> Cast(float) -> graph output: both Casts go and the Relu writes the output
+    (the second Cast reads the first's input by then, whose only reader it has become)."""
+    from onnx import TensorProto, helper
+    from sdar_export.ort_graph import drop_identity_casts
+
+    mk, f = helper.make_node, TensorProto.FLOAT
+    m = _graph([mk("Relu", ["x"], ["r"]), mk("Cast", ["r"], ["c"], to=f), mk("Cast", ["c"], ["y"], to=f)],
+               ["x"], ["y"])
+    x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert drop_identity_casts(m, {"x": f, "r": f, "c": f}) == 2
+    assert [(n.op_type, list(n.input), list(n.output)) for n in m.graph.node] == [("Relu", ["x"], ["y"])]
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], want[0])

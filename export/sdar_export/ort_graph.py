@@ -116,6 +116,27 @@ def fuse_shared_input_matmuls(m) -> int:
     return fused
 
 
+def _remove_nodes(m, visit) -> int:
+    """Walk the nodes in graph order, each one's inputs first renamed through the aliases so far;
+    ``visit(node)`` returns {output: value that replaces it} to remove the node, or None to keep it.
+    Returns how many were removed."""
+    alias: dict[str, str] = {}
+    keep = []
+    for node in m.graph.node:
+        for i, x in enumerate(node.input):
+            if x in alias:
+                node.input[i] = alias[x]
+        replaced = visit(node)
+        if replaced is None:
+            keep.append(node)
+        else:
+            alias.update(replaced)
+    removed = len(m.graph.node) - len(keep)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    return removed
+
+
 def merge_duplicate_casts(m) -> int:
     """One Cast per (input, target type), and none of an already cast value: the exporter writes
     one per projection (``x.to(dtype)`` in each linear, chained), which would hide that q/k/v
@@ -123,27 +144,21 @@ def merge_duplicate_casts(m) -> int:
     graph_outputs = {o.name for o in m.graph.output}
     first: dict[tuple, str] = {}
     cast_to: dict[str, int] = {}
-    alias: dict[str, str] = {}
-    keep = []
-    for node in m.graph.node:
-        for i, x in enumerate(node.input):
-            if x in alias:
-                node.input[i] = alias[x]
-        if node.op_type == "Cast" and node.output[0] not in graph_outputs:
-            to = _attrs(node).get("to")
-            if cast_to.get(node.input[0]) == to:      # Cast(Cast(x, t), t): the inner one
-                alias[node.output[0]] = node.input[0]
-                continue
-            key = (node.input[0], to)
-            if key in first:
-                alias[node.output[0]] = first[key]
-                continue
-            first[key] = node.output[0]
-            cast_to[node.output[0]] = to
-        keep.append(node)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    return len(alias)
+
+    def visit(node):
+        if node.op_type != "Cast" or node.output[0] in graph_outputs:
+            return None
+        to = _attrs(node).get("to")
+        if cast_to.get(node.input[0]) == to:      # Cast(Cast(x, t), t): the inner one
+            return {node.output[0]: node.input[0]}
+        key = (node.input[0], to)
+        if key in first:
+            return {node.output[0]: first[key]}
+        first[key] = node.output[0]
+        cast_to[node.output[0]] = to
+        return None
+
+    return _remove_nodes(m, visit)
 
 
 def optimize_for_ort(m, rope: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
@@ -495,27 +510,19 @@ def eliminate_common_subexpressions(m) -> int:
     link by link); returns how many were merged. Graph outputs are never renamed."""
     graph_outputs = {o.name for o in m.graph.output}
     seen: dict[tuple, list[str]] = {}
-    alias: dict[str, str] = {}
-    keep = []
-    for node in m.graph.node:
-        for i, x in enumerate(node.input):
-            if x in alias:
-                node.input[i] = alias[x]
-        mergeable = (not node.op_type.startswith("Random")
-                     and not any(o in graph_outputs for o in node.output)
-                     and not any(a.g.node or a.graphs for a in node.attribute))
+
+    def visit(node):
+        if (node.op_type.startswith("Random") or any(o in graph_outputs for o in node.output)
+                or any(a.g.node or a.graphs for a in node.attribute)):
+            return None
         key = (node.domain, node.op_type, tuple(node.input),
                tuple(a.SerializeToString() for a in node.attribute), len(node.output))
-        if mergeable and key in seen:
-            alias.update(zip(node.output, seen[key], strict=True))
-            continue
-        if mergeable:
-            seen[key] = list(node.output)
-        keep.append(node)
-    merged = len(m.graph.node) - len(keep)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    return merged
+        if key in seen:
+            return dict(zip(node.output, seen[key], strict=True))
+        seen[key] = list(node.output)
+        return None
+
+    return _remove_nodes(m, visit)
 
 
 def drop_identity_casts(m, types: dict[str, int]) -> int:
@@ -529,25 +536,19 @@ def drop_identity_casts(m, types: dict[str, int]) -> int:
         for x in node.input:
             readers[x] += 1
     producer = _producers(m)
-    alias: dict[str, str] = {}
-    keep = []
-    for node in m.graph.node:
+
+    def visit(node):
         x = node.input[0] if node.input else ""
-        identity = node.op_type == "Cast" and types.get(x) == _attrs(node).get("to") and x
-        if identity and node.output[0] not in graph_outputs:
-            alias[node.output[0]] = x
-            continue
-        if (identity and x in producer and x not in graph_inputs | graph_outputs and readers[x] == 1):
+        if not x or node.op_type != "Cast" or types.get(x) != _attrs(node).get("to"):
+            return None
+        y = node.output[0]
+        if y not in graph_outputs:
+            readers[x] += readers[y] - 1       # y's readers read x from here on; this Cast no longer
+            return {y: x}
+        if x in producer and x not in graph_inputs | graph_outputs and readers[x] == 1:
             src = producer[x]
-            src.output[list(src.output).index(x)] = node.output[0]
-            continue
-        keep.append(node)
-    for node in keep:
-        for i, x in enumerate(node.input):
-            while x in alias:
-                x = alias[x]
-            node.input[i] = x
-    dropped = len(m.graph.node) - len(keep)
-    del m.graph.node[:]
-    m.graph.node.extend(keep)
-    return dropped
+            src.output[list(src.output).index(x)] = y
+            return {}
+        return None
+
+    return _remove_nodes(m, visit)
