@@ -292,7 +292,7 @@ def float_head_note(plan: QuantPlan, weights: dict, dtype: str) -> str | None:
     head = weights.get("lm_head.weight", weights.get("model.embed_tokens.weight"))
     if head is None:
         return None
-    head_bytes = head.numel() * (4 if dtype == "float32" else 2)
+    head_bytes = head.numel() * head.element_size()
     body_bytes = sum(qt.q.size * qt.bits // 8 + qt.scale.nbytes for qt in plan.tensors.values())
     if head_bytes <= body_bytes:
         return None
