@@ -74,8 +74,8 @@ def validate_manifest(manifest: dict, where: str = MANIFEST_NAME) -> None:
                 f"format_version {version} is newer than this runtime supports ({MANIFEST_FORMAT_VERSION})",
                 "upgrade sdar_rt or export with a matching sdar-export",
             )
-        raise _fail(where, f"format_version is {version!r}, this runtime reads {MANIFEST_FORMAT_VERSION} (the "
-                           "artifact was written by an older sdar-export)")
+        raise _fail(where, f"format_version is {version!r}, this runtime reads {MANIFEST_FORMAT_VERSION} "
+                           "(the artifact was written by an older sdar-export)")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise _fail(where, f"missing required keys {missing}")
