@@ -130,3 +130,17 @@ def test_device_memory_budget_of_a_plan(art, tmp_path, monkeypatch):
         trt_engine.check_device_memory(a, trt_plan(a))
     monkeypatch.setattr(trt_engine._core, "cuda_memory_info", lambda: (8 << 30, 8 << 30), raising=False)
     assert trt_engine.check_device_memory(a, trt_plan(a)).total == b.total
+
+
+class PlanLimitedEngine(NullEngine):
+    """Stands in for TensorRT's engine where only its prefill profile matters."""
+
+    max_prefill_tokens = 8
+
+
+def test_prefill_chunk_follows_the_plan_profile(art):
+    gen = Generator(art, engine=PlanLimitedEngine())   # the manifest asks for larger chunks
+    assert load_artifact(art).manifest["prefill_chunk"] > 8 and gen.spec.prefill_chunk == 8
+    assert Generator(art, engine=PlanLimitedEngine(), prefill_chunk=4).spec.prefill_chunk == 4
+    with pytest.raises(ValueError, match="prefill profile \\(8 tokens.*--engine trt --prefill-chunk 16"):
+        Generator(art, engine=PlanLimitedEngine(), prefill_chunk=16)
