@@ -173,7 +173,7 @@ def _check_budget(art: Path, manifest: dict, chunk: int, log) -> dict:
     log(f"device memory: {budget.describe()}" + (f"; {mb.gib(free)} free" if free is not None else ""))
     if free is not None:
         kv_per_token = kv // S
-        msg = mb.refusal(budget, free, what=f"{art.name} (max_context {S}, batch {B})",
+        msg = mb.refusal(budget, free, what=f"the model ({dtype}, max_context {S}, batch {B})",
                          kv_per_token=kv_per_token, block_length=L, max_context=S,
                          quantized=bool(manifest.get("quantization")))
         if msg:

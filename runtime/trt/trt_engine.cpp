@@ -78,11 +78,11 @@ struct TrtEngine::Impl {
   Logger logger;                                   // outlives the runtime
   std::unique_ptr<nvinfer1::IRuntime> runtime;     // outlives the engine
   std::unique_ptr<nvinfer1::ICudaEngine> engine;   // outlives the contexts
+  std::shared_ptr<Allocator> allocator;
+  Buffer scratch;          // every context's device memory (one step runs at a time); outlives them
   std::array<KindState, 3> kinds;
   std::unique_ptr<cuda::Stream> own_stream;
   cudaStream_t stream = nullptr;
-  std::shared_ptr<Allocator> allocator;
-  Buffer scratch;          // every context's device memory (one step runs at a time)
   Buffer past_len;         // int64 scalar the plan reads
   Buffer present_scratch;  // decode steps' K/V: [layers][K, V][L rows], never read back
   EngineBindings b;
