@@ -4,8 +4,9 @@ Needs an NVIDIA GPU and an sdar_rt built with nvcc; skipped visibly otherwise ("
 The CPU side is the core itself (_core.sample, _core.philox_uniform) plus an independent Python
 statement of the remasking rule (CONTRACTS.md rule 5; the kernels and the core share
 runtime/step_rules.h, so comparing them with each other alone would prove little), on the same
-logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox uniforms and every remasking decision must be identical;
-confidences agree to ~1e-12 relative (float64 on both sides, different summation order).
+logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox
+uniforms and every remasking decision must be identical; confidences agree to ~1e-12 relative
+(float64 on both sides, different summation order).
 """
 
 from __future__ import annotations
