@@ -3,10 +3,11 @@
 // of the cache and step buffers, moves token ids into the engine's input, runs and times the
 // engine, and applies one unmasking step:
 //   - HostBackend (host_backend.h): host memory, the CPU sampler (sampler.h, remask.h);
-//   - cuda::DeviceBackend (cuda/device_backend.h): device memory, the csrc/cuda kernels, one
+//   - cuda::DeviceBackend (cuda/device_backend.h): device memory, the runtime/cuda kernels, one
 //     host sync per denoising step for the "rows still active" count.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -69,9 +70,20 @@ class DecodeBackend {
   virtual void read_block(int block_start, std::vector<std::int64_t>& tokens) = 0;
   // Seconds inside the engine since begin_call.
   virtual double engine_seconds() = 0;
+  // Called once the prompt's prefill passes are issued. prefill_seconds() (read at the end of the
+  // call) is then the time from `call_start` to the end of the prefill's work: on the host the
+  // passes are done when they return; the device backend times the work with CUDA events, not
+  // the enqueue.
+  virtual void mark_prefill_end() { prefill_end_ = std::chrono::steady_clock::now(); }
+  virtual double prefill_seconds(std::chrono::steady_clock::time_point call_start) {
+    return std::chrono::duration<double>(prefill_end_ - call_start).count();
+  }
   // Called when a call ends with an exception, before it propagates: a backend that can no
   // longer work (a failed GPU context) remembers why and refuses later calls with that reason.
   virtual void after_failure() noexcept {}
+
+ private:
+  std::chrono::steady_clock::time_point prefill_end_{};
 };
 
 }  // namespace sdar

@@ -192,7 +192,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     ++stats.nfe_prefill;
     past_len += tokens;
   }
-  stats.prefill_seconds = seconds_since(call_start);
+  backend.mark_prefill_end();
 
   std::vector<std::uint8_t> done(static_cast<std::size_t>(B), 1);
   for (int r = 0; r < plan.rows; ++r) done[static_cast<std::size_t>(r)] = 0;
@@ -281,6 +281,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   }
   for (const auto& row : result.rows) stats.tokens_generated += static_cast<std::int64_t>(row.tokens.size());
   stats.engine_seconds = backend.engine_seconds();
+  stats.prefill_seconds = backend.prefill_seconds(call_start);
   stats.total_seconds = seconds_since(call_start);
   return result;
 }

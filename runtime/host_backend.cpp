@@ -16,10 +16,8 @@ void HostBackend::attach(const ModelSpec& spec, const StepBuffers& buffers) {
   sequence_ = Buffer(host_allocator(), sizeof(std::int64_t) * cells);
   masked_ = Buffer(host_allocator(), cells);
   const auto L = static_cast<std::size_t>(spec.block_length);
-  masked_offsets_.reserve(L);
-  chosen_.reserve(L);
-  scratch_.reserve(L);
-  confidence_.reserve(L);
+  chosen_.assign(L, 0);
+  confidence_.assign(L, 0.0);
   samples_.resize(L);
 }
 
@@ -60,19 +58,13 @@ int HostBackend::unmask_step(const StepRequest& request) {
     const std::size_t row_offset = static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(request.block_start);
     std::int64_t* row = sequence_.as<std::int64_t>() + row_offset;
     std::uint8_t* row_mask = masked_.as<std::uint8_t>() + row_offset;
-    masked_offsets_.clear();
-    for (int j = 0; j < L; ++j) {
-      if (row_mask[j]) masked_offsets_.push_back(j);
-    }
-    if (masked_offsets_.empty()) continue;  // finished block: left untouched (rule 8)
-    const int n_step = std::min(request.scheduled, static_cast<int>(masked_offsets_.size()));
-    // Sequential fills the first n_step masked positions: sample only those.
-    const std::size_t to_sample =
-        config.remasking == RemaskPolicy::Sequential ? static_cast<std::size_t>(n_step) : masked_offsets_.size();
-    confidence_.clear();
+    int masked = 0;
+    for (int j = 0; j < L; ++j) masked += row_mask[j] != 0 ? 1 : 0;
+    if (masked == 0) continue;  // finished block: left untouched (rule 8)
     const std::uint32_t row_step = row_steps_[static_cast<std::size_t>(r)];
-    for (std::size_t i = 0; i < to_sample; ++i) {
-      const int j = masked_offsets_[i];
+    for (int j = 0; j < L; ++j) {
+      // step_rules.h: sequential samples only the positions it may fill
+      if (!samples_position(config.remasking, row_mask, L, j, request.scheduled)) continue;
       const float* logits = buffers_->logits() +
                             (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
                                 static_cast<std::size_t>(V);
@@ -81,19 +73,17 @@ int HostBackend::unmask_step(const StepRequest& request) {
                            : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,
                                             static_cast<std::uint32_t>(request.block_start + j));
       samples_[static_cast<std::size_t>(j)] = sampler_->sample(logits, sample_params, u);
-      confidence_.push_back(samples_[static_cast<std::size_t>(j)].confidence);
+      confidence_[static_cast<std::size_t>(j)] = samples_[static_cast<std::size_t>(j)].confidence;
     }
-    if (config.remasking == RemaskPolicy::Sequential) {
-      chosen_.assign(masked_offsets_.begin(), masked_offsets_.begin() + n_step);
-    } else {
-      select_positions(config.remasking, config.threshold, masked_offsets_, confidence_, n_step, scratch_, chosen_);
-    }
-    for (const int j : chosen_) {
+    const int filled = select_positions(config.remasking, config.threshold, row_mask, L, confidence_.data(),
+                                        request.scheduled, chosen_.data());
+    for (int j = 0; j < L; ++j) {
+      if (chosen_[static_cast<std::size_t>(j)] == 0) continue;
       row[j] = samples_[static_cast<std::size_t>(j)].token;
       row_mask[j] = 0;
     }
     row_steps_[static_cast<std::size_t>(r)] = row_step + 1;
-    if (masked_offsets_.size() > chosen_.size()) ++active;
+    if (masked > filled) ++active;
   }
   return active;
 }

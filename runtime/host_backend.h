@@ -1,6 +1,6 @@
 // The CPU decoding backend: the token sequence and masks in host memory, the engine timed with
 // the host clock, and each denoising step decided by the CPU sampler (float64, sampler.h) and
-// the remasking rules (remask.h).
+// the position rules of step_rules.h (the code the GPU kernels run, through remask.h).
 #pragma once
 
 #include <cstdint>
@@ -34,8 +34,8 @@ class HostBackend final : public DecodeBackend {
   CallSetup call_;
   std::vector<std::uint32_t> row_steps_;  // denoising steps each row has run in this call
   double engine_seconds_ = 0.0;
-  // Per-step scratch, reserved once (no allocation per step).
-  std::vector<int> masked_offsets_, chosen_, scratch_;
+  // Per-step scratch indexed by block offset, sized once (no allocation per step).
+  std::vector<std::uint8_t> chosen_;
   std::vector<double> confidence_;
   std::vector<Sample> samples_;
 };

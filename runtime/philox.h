@@ -1,7 +1,8 @@
-// Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), written
-// from the published constants, and the one uniform the sampler draws per (row, step, position).
+// Philox-4x32-10 and the one uniform the sampler draws per (row, step, position), for host code.
+// The arithmetic is step_rules.h's (compiled for the host and the GPU kernels alike); this header
+// only gives it std::array arguments.
 //
-// Uniform derivation (a GPU kernel must reproduce it bit for bit):
+// Uniform derivation (CONTRACTS.md "Runtime notes"):
 //   key     = { seed & 0xffffffff, seed >> 32 }
 //   counter = { row, step, position, 0 }        (all uint32)
 //   out     = philox4x32_10(counter, key)

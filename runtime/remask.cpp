@@ -1,11 +1,14 @@
 #include "remask.h"
 
-#include <algorithm>
-#include <numeric>
-
 #include "errors.h"
+#include "step_rules.h"
 
 namespace sdar {
+
+static_assert(static_cast<int>(RemaskPolicy::Sequential) == rules::kSequential &&
+                  static_cast<int>(RemaskPolicy::LowConfidenceStatic) == rules::kLowConfidenceStatic &&
+                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic,
+              "step_rules.h's policy numbers mirror generation_config.h's RemaskPolicy");
 
 std::vector<int> denoising_schedule(int block_length, int steps) {
   if (steps < 1 || steps > block_length) {
@@ -17,33 +20,14 @@ std::vector<int> denoising_schedule(int block_length, int steps) {
   return schedule;
 }
 
-void select_positions(RemaskPolicy policy, double threshold, const std::vector<int>& masked,
-                      const std::vector<double>& confidence, int n_step, std::vector<int>& scratch,
-                      std::vector<int>& chosen) {
-  chosen.clear();
-  const int count = static_cast<int>(masked.size());
-  const int n = std::min(n_step, count);
-  if (policy == RemaskPolicy::Sequential) {
-    chosen.assign(masked.begin(), masked.begin() + n);
-    return;
-  }
-  // scratch holds indices into masked, ordered by (confidence desc, position asc).
-  scratch.resize(static_cast<std::size_t>(count));
-  std::iota(scratch.begin(), scratch.end(), 0);
-  std::sort(scratch.begin(), scratch.end(), [&](int a, int b) {
-    const double ca = confidence[static_cast<std::size_t>(a)];
-    const double cb = confidence[static_cast<std::size_t>(b)];
-    return ca > cb || (ca == cb && masked[static_cast<std::size_t>(a)] < masked[static_cast<std::size_t>(b)]);
-  });
-  int take = n;
-  if (policy == RemaskPolicy::LowConfidenceDynamic) {
-    int above = 0;
-    for (int i = 0; i < count; ++i) {
-      if (confidence[static_cast<std::size_t>(i)] > threshold) ++above;
-    }
-    if (above >= n) take = above;  // sorted by confidence: the first `above` are exactly those
-  }
-  for (int i = 0; i < take; ++i) chosen.push_back(masked[static_cast<std::size_t>(scratch[static_cast<std::size_t>(i)])]);
+bool samples_position(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int j, int scheduled) {
+  return rules::samples_position(mask, block_length, j, static_cast<int>(policy), scheduled);
+}
+
+int select_positions(RemaskPolicy policy, double threshold, const std::uint8_t* mask, int block_length,
+                     const double* confidence, int scheduled, std::uint8_t* chosen) {
+  return rules::choose_positions(mask, block_length, static_cast<int>(policy), threshold, scheduled,
+                                 [confidence](int j) { return confidence[j]; }, chosen);
 }
 
 }  // namespace sdar

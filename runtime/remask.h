@@ -1,4 +1,5 @@
-// The denoising schedule (CONTRACTS.md rule 3) and the remasking policies (rule 5).
+// The denoising schedule (CONTRACTS.md rule 3) and the remasking policies (rule 5), for host code.
+// The position choice itself is step_rules.h's, the code the GPU kernels run too.
 #pragma once
 
 #include <cstdint>
@@ -11,14 +12,13 @@ namespace sdar {
 // s[k] = L / steps + (k < L % steps ? 1 : 0), k = 0..steps-1.
 std::vector<int> denoising_schedule(int block_length, int steps);
 
-// Chooses which masked positions to fill at one step.
-//   masked:     block offsets of the still-masked positions, ascending.
-//   confidence: confidence[i] belongs to masked[i] (only read by the low-confidence policies).
-//   n_step:     n_k = min(s[k], masked.size()), positive.
-// Writes the chosen block offsets into `chosen` (cleared first, capacity kept): ascending for
-// sequential, (confidence desc, offset asc) for the others. `scratch` is reused storage.
-void select_positions(RemaskPolicy policy, double threshold, const std::vector<int>& masked,
-                      const std::vector<double>& confidence, int n_step, std::vector<int>& scratch,
-                      std::vector<int>& chosen);
+// Whether block offset j is sampled at a step (sequential: only the first n_k masked positions).
+bool samples_position(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int j, int scheduled);
+
+// Which masked positions one step fills, given the block's mask (1 = masked) and the confidence
+// of every sampled position (indexed by block offset; other entries are not read). Writes
+// chosen[j] = 1 for the filled positions (0 elsewhere) and returns how many there are.
+int select_positions(RemaskPolicy policy, double threshold, const std::uint8_t* mask, int block_length,
+                     const double* confidence, int scheduled, std::uint8_t* chosen);
 
 }  // namespace sdar

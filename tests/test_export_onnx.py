@@ -50,13 +50,14 @@ def test_artifact_layout_and_manifest(artifact, ckpt):
     out, summary = artifact
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["manifest.json", "prefill.onnx", "decode.onnx", "fused.onnx", "step.onnx",
+                            "trt.onnx",
                             "tokenizer.json", "tokenizer_config.json", "generation_config.json",
                             "config.json"])
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
     m = json.loads((out / "manifest.json").read_text())
     sdar_rt_artifact = pytest.importorskip("sdar_rt.artifact")
     sdar_rt_artifact.validate_manifest(m)
-    assert m["format"] == "sdar_rt.artifact" and m["format_version"] == 2
+    assert m["format"] == "sdar_rt.artifact" and m["format_version"] == 3
     ck = load_checkpoint(ckpt, with_weights=False)
     assert m["source"]["checkpoint_sha256"] == ck.sha256
     assert m["model"] == {"num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
@@ -71,6 +72,11 @@ def test_artifact_layout_and_manifest(artifact, ckpt):
     assert (g["step"]["tokens"], g["step"]["logits"], g["step"]["engine"]) == (None, "num_logits", "ort")
     assert g["step"]["inputs"]["num_logits"] == {"dtype": "int64", "shape": [1]}
     assert g["step"]["outputs"]["logits"]["shape"] == [1, "num_logits", 512]
+    # TensorRT's graph: dynamic T, the logits of the last L positions, every input read
+    assert (g["trt"]["tokens"], g["trt"]["logits"], g["trt"]["engine"]) == (None, L, "trt")
+    assert g["trt"]["serves"] == ["prefill", "decode", "fused"] and "unused_inputs" not in g["trt"]
+    assert g["trt"]["inputs"]["input_ids"]["shape"] == [1, "new_tokens"]
+    assert g["trt"]["outputs"]["logits"]["shape"] == [1, L, 512]
     for kind in g:
         errs = m["validation"][kind]
         assert errs and max(errs.values()) < 1e-4
@@ -166,14 +172,14 @@ def test_external_data_single_graph(ckpt, tmp_path):
 
 
 def test_shared_external_data_for_all_graphs(ckpt, tmp_path):
-    """Over the protobuf limit (here forced with threshold 0) the four graphs share one data file
+    """Over the protobuf limit (here forced with threshold 0) the five graphs share one data file
     holding each weight once, under the same content-hash initializer names (the step graph's
     fused projections Concat those same initializers: no second copy on disk; it adds only its
     cos / sin tables)."""
     model = _model(ckpt)
     graphs = export_all(model, tmp_path, L, external_data_threshold=0)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["decode.onnx", "fused.onnx", "prefill.onnx",
-                                                           "step.onnx", "weights.onnx.data"]
+                                                           "step.onnx", "trt.onnx", "weights.onnx.data"]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert (tmp_path / "weights.onnx.data").stat().st_size < 1.1 * weight_bytes
     names = {}
@@ -182,7 +188,8 @@ def test_shared_external_data_for_all_graphs(ckpt, tmp_path):
         m = onnx.load(str(tmp_path / g["file"]), load_external_data=False)
         names[kind] = {t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     rope = {"rotary_cos_cache", "rotary_sin_cache"}     # the step graph's RotaryEmbedding tables
-    assert names["decode"] == names["fused"] == names["step"] - rope and names["prefill"] < names["decode"]
+    assert names["decode"] == names["fused"] == names["trt"] == names["step"] - rope
+    assert names["prefill"] < names["decode"]
     validate_artifact_graphs(model, tmp_path, {k: graphs[k] for k in ("fused", "step")}, L, MAX_CTX, 1,
                              "float32")
 

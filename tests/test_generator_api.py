@@ -35,13 +35,16 @@ def copy_with(art, tmp_path, edit):
 def test_manifest_validation_errors(art, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     validate_manifest(manifest)
-    assert MANIFEST_FORMAT_VERSION == 2
+    assert MANIFEST_FORMAT_VERSION == 3
     for edit, match in [
         (lambda m: m.update(format="other"), "format"),
-        (lambda m: m.update(format_version=3), "newer"),
+        (lambda m: m.update(format_version=4), "newer"),
         (lambda m: m.update(format_version=0), "format_version"),
         (lambda m: m.update(format_version=1), "re-export"),   # before the step graph
+        (lambda m: m.update(format_version=2), "older sdar-export.*re-export"),   # before the trt graph
         (lambda m: m["graphs"]["step"].update(logits=4), "num_logits"),
+        (lambda m: m["graphs"]["trt"].update(tokens=4), "graphs.trt"),
+        (lambda m: m["graphs"]["trt"].update(logits=8), "graphs.trt"),
         (lambda m: m.pop("graphs"), "missing required keys"),
         (lambda m: m["graphs"].pop("decode"), "decode"),
         (lambda m: m.update(dtype="int4"), "dtype"),

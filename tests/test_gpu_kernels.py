@@ -1,10 +1,12 @@
-"""GPU unmasking kernels (csrc/cuda) against the CPU core's sampler and remasking.
+"""GPU unmasking kernels (runtime/cuda) against the CPU core's sampler and remasking.
 
 Needs an NVIDIA GPU and an sdar_rt built with nvcc; skipped visibly otherwise ("no CUDA GPU").
-The CPU side is the core itself (_core.sample, _core.philox_uniform) plus a transcription of
-runtime/remask.cpp, on the same logits (fp16 / bf16 logits are widened to float32 for the CPU, as
-the kernels do). Tokens, Philox uniforms and every remasking decision must be identical;
-confidences agree to ~1e-12 relative (float64 on both sides, different summation order).
+The CPU side is the core itself (_core.sample, _core.philox_uniform) plus an independent Python
+statement of the remasking rule (CONTRACTS.md rule 5; the kernels and the core share
+runtime/step_rules.h, so comparing them with each other alone would prove little), on the same
+logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox
+uniforms and every remasking decision must be identical; confidences agree to ~1e-12 relative
+(float64 on both sides, different summation order).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def random_logits(rng, rows: int, L: int, V: int) -> np.ndarray:
 
 
 def select_positions(policy, threshold, masked, confidence, n_step):
-    """runtime/remask.cpp's select_positions."""
+    """CONTRACTS.md rule 5 (ties to the lower position), written independently of step_rules.h."""
     n = min(n_step, len(masked))
     if policy == "sequential":
         return list(masked[:n])
@@ -346,22 +348,22 @@ def test_ties_break_like_the_cpu():
 
 
 @needs_gpu
-def test_find_stop():
-    rows, L = 3, 4
+def test_sequential_steps_back_to_back():
+    """Sequential greedy steps reuse one workspace with many chunks per position: a step samples
+    only the first n_k masked positions, and the next step (after the masks changed) must start
+    from clean arrival counters. Every block of a launch reads the masks before the remasking
+    writes them (runtime/cuda/greedy_step.cu), so step after step equals the CPU."""
+    rows, L = 2, 16
     ws = _core.CudaUnmask(max_batch=rows, block_length=L, vocab_size=VOCAB, sampling=False)
-    tokens = np.array([[1, 2, 3, 4], [9, 7, 9, 1], [7, 1, 1, 1]], np.int64)
-    stops = np.array([9, 7], np.int64)
-    out = _core.DeviceArray(4 * rows)
-    ws.find_stop(
-        tokens=to_device(tokens).ptr,
-        tokens_stride=L,
-        rows=rows,
-        first_generated=1,
-        stop_ids=to_device(stops).ptr,
-        num_stop=len(stops),
-        stop_offset=out.ptr,
-    )
-    assert list(from_device(out, np.int32, rows)) == [-1, 1, -1]
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        block = Block(rng, rows, L, np.ones((rows, L)))
+        for _ in range(L):
+            d_logits, cpu_logits = device_logits(random_logits(rng, rows, L, VOCAB), "float32")
+            if check_step(ws, block, cpu_logits, d_logits, "float32", params(remasking="sequential")) == 0:
+                break
+        else:
+            pytest.fail("block never finished")
 
 
 @needs_gpu

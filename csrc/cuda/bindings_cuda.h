@@ -150,16 +150,6 @@ inline void bind_cuda(py::module_& m) {
           [](UnmaskWorkspace& w, std::uintptr_t stream) { return w.wait_active_rows(reinterpret_cast<cudaStream_t>(stream)); },
           py::arg("stream") = 0)
       .def(
-          "find_stop",
-          [](UnmaskWorkspace& w, std::uintptr_t tokens, int tokens_stride, int rows, int first_generated,
-             std::uintptr_t stop_ids, int num_stop, std::uintptr_t stop_offset, std::uintptr_t stream) {
-            w.find_stop(device_ptr<const std::int64_t>(tokens), tokens_stride, rows, first_generated,
-                        device_ptr<const std::int64_t>(stop_ids), num_stop, device_ptr<std::int32_t>(stop_offset),
-                        reinterpret_cast<cudaStream_t>(stream));
-          },
-          py::kw_only(), py::arg("tokens"), py::arg("tokens_stride"), py::arg("rows"), py::arg("first_generated"),
-          py::arg("stop_ids"), py::arg("num_stop"), py::arg("stop_offset"), py::arg("stream") = 0)
-      .def(
           "results",
           [](const UnmaskWorkspace& w, int rows) {
             const int L = w.limits().block_length;

@@ -37,7 +37,7 @@ def _manifest_api():
         from sdar_rt.artifact import MANIFEST_FORMAT_VERSION, validate_manifest  # noqa: PLC0415
         return MANIFEST_FORMAT_VERSION, validate_manifest
     except Exception:  # sdar_rt not installed / its extension not built: the exporter still works
-        return 1, None
+        return 3, None   # keep in step with sdar_rt.artifact.MANIFEST_FORMAT_VERSION
 
 
 def _console():
@@ -233,9 +233,12 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     try:
         try:
             from .onnx_export import export_all  # noqa: PLC0415
+            # TensorRT's graph, unless the weights are in a form only ONNX Runtime runs (MatMulNBits)
+            for_trt = scheme is None or scheme.format == "QDQ"
             graphs = st.run("export ONNX graphs", export_all, model, stage, block_length, batch=batch,
                             opset=opset, progress=st.log, rewrite=rewrite,
-                            external_data_threshold=_external_data_threshold)
+                            external_data_threshold=_external_data_threshold, trt=for_trt)
+            _check_trt_graph(stage, graphs, engine, st)
             validation, tol, qval = {}, None, None
             if not skip_validate and plan is not None:
                 from .quantize import validate_quantized  # noqa: PLC0415
@@ -291,6 +294,21 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     if not quiet:
         _print_summary(summary)
     return out
+
+
+def _check_trt_graph(art: Path, graphs: dict, engine: str, st: _Stages) -> None:
+    """The trt graph against TensorRT 10.3's documented ONNX support: an export for --engine trt
+    fails naming the node; otherwise a note says the artifact will not build on TensorRT."""
+    if "trt" not in graphs:
+        return
+    from .trt_onnx_support import UnsupportedGraph, require_supported  # noqa: PLC0415
+    try:
+        require_supported(art / graphs["trt"]["file"])
+    except UnsupportedGraph as e:
+        detail = str(e).split(": ", 1)[1]   # without the staging directory's path
+        if engine == "trt":
+            raise ExportError(f"the trt graph cannot go to TensorRT: {detail}") from e
+        st.log(f"note: TensorRT will not build this artifact: {detail}")
 
 
 def _check_artifact_engine(artifact_dir: Path, engine: str) -> None:

@@ -1,19 +1,36 @@
-"""Build TensorRT engines (``*.plan``) from an exported artifact. Does NOT import torch.
+"""Build the TensorRT engine (``trt.plan``) of an exported artifact. Does NOT import torch.
 
 Runs on the target device (engines are tied to the GPU model and the TensorRT version):
 
-    sdar-export ARTIFACT_DIR --engine trt [--workspace-mb N]
+    sdar-export ARTIFACT_DIR --engine trt [--workspace-mb N] [--prefill-chunk N]
 
-One engine per graph, static batch and block length, one optimization profile over the past
-length ``[0, max_context]`` (and, for prefill, the token count ``[L, prefill_chunk]``). fp16 / bf16
-builder flags follow the artifact dtype. A timing cache (``timing.cache``) is kept in the artifact
-so rebuilds are fast. The workspace limit bounds builder memory on 8 GB Orins.
+One plan from the artifact's ``trt`` graph (dynamic token count, the logits of the last L
+positions), with one optimization profile per step kind, so the weights are on the GPU once:
+
+    prefill  input_ids [B, L .. prefill_chunk]
+    decode   input_ids [B, L]
+    fused    input_ids [B, 2L]
+
+and in every profile the past K/V ``[0 .. max_context, B, KVH, D]``. Every network input gets a
+shape in every profile, matched by its exact name, rank and element type (an input the build does
+not know is an error, never silently left without a profile).
+
+The network is strongly typed: precision is what the ONNX graph says (half weights and K/V;
+float32 norms, softmax, RoPE, residual stream and logits), the numerics ONNX Runtime validated at
+export. No FP16/BF16 builder flag lets TensorRT move those float32 islands to half precision.
+
+Memory: the device-memory budget (weights + KV cache + scratch) is printed and checked against the
+GPU's free memory before the build; ``--workspace-mb`` caps the builder's scratch; the plan goes to
+disk through TensorRT's stream writer where it has one (10.14+), else straight from TensorRT's
+buffer (never copied into a Python bytes object), and the parser's copy of the weights is released
+before the plan is checked. A timing cache (``timing.cache``) in the artifact makes rebuilds fast.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import subprocess
 from pathlib import Path
@@ -21,12 +38,16 @@ from pathlib import Path
 from .errors import ExportError
 
 TIMING_CACHE = "timing.cache"
+PLAN_FILE = "trt.plan"
+TRT_GRAPH = "trt"
+STEP_KINDS = ("prefill", "decode", "fused")
 INSTALL_HINT = (
     "TensorRT's Python package is not installed (`import tensorrt` failed). On a Jetson, install "
     "JetPack (it ships TensorRT; `sudo apt install python3-libnvinfer`); on an x86 machine with an "
     "NVIDIA GPU, `pip install tensorrt` (NVIDIA's index, matching your CUDA). Engines must be built "
     "on the GPU that will run them: export the ONNX artifact anywhere with `sdar-export MODEL_DIR -o "
     "ART`, then run `sdar-export ART --engine trt` on the device.")
+_ONNX_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2, 17: 1}
 
 
 def import_tensorrt():
@@ -37,13 +58,19 @@ def import_tensorrt():
     return trt
 
 
-def gpu_info() -> dict:
-    """Name and compute capability of GPU 0 through libcudart (no torch, works on Jetson)."""
-    for lib in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0"):
+def _cudart():
+    for lib in ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"):
         try:
-            rt = ctypes.CDLL(lib)
+            return ctypes.CDLL(lib)
         except OSError:
             continue
+    return None
+
+
+def gpu_info() -> dict:
+    """Name and compute capability of GPU 0 through libcudart (no torch, works on Jetson)."""
+    rt = _cudart()
+    if rt is not None:
         major, minor = ctypes.c_int(), ctypes.c_int()
         if rt.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0) == 0 and \
                 rt.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0) == 0:
@@ -61,74 +88,242 @@ def gpu_info() -> dict:
         return {"gpu": "unknown", "compute_capability": "unknown"}
 
 
+def device_free_memory() -> int | None:
+    """Free bytes of GPU 0 (cudaMemGetInfo; on Jetson the RAM the GPU shares), None without one."""
+    rt = _cudart()
+    if rt is None:
+        return None
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    if rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+        return None
+    return int(free.value)
+
+
+def graph_weight_bytes(path: Path) -> int:
+    """Bytes of a graph's initializers (external data included), read from the ONNX file's tensor
+    headers without loading the weights."""
+    import onnx  # noqa: PLC0415
+
+    m = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for t in m.graph.initializer:
+        count = 1
+        for d in t.dims:
+            count *= d
+        if t.data_type in (21, 22):   # uint4 / int4: two per byte
+            total += (count + 1) // 2
+        else:
+            total += count * _ONNX_ELEMENT_BYTES.get(t.data_type, 4)
+    return total
+
+
+def profile_shapes(manifest: dict, chunk: int) -> dict[str, dict[str, tuple]]:
+    """Per step kind: ``{input name: (min, opt, max)}`` for every input of the trt graph (the
+    manifest's graph entry lists them with their dtypes and symbolic shapes)."""
+    L, S, B = manifest["block_length"], manifest["max_context"], manifest["batch"]
+    m = manifest["model"]
+    kvh, D = m["num_kv_heads"], m["head_dim"]
+    tokens = {"prefill": (L, chunk, chunk), "decode": (L, L, L), "fused": (2 * L, 2 * L, 2 * L)}
+    names = list(manifest["graphs"][TRT_GRAPH]["inputs"])
+    out: dict[str, dict[str, tuple]] = {}
+    for kind in STEP_KINDS:
+        lo, opt, hi = tokens[kind]
+        shapes: dict[str, tuple] = {}
+        for name in names:
+            if name == "input_ids":
+                shapes[name] = ((B, lo), (B, opt), (B, hi))
+            elif name == "past_len":
+                shapes[name] = ((1,), (1,), (1,))
+            elif name.startswith(("past_key_", "past_value_")):
+                # the cache prefix bound in place: 0 rows (an empty cache) up to the whole cache
+                shapes[name] = ((0, B, kvh, D), (S // 2, B, kvh, D), (S, B, kvh, D))
+            else:
+                raise ExportError(f"the trt graph has an input {name!r} the TensorRT build does not know "
+                                  "(CONTRACTS.md step graph I/O); re-export the artifact with this "
+                                  "sdar-export")
+        out[kind] = shapes
+    return out
+
+
+def _expected_dtypes(trt, manifest: dict) -> dict[str, object]:
+    kv = {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "bfloat16": trt.DataType.BF16}
+    out = {}
+    for name, spec in manifest["graphs"][TRT_GRAPH]["inputs"].items():
+        out[name] = trt.DataType.INT64 if spec["dtype"] == "int64" else kv[spec["dtype"]]
+    return out
+
+
+def _check_budget(art: Path, manifest: dict, chunk: int, log) -> dict:
+    """Prints the device-memory budget of the artifact and refuses when the GPU cannot hold it."""
+    from sdar_rt import memory_budget as mb  # noqa: PLC0415
+
+    config = {}
+    if (art / "config.json").is_file():
+        config = json.loads((art / "config.json").read_text(encoding="utf-8"))
+    shape = mb.artifact_shape(manifest, config)
+    dtype, B, L, S = manifest["dtype"], manifest["batch"], manifest["block_length"], manifest["max_context"]
+    weights = graph_weight_bytes(art / manifest["graphs"][TRT_GRAPH]["file"])
+    if dtype == "bfloat16":   # float32 matmuls: TensorRT folds the weight casts to float32
+        weights *= 2
+    scratch = mb.activation_estimate(shape, B, L, chunk, S, dtype) + \
+        mb.loop_buffer_bytes(B, L, shape.vocab_size, S, chunk)
+    kv = mb.kv_cache_bytes(shape.num_layers, shape.num_kv_heads, shape.head_dim, S, B, dtype)
+    budget = mb.DeviceMemoryBudget(weights, kv, scratch, scratch_is_estimate=True)
+    free = device_free_memory()
+    log(f"device memory: {budget.describe()}" + (f"; {mb.gib(free)} free" if free is not None else ""))
+    if free is not None:
+        kv_per_token = kv // S
+        msg = mb.refusal(budget, free, what=f"the model ({dtype}, max_context {S}, batch {B})",
+                         kv_per_token=kv_per_token, block_length=L, max_context=S,
+                         quantized=bool(manifest.get("quantization")))
+        if msg:
+            raise ExportError(msg + "; nothing was built")
+    return {"weights": weights, "kv_cache": kv, "scratch_estimate": scratch}
+
+
+def _write_plan(trt, builder, network, config, out: Path) -> None:
+    """Builds and writes the plan without a Python copy of it: through TensorRT's stream writer
+    (10.14+), else from TensorRT's own buffer via a memoryview."""
+    tmp = out.with_suffix(".plan.tmp")
+    try:
+        if hasattr(builder, "build_serialized_network_to_stream") and hasattr(trt, "IStreamWriter"):
+            class PlanWriter(trt.IStreamWriter):
+                def __init__(self, f):
+                    trt.IStreamWriter.__init__(self)
+                    self.f = f
+
+                def write(self, data):
+                    self.f.write(data)
+                    return len(data)
+
+            with open(tmp, "wb") as f:
+                ok = builder.build_serialized_network_to_stream(network, config, PlanWriter(f))
+        else:
+            plan = builder.build_serialized_network(network, config)
+            ok = plan is not None
+            if ok:
+                with open(tmp, "wb") as f:
+                    f.write(memoryview(plan))
+            del plan
+        if not ok:
+            raise ExportError("TensorRT failed to build the engine (see its log above); try a smaller "
+                              "--workspace-mb, close other GPU users, or check free memory")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plan_scratch(trt, logger, plan_path: Path, profiles: dict[str, int]) -> dict[str, int]:
+    """Deserialises the plan once (mapped from disk, not read into a Python buffer): proves it
+    loads and reads TensorRT's activation memory per profile, the Generator's scratch figure."""
+    runtime = trt.Runtime(logger)
+    with open(plan_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        engine = runtime.deserialize_cuda_engine(mapped)
+    if engine is None:
+        raise ExportError(f"TensorRT cannot load the plan it just built ({plan_path}); see its log above")
+    if engine.num_optimization_profiles != len(profiles):
+        raise ExportError(f"the built plan has {engine.num_optimization_profiles} optimization profiles, "
+                          f"expected {len(profiles)}")
+    sizes = {}
+    for kind, index in profiles.items():
+        if hasattr(engine, "get_device_memory_size_for_profile_v2"):
+            sizes[kind] = int(engine.get_device_memory_size_for_profile_v2(index))
+        else:
+            sizes[kind] = int(engine.device_memory_size)
+    del engine
+    return sizes
+
+
 def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_chunk: int | None = None,
-                  graphs: tuple[str, ...] | None = None, log=print) -> list[dict]:
-    """Build ``<graph>.plan`` for each graph of the artifact; update manifest.json; return entries."""
+                  log=print) -> dict:
+    """Build ``trt.plan`` from the artifact's trt graph; update manifest.json; return its entry."""
     art = Path(artifact_dir)
     mpath = art / "manifest.json"
     if not mpath.is_file():
         raise ExportError(f"{mpath}: not found; `--engine trt` on a directory needs an sdar-export artifact "
                           "(run `sdar-export MODEL_DIR -o ART` first).")
     manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    trt = import_tensorrt()
-    L, S, B = manifest["block_length"], manifest["max_context"], manifest["batch"]
-    m = manifest["model"]
-    kvh, D = m["num_kv_heads"], m["head_dim"]
+    if TRT_GRAPH not in manifest.get("graphs", {}):
+        raise ExportError(f"{art}: the artifact has no trt graph (it was exported by an older sdar-export); "
+                          "re-export the checkpoint with `sdar-export MODEL_DIR -o ART`.")
+    L, S = manifest["block_length"], manifest["max_context"]
     chunk = prefill_chunk or manifest.get("prefill_chunk") or L
-    dtype = manifest["dtype"]
+    if chunk % L or not L <= chunk <= S:
+        raise ExportError(f"--prefill-chunk {chunk} must be a multiple of the block length {L} in "
+                          f"[{L}, {S}].")
+    if workspace_mb <= 0:
+        raise ExportError(f"--workspace-mb must be positive, got {workspace_mb}")
+    graph_path = art / manifest["graphs"][TRT_GRAPH]["file"]
+    from .trt_onnx_support import UnsupportedGraph, require_supported  # noqa: PLC0415
+    try:
+        require_supported(graph_path)
+    except UnsupportedGraph as e:
+        raise ExportError(str(e)) from e
+    budget = _check_budget(art, manifest, chunk, log)
+    trt = import_tensorrt()
+    if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        raise ExportError(f"TensorRT {trt.__version__} has no strongly typed networks; the engine build "
+                          "needs TensorRT 10 (JetPack 6.1 or newer).")
     logger = trt.Logger(trt.Logger.WARNING)
-    cache_path = art / TIMING_CACHE
     info = gpu_info()
-    entries = []
-    for name, g in manifest["graphs"].items():
-        if graphs and name not in graphs:
-            continue
-        if g.get("engine") == "ort":   # the ONNX Runtime step graph (contrib ops): not for TensorRT
-            continue
-        log(f"building TensorRT engine for {g['file']}")
-        builder = trt.Builder(logger)
-        flags = 0
-        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(art / g["file"])):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"{art / g['file']}: TensorRT {trt.__version__} cannot parse the graph: {errs}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        if dtype == "float16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif dtype == "bfloat16":
-            config.set_flag(trt.BuilderFlag.BF16)
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building TensorRT {trt.__version__} engine from {graph_path.name} on {info['gpu']} "
+        f"(profiles: prefill [{L}, {chunk}] tokens, decode {L}, fused {2 * L}; past [0, {S}])")
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph_path)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"{graph_path}: TensorRT {trt.__version__} cannot parse the graph: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if hasattr(config, "max_aux_streams"):
+        config.max_aux_streams = 0   # one stream: no extra activation memory for parallel branches
+    cache_path = art / TIMING_CACHE
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    shapes = profile_shapes(manifest, chunk)
+    want_dtypes = _expected_dtypes(trt, manifest)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    unknown = [t.name for t in inputs if t.name not in want_dtypes]
+    if unknown:
+        raise ExportError(f"the parsed trt graph has inputs {unknown} that the manifest does not list; "
+                          "re-export the artifact")
+    for t in inputs:
+        if t.dtype != want_dtypes[t.name]:
+            want = manifest["graphs"][TRT_GRAPH]["inputs"][t.name]["dtype"]
+            raise ExportError(f"the trt graph's input {t.name!r} is {t.dtype}, the manifest says {want}; "
+                              "re-export the artifact")
+    profiles: dict[str, int] = {}
+    for kind in STEP_KINDS:
         prof = builder.create_optimization_profile()
-        T = g["tokens"]
-        for i in range(network.num_inputs):
-            t = network.get_input(i)
-            if t.name == "input_ids":
-                lo, hi = (T, T) if T else (L, chunk)
-                prof.set_shape(t.name, (B, lo), (B, hi), (B, hi))
-            elif t.name.startswith("past_"):
-                prof.set_shape(t.name, (0, B, kvh, D), (S // 2, B, kvh, D), (S, B, kvh, D))
-        config.add_optimization_profile(prof)
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise ExportError(f"TensorRT failed to build {g['file']} (see the log above); try a larger "
-                              "--workspace-mb or check free memory.")
-        out = art / (name + ".plan")
-        tmp = out.with_suffix(".plan.tmp")
-        tmp.write_bytes(bytes(plan))
-        os.replace(tmp, out)
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-        entries.append({"kind": "trt", "graph": name, "file": out.name, "tensorrt": trt.__version__,
-                        "workspace_mb": workspace_mb, "prefill_chunk": chunk if T is None else None, **info})
-    rebuilt = {x["graph"] for x in entries}
-    manifest["engines"] = [e for e in manifest.get("engines", [])
-                           if not (e.get("kind") == "trt" and e.get("graph") in rebuilt)]
-    manifest["engines"] += entries
+        for t in inputs:
+            lo, opt, hi = shapes[kind][t.name]
+            if len(t.shape) != len(lo):
+                raise ExportError(f"the trt graph's input {t.name!r} has rank {len(t.shape)}, the {kind} "
+                                  f"profile expects {len(lo)}; re-export the artifact")
+            if t.is_shape_tensor:   # a value TensorRT needs at build time: past_len in [0, S - L]
+                prof.set_shape_input(t.name, [0], [S // 2 // L * L], [S - L])
+            else:
+                prof.set_shape(t.name, lo, opt, hi)
+        profiles[kind] = config.add_optimization_profile(prof)
+        if profiles[kind] < 0:
+            raise ExportError(f"TensorRT rejected the {kind} optimization profile (see its log above)")
+
+    out = art / PLAN_FILE
+    _write_plan(trt, builder, network, config, out)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    del parser, network, builder   # the parser holds a host copy of the weights
+    scratch = _plan_scratch(trt, logger, out, profiles)
+    entry = {"kind": "trt", "graph": TRT_GRAPH, "file": out.name, "tensorrt": trt.__version__, **info,
+             "profiles": profiles, "prefill_chunk": chunk, "max_context": S, "strongly_typed": True,
+             "workspace_mb": workspace_mb, "plan_bytes": out.stat().st_size,
+             "scratch_bytes": max(scratch.values()), "scratch_bytes_per_profile": scratch,
+             "budget_estimate": budget}
+    log(f"wrote {out.name}: {out.stat().st_size / (1 << 20):.1f} MiB plan, "
+        f"{max(scratch.values()) / (1 << 20):.1f} MiB scratch")
+    manifest["engines"] = [e for e in manifest.get("engines", []) if e.get("kind") != "trt"] + [entry]
     tmp = mpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, mpath)
-    return entries
+    return entry

@@ -4,7 +4,8 @@ Each graph runs on random inputs at three context sizes: empty cache (P = 0), on
 (P = past_len = L), and a long, non-block-aligned bound cache near max_context
 (P = max_context - T - 3, past_len = the largest multiple of L <= P - L, so some bound rows are
 past past_len and must be masked). Prefill is also run at a second token count (3L) to exercise
-its dynamic axis. The cache rows hold random finite values, masked rows included.
+its dynamic axis, and TensorRT's ``trt`` graph at L, 2L and 3L tokens (each kind it serves). The
+cache rows hold random finite values, masked rows included.
 
 Every output is compared; the max abs error per output (over all cases) goes in the manifest.
 
@@ -90,7 +91,12 @@ def run_ort(session, feeds: dict, out_shapes: dict[str, tuple], bf16: bool) -> d
 
 def validation_cases(kind: str, block_length: int, max_context: int, tokens: int | None):
     L = block_length
-    counts = [tokens] if tokens is not None else [L, 3 * L]
+    if tokens is not None:
+        counts = [tokens]
+    elif kind == "trt":   # TensorRT's graph serves prefill chunks, decode (L) and fused (2L)
+        counts = [L, 2 * L, 3 * L]
+    else:
+        counts = [L, 3 * L]
     cases = []
     for t in counts:
         if t > max_context:

@@ -15,10 +15,15 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sdar_rt.artifact"
 # 2: the artifact also holds the ONNX Runtime ``step`` graph (dynamic T + a ``num_logits`` input,
 # serving prefill, decode and fused from one session, so the weights are in memory once).
-MANIFEST_FORMAT_VERSION = 2
+# 3: the artifact also holds TensorRT's ``trt`` graph (dynamic T, the logits of the last L
+# positions), and a TensorRT engine is one plan built from it with one optimization profile per
+# step kind (``engines`` entries with ``graph: "trt"`` and ``profiles``), instead of a plan per graph.
+MANIFEST_FORMAT_VERSION = 3
 DTYPES = ("float32", "float16", "bfloat16")
-GRAPH_NAMES = ("prefill", "decode", "fused", "step")
+GRAPH_NAMES = ("prefill", "decode", "fused", "step", "trt")
 STEP_GRAPH = "step"
+TRT_GRAPH = "trt"
+STEP_KINDS = ("prefill", "decode", "fused")
 REQUIRED_GRAPHS = ("prefill", "decode")
 REQUIRED_KEYS = (
     "format",
@@ -69,7 +74,8 @@ def validate_manifest(manifest: dict, where: str = MANIFEST_NAME) -> None:
                 f"format_version {version} is newer than this runtime supports ({MANIFEST_FORMAT_VERSION})",
                 "upgrade sdar_rt or export with a matching sdar-export",
             )
-        raise _fail(where, f"format_version is {version!r}, this runtime reads {MANIFEST_FORMAT_VERSION}")
+        raise _fail(where, f"format_version is {version!r}, this runtime reads {MANIFEST_FORMAT_VERSION} "
+                           "(the artifact was written by an older sdar-export)")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise _fail(where, f"missing required keys {missing}")
@@ -112,6 +118,10 @@ def validate_manifest(manifest: dict, where: str = MANIFEST_NAME) -> None:
             if entry.get("tokens") is not None or entry.get("logits") != "num_logits":
                 raise _fail(where, "graphs.step must have a dynamic token axis (tokens null) and "
                                    "logits 'num_logits'")
+            continue
+        if name == TRT_GRAPH:
+            if entry.get("tokens") is not None or entry.get("logits") != L:
+                raise _fail(where, f"graphs.trt must have a dynamic token axis (tokens null) and logits {L}")
             continue
         want_tokens = {"decode": L, "fused": 2 * L}.get(name)
         if want_tokens is not None and entry.get("tokens", want_tokens) != want_tokens:

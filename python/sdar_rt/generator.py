@@ -40,8 +40,8 @@ class Generator:
     ``device``: "cpu", "cuda" or None (TensorRT: "cuda"; otherwise "cpu"). With TensorRT (and
     with a custom engine and device="cuda") the whole decoding loop runs on the GPU: KV cache and
     logits in device memory, unmasking by CUDA kernels, one 4-byte host read per denoising step.
-    With ONNX Runtime the loop stays on the host and device="cuda" selects ONNX Runtime's CUDA
-    provider (onnxruntime-gpu).
+    ONNX Runtime runs the host loop only (device="cuda" with it is refused: it would copy the KV
+    cache every step).
     ``threads``: ONNX Runtime intra-op threads (None: its default).
     """
 
@@ -62,6 +62,15 @@ class Generator:
         if not _is_int(chunk) or chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive integer, got {chunk!r}")
         chunk = max(L, min(chunk, a.max_context) // L * L)
+        limit = getattr(self.engine, "max_prefill_tokens", None)  # TensorRT: the plan's prefill profile
+        if limit:
+            if prefill_chunk is not None and prefill_chunk > limit:
+                raise ValueError(
+                    f"prefill_chunk={prefill_chunk} exceeds the TensorRT plan's prefill profile ({limit} "
+                    f"tokens per pass): use prefill_chunk <= {limit}, or rebuild the plan with `sdar-export "
+                    f"{a.path} --engine trt --prefill-chunk {prefill_chunk}`"
+                )
+            chunk = min(chunk, limit)
         model = a.model
         self.spec = _core.ModelSpec(
             num_layers=model["num_layers"],
@@ -98,7 +107,7 @@ class Generator:
             return make_trt_engine(self.artifact), "cuda"
         from .ort_engine import OrtEngine
 
-        # ONNX Runtime binds host buffers; device='cuda' selects its CUDA provider (onnxruntime-gpu).
+        # ONNX Runtime binds the host loop's buffers (it refuses device='cuda')
         return OrtEngine(self.artifact, device=device or "cpu", threads=threads), "cpu"
 
     # ------------------------------------------------------------------ public API

@@ -47,7 +47,7 @@ class _Graph:
 
 
 class OrtEngine(_core.Engine):
-    """``_core.Engine`` backed by ONNX Runtime (CPU EP by default, CUDA EP on request)."""
+    """``_core.Engine`` backed by ONNX Runtime's CPU provider, on the host decoding loop's buffers."""
 
     def __init__(self, artifact: Artifact, *, device: str = "cpu", threads: int | None = None):
         super().__init__()
@@ -61,16 +61,19 @@ class OrtEngine(_core.Engine):
             )
         self.np_dtype = _NP_DTYPES[dtype]
         artifact.check_engine("ort")
-        if device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        elif device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    "device='cuda' needs onnxruntime-gpu (CUDAExecutionProvider is not available)"
-                )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
+        if device == "cuda":
+            # The engine binds the host decoding loop's buffers: ONNX Runtime's CUDA provider would
+            # copy the whole KV cache prefix to the GPU and the new K/V and logits back on every
+            # step. Binding the device loop's buffers instead is not written (it could not be
+            # tested without a GPU), so the GPU path is TensorRT's.
+            raise ValueError(
+                "device='cuda' is not available with ONNX Runtime (it would copy the KV cache to the GPU "
+                "and back on every step); on a GPU use TensorRT: build the plan with `sdar-export "
+                f"{artifact.path} --engine trt` and use engine='trt' (or 'auto'), or use device='cpu'"
+            )
+        if device != "cpu":
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        providers = ["CPUExecutionProvider"]
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise ValueError(f"threads must be a non-negative integer, got {threads!r}")
         options = ort.SessionOptions()

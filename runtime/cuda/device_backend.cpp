@@ -1,6 +1,7 @@
 #include "device_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "cuda/cuda_allocator.h"
@@ -70,6 +71,8 @@ void DeviceBackend::begin_call(const CallSetup& setup) {
                                   cudaMemcpyHostToDevice, s));
   SDAR_CUDA_CHECK(cudaMemsetAsync(row_steps_.data(), 0, sizeof(std::uint32_t) * static_cast<std::size_t>(B), s));
   SDAR_CUDA_CHECK(cudaStreamSynchronize(s));  // the staging vectors go out of scope
+  call_ready_at_ = std::chrono::steady_clock::now();  // the stream is idle: the event below fires now
+  call_ready_.record(s);
 }
 
 void DeviceBackend::pack_ids(int start, int tokens) {
@@ -96,6 +99,14 @@ void DeviceBackend::collect_engine_time() {
     engine_seconds_ += 1e-3 * static_cast<double>(pass_end_[i].elapsed_ms_since(pass_start_[i]));
   }
   passes_pending_ = 0;
+}
+
+void DeviceBackend::mark_prefill_end() { prefill_end_.record(stream_.get()); }
+
+double DeviceBackend::prefill_seconds(std::chrono::steady_clock::time_point call_start) {
+  prefill_end_.synchronize();
+  const double setup = std::chrono::duration<double>(call_ready_at_ - call_start).count();
+  return setup + 1e-3 * static_cast<double>(prefill_end_.elapsed_ms_since(call_ready_));
 }
 
 void DeviceBackend::upload_done(const std::vector<std::uint8_t>& done) {

@@ -1,13 +1,15 @@
 // The GPU decoding backend: KV cache, step buffers, the token sequence and the masks in device
-// memory; each denoising step is one unmasking launch (csrc/cuda/unmask.h) on the backend's
+// memory; each denoising step is one unmasking launch (cuda/unmask.h) on the backend's
 // stream, followed by the step's only host sync: a 4-byte copy of "rows still active". The full
 // logits never leave the device; per block, B*L token ids come back for the stop check and the
 // block callback.
 //
 // Engines see the stream in EngineBindings::stream and enqueue on it (TensorRT), or synchronise.
-// Engine time is measured with CUDA events around each pass and read at the next sync.
+// Engine time and the prefill's time are measured with CUDA events (the work, not its enqueue)
+// and read at the next sync.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -37,6 +39,8 @@ class DeviceBackend final : public DecodeBackend {
   int unmask_step(const StepRequest& request) override;
   void read_block(int block_start, std::vector<std::int64_t>& tokens) override;
   double engine_seconds() override;
+  void mark_prefill_end() override;
+  double prefill_seconds(std::chrono::steady_clock::time_point call_start) override;
   void after_failure() noexcept override;
 
  private:
@@ -64,6 +68,10 @@ class DeviceBackend final : public DecodeBackend {
   std::unique_ptr<UnmaskWorkspace> greedy_;
   std::unique_ptr<UnmaskWorkspace> sampling_;
   std::vector<Event> pass_start_, pass_end_;  // grown on demand, reused
+  // The prefill on the device timeline: `call_ready_` is recorded when begin_call has synchronised
+  // (host time `call_ready_at_`), `prefill_end_` after the last prefill pass.
+  Event call_ready_{true}, prefill_end_{true};
+  std::chrono::steady_clock::time_point call_ready_at_{};
   std::size_t passes_pending_ = 0;
   double engine_seconds_ = 0.0;
   std::string failure_;  // set when the CUDA context failed: the backend refuses further calls

@@ -2,7 +2,8 @@
 # Syntax-checks the TensorRT backend against one TensorRT header set (no TensorRT library or GPU
 # needed): runtime/trt/compile_check.sh /path/to/TensorRT/include [CUDA_INCLUDE_DIR]
 # TensorRT and CUDA headers are -isystem: their own deprecation warnings are not ours.
-# Used to keep runtime/trt compiling for JetPack 6 (TensorRT 10.3) and current TensorRT (11.x).
+# Used to keep runtime/trt compiling for JetPack 6 (TensorRT 10.3) and current TensorRT (11.x); CI
+# runs it against the headers of a package index (.ci/run). Nothing in runtime/ includes from csrc/.
 set -euo pipefail
 TRT_INCLUDE=${1:?usage: compile_check.sh TENSORRT_INCLUDE_DIR [CUDA_INCLUDE_DIR]}
 CUDA_INCLUDE=${2:-}
@@ -24,14 +25,14 @@ VERSION=$(grep -hE '#define (NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)(_ENTERPRISE)? 
 echo "TensorRT headers $VERSION at $TRT_INCLUDE; CUDA headers at $CUDA_INCLUDE"
 for source in "$ROOT"/runtime/trt/*.cpp; do
   g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -isystem "$TRT_INCLUDE" -isystem "$CUDA_INCLUDE" -I"$ROOT/runtime" \
-      -I"$ROOT/csrc" "$source"
+      "$source"
   echo "ok  $(basename "$source")"
 done
 # The Python bindings with the CUDA and TensorRT parts switched on (needs pybind11 installed).
 if PYBIND_FLAGS=$(python3 -m pybind11 --includes 2>/dev/null); then
   # shellcheck disable=SC2086
   g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -isystem "$TRT_INCLUDE" -isystem "$CUDA_INCLUDE" $PYBIND_FLAGS \
-      -I"$ROOT/runtime" -I"$ROOT/csrc" -DSDAR_HAVE_CUDA=1 -DSDAR_HAVE_TENSORRT=1 "$ROOT/csrc/bindings.cpp"
+      -I"$ROOT/runtime" -DSDAR_HAVE_CUDA=1 -DSDAR_HAVE_TENSORRT=1 "$ROOT/csrc/bindings.cpp"
   echo "ok  bindings.cpp (CUDA + TensorRT)"
 else
   echo "skip bindings.cpp: pybind11 is not installed"

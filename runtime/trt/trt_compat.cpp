@@ -6,7 +6,7 @@
 namespace sdar::trt {
 
 namespace {
-const char* kFix = "rebuild the engines on this device with: sdar-export ARTIFACT --engine trt";
+const char* kFix = "rebuild the plan on this device with: sdar-export ARTIFACT --engine trt";
 
 // "10.3.0.26" -> "10.3.0": the build number does not change plan compatibility.
 std::string major_minor_patch(const std::string& version) {
@@ -27,8 +27,8 @@ DeviceInfo current_device() {
   return {prop.name, std::to_string(prop.major) + "." + std::to_string(prop.minor)};
 }
 
-void check_compatible(const TrtEngineFile& file, const DeviceInfo& device, const std::string& runtime_version) {
-  const std::string engine = std::string(graph_name(file.graph)) + " engine " + file.path;
+void check_compatible(const TrtPlanFile& file, const DeviceInfo& device, const std::string& runtime_version) {
+  const std::string engine = "TensorRT plan " + file.path;
   if (!file.compute_capability.empty() && file.compute_capability != device.compute_capability) {
     throw EngineError(engine + " was built for " + file.gpu + " (compute capability " + file.compute_capability +
                       ") but this GPU is " + device.name + " (compute capability " + device.compute_capability +

@@ -18,6 +18,6 @@ DeviceInfo current_device();
 
 // Throws EngineError naming what the engine was built for, what is running, and the fix.
 // `runtime_version` is "X.Y.Z" of the loaded TensorRT library.
-void check_compatible(const TrtEngineFile& file, const DeviceInfo& device, const std::string& runtime_version);
+void check_compatible(const TrtPlanFile& plan, const DeviceInfo& device, const std::string& runtime_version);
 
 }  // namespace sdar::trt

@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <set>
 #include <string>
@@ -17,21 +15,20 @@
 #include "cuda/device_scalar.h"
 #include "cuda/stream.h"
 #include "errors.h"
+#include "plan_reader.h"
 #include "trt_compat.h"
 #include "trt_logger.h"
+
+// The V2 device-memory API (int64 sizes, per-profile sizes) is what this engine uses: 10.1+.
+#if NV_TENSORRT_MAJOR < 10 || (NV_TENSORRT_MAJOR == 10 && NV_TENSORRT_MINOR < 1)
+#error "the TensorRT backend needs TensorRT 10.1 or newer (JetPack 6.1+ ships 10.3)"
+#endif
 
 namespace sdar::trt {
 
 namespace {
 
-std::vector<char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    throw EngineError("cannot open TensorRT engine " + path +
-                      "; build it on this device with: sdar-export ARTIFACT --engine trt");
-  }
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+constexpr std::array<GraphKind, 3> kKinds = {GraphKind::Prefill, GraphKind::Decode, GraphKind::Fused};
 
 nvinfer1::DataType trt_type(DType dtype) {
   switch (dtype) {
@@ -52,6 +49,8 @@ nvinfer1::Dims dims(std::initializer_list<std::int64_t> extents) {
 
 std::string layer_name(const char* prefix, int layer) { return prefix + std::to_string(layer); }
 
+constexpr const char* kRebuild = "rebuild the plan on this device with: sdar-export ARTIFACT --engine trt";
+
 }  // namespace
 
 std::string tensorrt_runtime_version() {
@@ -59,29 +58,32 @@ std::string tensorrt_runtime_version() {
   return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
 }
 
-// One graph kind: its engine, its execution context and what is currently set on the context.
-struct GraphState {
-  bool loaded = false;
+// One step kind: its profile, its execution context and what is currently set on the context.
+struct KindState {
   GraphKind kind = GraphKind::Decode;
-  std::unique_ptr<nvinfer1::ICudaEngine> engine;         // declared before the context:
-  std::unique_ptr<nvinfer1::IExecutionContext> context;  // destroyed after it
-  std::int64_t max_past_rows = 0;  // the optimisation profile's limit on the past length
+  int profile = -1;  // -1: the plan has no profile for this kind
+  std::unique_ptr<nvinfer1::IExecutionContext> context;
+  int min_tokens = 0, max_tokens = 0;  // the profile's range of input_ids' token axis
+  std::int64_t max_past_rows = 0;       // the profile's limit on the bound past length
   std::int64_t bound_past_rows = -1;
   int bound_tokens = -1;
   std::int64_t bound_present_row = -1;  // -2: decode scratch
-  std::map<std::int64_t, cuda::GraphExec> graphs;  // decode: one per past bucket
+  // Captured steps, keyed by the shapes they were captured with: (token count, bound past rows).
+  std::map<std::pair<int, std::int64_t>, cuda::GraphExec> graphs;
   bool graphs_failed = false;
 };
 
 struct TrtEngine::Impl {
   TrtEngineOptions options;
-  Logger logger;                                  // outlives the runtime
-  std::unique_ptr<nvinfer1::IRuntime> runtime;    // outlives the engines
-  std::array<GraphState, 3> graphs;
+  Logger logger;                                   // outlives the runtime
+  std::unique_ptr<nvinfer1::IRuntime> runtime;     // outlives the engine
+  std::unique_ptr<nvinfer1::ICudaEngine> engine;   // outlives the contexts
+  std::shared_ptr<Allocator> allocator;
+  Buffer scratch;          // every context's device memory (one step runs at a time); outlives them
+  std::array<KindState, 3> kinds;
   std::unique_ptr<cuda::Stream> own_stream;
   cudaStream_t stream = nullptr;
-  std::shared_ptr<Allocator> allocator;
-  Buffer past_len;         // int64 scalar the graphs read
+  Buffer past_len;         // int64 scalar the plan reads
   Buffer present_scratch;  // decode steps' K/V: [layers][K, V][L rows], never read back
   EngineBindings b;
   bool bound = false;
@@ -94,58 +96,86 @@ struct TrtEngine::Impl {
     cudaGetLastError();
   }
 
-  GraphState& state(GraphKind kind) { return graphs[static_cast<std::size_t>(kind)]; }
+  KindState& state(GraphKind kind) { return kinds[static_cast<std::size_t>(kind)]; }
 
   [[noreturn]] void fail(const std::string& what) {
     const std::string errors = logger.take_errors();
     throw EngineError(errors.empty() ? what : what + ": " + errors);
   }
 
-  void load(const TrtEngineFile& file, const DeviceInfo& device, const std::string& version);
-  void validate_io(GraphState& g) const;
-  bool has_input(const GraphState& g, const std::string& name) const;
-  void set_address(GraphState& g, const std::string& name, std::uintptr_t address);
-  void set_shape(GraphState& g, const std::string& name, const nvinfer1::Dims& shape);
-  void prepare(GraphState& g, std::int64_t past_rows, int tokens, std::int64_t present_row);
-  void enqueue(GraphState& g);
-  void launch_decode_graph(GraphState& g, std::int64_t past_rows);
+  void create_contexts();
+  void validate_io() const;
+  void read_profile(KindState& k) const;
+  bool has_input(const std::string& name) const;
+  void set_address(KindState& k, const std::string& name, std::uintptr_t address);
+  void set_shape(KindState& k, const std::string& name, const nvinfer1::Dims& shape);
+  void prepare(KindState& k, std::int64_t past_rows, int tokens, std::int64_t present_row);
+  void enqueue(KindState& k);
+  void launch_captured(KindState& k, int tokens, std::int64_t past_rows);
 };
 
-void TrtEngine::Impl::load(const TrtEngineFile& file, const DeviceInfo& device, const std::string& version) {
-  check_compatible(file, device, version);
-  GraphState& g = state(file.graph);
-  if (g.loaded) throw EngineError(std::string("two TensorRT engines given for the ") + graph_name(file.graph) + " graph");
-  const std::vector<char> plan = read_file(file.path);
-  g.engine.reset(runtime->deserializeCudaEngine(plan.data(), plan.size()));
-  if (!g.engine) fail("TensorRT could not deserialise " + file.path);
-  g.context.reset(g.engine->createExecutionContext());
-  if (!g.context) fail("TensorRT could not create an execution context for " + file.path);
-  g.kind = file.graph;
-  g.loaded = true;
+// One context per profile, all on one user-managed scratch allocation of the largest profile's
+// size, allocated once; the profile is selected once per context, here.
+void TrtEngine::Impl::create_contexts() {
+  std::int64_t need = 0;
+  for (const KindState& k : kinds) {
+    if (k.profile >= 0) need = std::max(need, engine->getDeviceMemorySizeForProfileV2(k.profile));
+  }
+  std::size_t free_bytes = 0, total_bytes = 0;
+  SDAR_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (static_cast<std::size_t>(need) > free_bytes) {
+    throw EngineError("the TensorRT plan needs " + std::to_string(need >> 20) + " MiB of scratch memory but the GPU has " +
+                      std::to_string(free_bytes >> 20) + " MiB free; re-export with a smaller --max-context or "
+                      "--int4, or close other GPU users");
+  }
+  scratch = Buffer(allocator, static_cast<std::size_t>(std::max<std::int64_t>(need, 1)), 256);
+  for (KindState& k : kinds) {
+    if (k.profile < 0) continue;
+    k.context.reset(engine->createExecutionContext(nvinfer1::ExecutionContextAllocationStrategy::kUSER_MANAGED));
+    if (!k.context) fail(std::string("TensorRT could not create an execution context for the ") + graph_name(k.kind) + " profile");
+    k.context->setDeviceMemoryV2(scratch.data(), need);
+    if (!k.context->setOptimizationProfileAsync(k.profile, stream)) {
+      fail(std::string("TensorRT rejected optimization profile ") + std::to_string(k.profile) + " for the " +
+           graph_name(k.kind) + " steps; " + kRebuild);
+    }
+  }
+  SDAR_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-void TrtEngine::Impl::validate_io(GraphState& g) const {
-  const nvinfer1::ICudaEngine& e = *g.engine;
-  const std::string graph = graph_name(g.kind);
+// The profile's token range (input_ids [B, T]) and past-row limit (past_key_0 [P, B, KVH, D]).
+void TrtEngine::Impl::read_profile(KindState& k) const {
+  using Sel = nvinfer1::OptProfileSelector;
+  const nvinfer1::Dims lo = engine->getProfileShape("input_ids", k.profile, Sel::kMIN);
+  const nvinfer1::Dims hi = engine->getProfileShape("input_ids", k.profile, Sel::kMAX);
+  if (lo.nbDims != 2 || hi.nbDims != 2) {
+    throw EngineError(std::string("the TensorRT plan's ") + graph_name(k.kind) + " profile has no [batch, tokens] "
+                      "input_ids; " + kRebuild);
+  }
+  k.min_tokens = static_cast<int>(lo.d[1]);
+  k.max_tokens = static_cast<int>(hi.d[1]);
+  k.max_past_rows = b.max_context;
+  const nvinfer1::Dims past = engine->getProfileShape("past_key_0", k.profile, Sel::kMAX);
+  if (past.nbDims == 4 && past.d[0] > 0) k.max_past_rows = std::min<std::int64_t>(past.d[0], b.max_context);
+}
+
+void TrtEngine::Impl::validate_io() const {
+  const nvinfer1::ICudaEngine& e = *engine;
   using Mode = nvinfer1::TensorIOMode;
   std::set<std::string> known;
-  // Inputs may be missing: TensorRT drops inputs nothing reads (prefill's last-layer past K/V,
-  // manifest "unused_inputs"). Outputs must all be there.
   const auto expect = [&](const std::string& name, Mode mode, nvinfer1::DataType type) {
     known.insert(name);
-    const Mode actual = e.getTensorIOMode(name.c_str());
-    if (actual == Mode::kNONE && mode == Mode::kINPUT) return;
-    if (actual != mode) {
-      throw EngineError("the TensorRT " + graph + " engine has no " + (mode == Mode::kINPUT ? "input" : "output") +
+    if (e.getTensorIOMode(name.c_str()) != mode) {
+      throw EngineError(std::string("the TensorRT plan has no ") + (mode == Mode::kINPUT ? "input" : "output") +
                         " named '" + name + "' (CONTRACTS.md step graph I/O); re-export the artifact");
     }
     if (e.getTensorDataType(name.c_str()) != type) {
-      throw EngineError("the TensorRT " + graph + " engine's '" + name + "' has another element type than the "
-                        "artifact's manifest says; re-export the artifact");
+      throw EngineError("the TensorRT plan's '" + name + "' has another element type than the artifact's manifest "
+                        "says; re-export the artifact");
     }
   };
   expect("input_ids", Mode::kINPUT, nvinfer1::DataType::kINT64);
   expect("past_len", Mode::kINPUT, nvinfer1::DataType::kINT64);
+  expect("logits", Mode::kOUTPUT, nvinfer1::DataType::kFLOAT);
   const nvinfer1::DataType kv = trt_type(b.kv_dtype);
   for (int i = 0; i < b.num_layers; ++i) {
     expect(layer_name("past_key_", i), Mode::kINPUT, kv);
@@ -153,70 +183,58 @@ void TrtEngine::Impl::validate_io(GraphState& g) const {
     expect(layer_name("present_key_", i), Mode::kOUTPUT, kv);
     expect(layer_name("present_value_", i), Mode::kOUTPUT, kv);
   }
-  if (g.kind != GraphKind::Prefill) {
-    expect("logits", Mode::kOUTPUT, nvinfer1::DataType::kFLOAT);
-    const nvinfer1::Dims shape = e.getTensorShape("logits");
-    if (shape.nbDims != 3 || (shape.d[0] >= 0 && shape.d[0] != b.batch) ||
-        (shape.d[1] >= 0 && shape.d[1] != b.block_length) || (shape.d[2] >= 0 && shape.d[2] != b.vocab_size)) {
-      throw EngineError("the TensorRT " + graph + " engine's logits shape does not match [batch " +
-                        std::to_string(b.batch) + ", block " + std::to_string(b.block_length) + ", vocab " +
-                        std::to_string(b.vocab_size) + "]; re-export the artifact");
-    }
+  const nvinfer1::Dims shape = e.getTensorShape("logits");
+  if (shape.nbDims != 3 || (shape.d[0] >= 0 && shape.d[0] != b.batch) ||
+      (shape.d[1] >= 0 && shape.d[1] != b.block_length) || (shape.d[2] >= 0 && shape.d[2] != b.vocab_size)) {
+    throw EngineError("the TensorRT plan's logits shape does not match [batch " + std::to_string(b.batch) +
+                      ", block " + std::to_string(b.block_length) + ", vocab " + std::to_string(b.vocab_size) +
+                      "]; re-export the artifact");
   }
   for (int i = 0; i < e.getNbIOTensors(); ++i) {
     const std::string name = e.getIOTensorName(i);
     if (known.count(name) == 0) {
-      throw EngineError("the TensorRT " + graph + " engine has an unexpected tensor '" + name + "' for a " +
+      throw EngineError("the TensorRT plan has an unexpected tensor '" + name + "' for a " +
                         std::to_string(b.num_layers) + "-layer model; re-export the artifact");
     }
   }
-  g.max_past_rows = b.max_context;
-  for (int i = 0; i < b.num_layers; ++i) {  // the first past input TensorRT kept carries the profile
-    const std::string name = layer_name("past_key_", i);
-    if (e.getTensorIOMode(name.c_str()) != Mode::kINPUT) continue;
-    const nvinfer1::Dims max = e.getProfileShape(name.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
-    if (max.nbDims == 4 && max.d[0] > 0) g.max_past_rows = std::min<std::int64_t>(max.d[0], b.max_context);
-    break;
+}
+
+bool TrtEngine::Impl::has_input(const std::string& name) const {
+  return engine->getTensorIOMode(name.c_str()) == nvinfer1::TensorIOMode::kINPUT;
+}
+
+void TrtEngine::Impl::set_address(KindState& k, const std::string& name, std::uintptr_t address) {
+  if (!k.context->setTensorAddress(name.c_str(), reinterpret_cast<void*>(address))) {
+    fail(std::string("TensorRT rejected the address of '") + name + "' for the " + graph_name(k.kind) + " steps");
   }
 }
 
-// False for an input TensorRT dropped because nothing reads it.
-bool TrtEngine::Impl::has_input(const GraphState& g, const std::string& name) const {
-  return g.engine->getTensorIOMode(name.c_str()) == nvinfer1::TensorIOMode::kINPUT;
-}
-
-void TrtEngine::Impl::set_address(GraphState& g, const std::string& name, std::uintptr_t address) {
-  if (!g.context->setTensorAddress(name.c_str(), reinterpret_cast<void*>(address))) {
-    fail(std::string("TensorRT rejected the address of '") + name + "' in the " + graph_name(g.kind) + " engine");
-  }
-}
-
-void TrtEngine::Impl::set_shape(GraphState& g, const std::string& name, const nvinfer1::Dims& shape) {
-  if (!g.context->setInputShape(name.c_str(), shape)) {
+void TrtEngine::Impl::set_shape(KindState& k, const std::string& name, const nvinfer1::Dims& shape) {
+  if (!k.context->setInputShape(name.c_str(), shape)) {
     std::string extents;
     for (int i = 0; i < shape.nbDims; ++i) extents += (i ? ", " : "") + std::to_string(shape.d[i]);
-    fail(std::string("TensorRT rejected shape [") + extents + "] for '" + name + "' in the " + graph_name(g.kind) +
-         " engine (outside its optimisation profile? re-export with a larger --max-context)");
+    // run() checked the token count and the past length against the profile first, so this is
+    // a plan that does not match the artifact.
+    fail(std::string("TensorRT rejected shape [") + extents + "] for '" + name + "' in the " + graph_name(k.kind) +
+         " profile; " + kRebuild);
   }
 }
 
 // Shapes and the present-output addresses of one run; only what changed is set again.
-void TrtEngine::Impl::prepare(GraphState& g, std::int64_t past_rows, int tokens, std::int64_t present_row) {
-  if (g.bound_tokens != tokens) {
-    if (has_input(g, "input_ids")) set_shape(g, "input_ids", dims({b.batch, tokens}));
-    g.bound_tokens = tokens;
+void TrtEngine::Impl::prepare(KindState& k, std::int64_t past_rows, int tokens, std::int64_t present_row) {
+  if (k.bound_tokens != tokens) {
+    set_shape(k, "input_ids", dims({b.batch, tokens}));
+    k.bound_tokens = tokens;
   }
-  if (g.bound_past_rows != past_rows) {
+  if (k.bound_past_rows != past_rows) {
     const nvinfer1::Dims past = dims({past_rows, b.batch, b.num_kv_heads, b.head_dim});
     for (int i = 0; i < b.num_layers; ++i) {
-      for (const char* prefix : {"past_key_", "past_value_"}) {
-        const std::string name = layer_name(prefix, i);
-        if (has_input(g, name)) set_shape(g, name, past);
-      }
+      set_shape(k, layer_name("past_key_", i), past);
+      set_shape(k, layer_name("past_value_", i), past);
     }
-    g.bound_past_rows = past_rows;
+    k.bound_past_rows = past_rows;
   }
-  if (g.bound_present_row != present_row) {
+  if (k.bound_present_row != present_row) {
     for (int i = 0; i < b.num_layers; ++i) {
       std::uintptr_t key = 0, value = 0;
       if (present_row == -2) {  // decode: scratch rows, identical for every step
@@ -228,43 +246,48 @@ void TrtEngine::Impl::prepare(GraphState& g, std::int64_t past_rows, int tokens,
         key = b.key_cache[static_cast<std::size_t>(i)] + offset;
         value = b.value_cache[static_cast<std::size_t>(i)] + offset;
       }
-      set_address(g, layer_name("present_key_", i), key);
-      set_address(g, layer_name("present_value_", i), value);
+      set_address(k, layer_name("present_key_", i), key);
+      set_address(k, layer_name("present_value_", i), value);
     }
-    g.bound_present_row = present_row;
+    k.bound_present_row = present_row;
   }
 }
 
-void TrtEngine::Impl::enqueue(GraphState& g) {
-  if (!g.context->enqueueV3(stream)) fail(std::string("TensorRT enqueueV3 failed for the ") + graph_name(g.kind) + " engine");
+void TrtEngine::Impl::enqueue(KindState& k) {
+  if (!k.context->enqueueV3(stream)) fail(std::string("TensorRT enqueueV3 failed for the ") + graph_name(k.kind) + " steps");
   cuda::check_launch("TensorRT enqueueV3");
 }
 
-// Decode steps of one past bucket share one CUDA graph: every address is fixed (past = cache
-// base, present = scratch, ids, logits, past_len scalar) and the past length is data.
-void TrtEngine::Impl::launch_decode_graph(GraphState& g, std::int64_t past_rows) {
-  const auto found = g.graphs.find(past_rows);
-  if (found != g.graphs.end()) {
+// Decode steps of one (token count, past bucket) share one CUDA graph: every address is fixed
+// (past = cache base, present = scratch, ids, logits, past_len scalar) and the past length is
+// data. The key is exactly the shapes the capture ran with, so a graph never replays another
+// shape's work.
+void TrtEngine::Impl::launch_captured(KindState& k, int tokens, std::int64_t past_rows) {
+  const std::pair<int, std::int64_t> key{tokens, past_rows};
+  const auto found = k.graphs.find(key);
+  if (found != k.graphs.end()) {
     SDAR_CUDA_CHECK(cudaGraphLaunch(found->second.get(), stream));
     return;
   }
-  // First step of a bucket: a plain enqueue runs the step (and TensorRT's deferred setup for the
-  // new shapes, which must not be captured); then the capture serves the later steps.
-  enqueue(g);
+  // First step of these shapes: a plain enqueue runs it (and TensorRT's deferred setup for the
+  // new shapes, which must not be captured), then the stream is drained so the capture starts
+  // from a quiet stream and records only the step itself.
+  enqueue(k);
+  SDAR_CUDA_CHECK(cudaStreamSynchronize(stream));
   SDAR_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  const bool enqueued = g.context->enqueueV3(stream);
+  const bool enqueued = k.context->enqueueV3(stream);
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
   const cuda::Graph owned(graph);
   cudaGraphExec_t exec = nullptr;
   if (enqueued && ended == cudaSuccess && graph != nullptr && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
-    g.graphs.emplace(past_rows, cuda::GraphExec(exec));
+    k.graphs.emplace(key, cuda::GraphExec(exec));
     return;
   }
-  // Not capturable with this engine / TensorRT: stay on plain enqueues (correct, a bit slower).
+  // Not capturable with this plan / TensorRT: stay on plain enqueues (correct, a bit slower).
   cudaGetLastError();
   logger.take_errors();
-  g.graphs_failed = true;
+  k.graphs_failed = true;
 }
 
 TrtEngine::TrtEngine(const TrtEngineOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -277,13 +300,14 @@ TrtEngine::TrtEngine(const TrtEngineOptions& options) : impl_(std::make_unique<I
     throw EngineError("sdar_rt was compiled against TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + ".x but TensorRT " +
                       version + " is loaded; rebuild sdar_rt against the installed TensorRT");
   }
-  m.runtime.reset(nvinfer1::createInferRuntime(m.logger));
-  if (!m.runtime) m.fail("TensorRT could not create a runtime");
-  for (const TrtEngineFile& file : options.engines) m.load(file, device, version);
+  check_compatible(options.plan, device, version);
+  for (std::size_t i = 0; i < kKinds.size(); ++i) {
+    m.kinds[i].kind = kKinds[i];
+    m.kinds[i].profile = options.plan.profiles[i];
+  }
   for (const GraphKind kind : {GraphKind::Prefill, GraphKind::Decode}) {
-    if (!m.state(kind).loaded) {
-      throw EngineError(std::string("no TensorRT engine for the ") + graph_name(kind) +
-                        " graph in the manifest; build them with: sdar-export ARTIFACT --engine trt");
+    if (m.state(kind).profile < 0) {
+      throw EngineError(std::string("the TensorRT plan has no ") + graph_name(kind) + " profile; " + kRebuild);
     }
   }
   if (options.stream == nullptr) {
@@ -292,7 +316,19 @@ TrtEngine::TrtEngine(const TrtEngineOptions& options) : impl_(std::make_unique<I
   } else {
     m.stream = options.stream;
   }
+  m.runtime.reset(nvinfer1::createInferRuntime(m.logger));
+  if (!m.runtime) m.fail("TensorRT could not create a runtime");
+  m.engine = load_plan(*m.runtime, options.plan.path);
+  if (!m.engine) m.fail("TensorRT could not deserialise " + options.plan.path);
+  const int profiles = m.engine->getNbOptimizationProfiles();
+  for (const KindState& k : m.kinds) {
+    if (k.profile >= profiles) {
+      throw EngineError("the manifest names optimization profile " + std::to_string(k.profile) + " for the " +
+                        graph_name(k.kind) + " steps but the plan has " + std::to_string(profiles) + "; " + kRebuild);
+    }
+  }
   m.allocator = std::make_shared<cuda::CudaAllocator>();
+  m.create_contexts();
   m.past_len = Buffer(m.allocator, sizeof(std::int64_t), 256);
 }
 
@@ -300,11 +336,20 @@ TrtEngine::~TrtEngine() = default;
 
 cudaStream_t TrtEngine::stream() const { return impl_->stream; }
 
-bool TrtEngine::has_graph(GraphKind kind) const { return impl_->graphs[static_cast<std::size_t>(kind)].loaded; }
+bool TrtEngine::has_graph(GraphKind kind) const { return impl_->kinds[static_cast<std::size_t>(kind)].profile >= 0; }
+
+int TrtEngine::max_prefill_tokens() const {
+  const Impl& m = *impl_;
+  using Sel = nvinfer1::OptProfileSelector;
+  const nvinfer1::Dims hi = m.engine->getProfileShape("input_ids", m.kinds[0].profile, Sel::kMAX);
+  return hi.nbDims == 2 ? static_cast<int>(hi.d[1]) : 0;
+}
+
+std::int64_t TrtEngine::scratch_bytes() const { return static_cast<std::int64_t>(impl_->scratch.size()); }
 
 int TrtEngine::captured_graphs() const {
   int count = 0;
-  for (const GraphState& g : impl_->graphs) count += static_cast<int>(g.graphs.size());
+  for (const KindState& k : impl_->kinds) count += static_cast<int>(k.graphs.size());
   return count;
 }
 
@@ -326,21 +371,23 @@ void TrtEngine::bind(const EngineBindings& bindings) {
   m.present_scratch = Buffer(m.allocator, 2 * static_cast<std::size_t>(bindings.num_layers) *
                                               static_cast<std::size_t>(bindings.block_length) * bindings.row_bytes,
                              256);
-  for (GraphState& g : m.graphs) {
-    if (!g.loaded) continue;
-    m.validate_io(g);
-    if (m.has_input(g, "input_ids")) m.set_address(g, "input_ids", bindings.input_ids);
-    if (m.has_input(g, "past_len")) m.set_address(g, "past_len", reinterpret_cast<std::uintptr_t>(m.past_len.data()));
-    if (g.kind != GraphKind::Prefill) m.set_address(g, "logits", bindings.logits);
+  m.validate_io();
+  for (KindState& k : m.kinds) {
+    if (k.profile < 0) continue;
+    m.read_profile(k);
+    m.set_address(k, "input_ids", bindings.input_ids);
+    m.set_address(k, "past_len", reinterpret_cast<std::uintptr_t>(m.past_len.data()));
+    // Every kind writes the logits of its last L positions; a prefill's are overwritten by the
+    // decode step that follows before anything reads them.
+    m.set_address(k, "logits", bindings.logits);
     for (int i = 0; i < bindings.num_layers; ++i) {  // past = the cache prefix, bound in place
-      const std::string key = layer_name("past_key_", i), value = layer_name("past_value_", i);
-      if (m.has_input(g, key)) m.set_address(g, key, bindings.key_cache[static_cast<std::size_t>(i)]);
-      if (m.has_input(g, value)) m.set_address(g, value, bindings.value_cache[static_cast<std::size_t>(i)]);
+      m.set_address(k, layer_name("past_key_", i), bindings.key_cache[static_cast<std::size_t>(i)]);
+      m.set_address(k, layer_name("past_value_", i), bindings.value_cache[static_cast<std::size_t>(i)]);
     }
-    g.bound_past_rows = -1;
-    g.bound_tokens = -1;
-    g.bound_present_row = -1;
-    g.graphs.clear();  // addresses changed: old captures are stale
+    k.bound_past_rows = -1;
+    k.bound_tokens = -1;
+    k.bound_present_row = -1;
+    k.graphs.clear();  // addresses changed: old captures are stale
   }
   m.bound = true;
 }
@@ -348,27 +395,39 @@ void TrtEngine::bind(const EngineBindings& bindings) {
 void TrtEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
   Impl& m = *impl_;
   if (!m.bound) throw EngineError("TrtEngine::run before bind");
-  GraphState& g = m.state(kind);
-  if (!g.loaded) {
-    throw EngineError(std::string("the artifact has no TensorRT engine for the ") + graph_name(kind) +
-                      " graph" + (kind == GraphKind::Fused ? "; use fused_commit=False or re-export" : ""));
+  KindState& k = m.state(kind);
+  if (k.profile < 0) {
+    throw EngineError(std::string("the TensorRT plan has no ") + graph_name(kind) + " profile" +
+                      (kind == GraphKind::Fused ? "; use fused_commit=False or rebuild the plan" : ""));
   }
   const int L = m.b.block_length;
   const bool tokens_ok = kind == GraphKind::Decode  ? tokens == L
                          : kind == GraphKind::Fused ? tokens == 2 * L
                                                     : tokens > 0 && tokens % L == 0;
   if (!tokens_ok || tokens > m.b.ids_capacity) {
-    throw EngineError(std::string("invalid token count ") + std::to_string(tokens) + " for the " + graph_name(kind) +
-                      " engine");
+    throw EngineError(std::string("invalid token count ") + std::to_string(tokens) + " for a " + graph_name(kind) +
+                      " step");
+  }
+  if (tokens < k.min_tokens || tokens > k.max_tokens) {
+    if (kind == GraphKind::Prefill) {
+      throw EngineError("a prefill pass of " + std::to_string(tokens) + " tokens is outside the TensorRT plan's prefill "
+                        "profile [" + std::to_string(k.min_tokens) + ", " + std::to_string(k.max_tokens) +
+                        "] (the --prefill-chunk it was built with): create the Generator with prefill_chunk=" +
+                        std::to_string(k.max_tokens) + " or less, or rebuild the plan with: sdar-export ARTIFACT "
+                        "--engine trt --prefill-chunk " + std::to_string(tokens));
+    }
+    throw EngineError(std::string("the TensorRT plan's ") + graph_name(kind) + " profile takes " +
+                      std::to_string(k.min_tokens) + ".." + std::to_string(k.max_tokens) + " tokens, not " +
+                      std::to_string(tokens) + "; " + kRebuild);
   }
   if (past_len < 0 || past_len % L != 0 || past_len + tokens > m.b.max_context) {
     throw EngineError("invalid past length " + std::to_string(past_len) + " for a run over " + std::to_string(tokens) +
                       " tokens (block " + std::to_string(L) + ", max_context " + std::to_string(m.b.max_context) + ")");
   }
-  if (past_len > g.max_past_rows) {
-    throw EngineError("past length " + std::to_string(past_len) + " exceeds the TensorRT " + graph_name(kind) +
-                      " engine's profile maximum " + std::to_string(g.max_past_rows) +
-                      "; rebuild the engines with: sdar-export ARTIFACT --engine trt");
+  if (past_len > k.max_past_rows) {
+    throw EngineError("past length " + std::to_string(past_len) + " exceeds the TensorRT plan's " + graph_name(kind) +
+                      " profile maximum " + std::to_string(k.max_past_rows) + " (it was built for a smaller "
+                      "--max-context than the artifact's); " + kRebuild);
   }
   cuda::write_int64(m.past_len.as<std::int64_t>(), past_len, m.stream);
 
@@ -378,19 +437,19 @@ void TrtEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
     std::int64_t rows = past_len;
     if (m.options.past_bucket > 0) {
       const std::int64_t bucket = m.options.past_bucket;
-      rows = std::max(past_len, std::min((past_len + bucket - 1) / bucket * bucket, g.max_past_rows));
+      rows = std::max(past_len, std::min((past_len + bucket - 1) / bucket * bucket, k.max_past_rows));
     }
-    m.prepare(g, rows, tokens, -2);
-    if (m.options.cuda_graphs && m.options.past_bucket > 0 && !g.graphs_failed) {
-      m.launch_decode_graph(g, rows);
+    m.prepare(k, rows, tokens, -2);
+    if (m.options.cuda_graphs && m.options.past_bucket > 0 && !k.graphs_failed) {
+      m.launch_captured(k, tokens, rows);
     } else {
-      m.enqueue(g);
+      m.enqueue(k);
     }
   } else {
     // Prefill / fused write K/V that must land in the cache: present = the slot after the prefix;
     // the past is bound at its exact length so it never overlaps the slot being written.
-    m.prepare(g, past_len, tokens, past_len);
-    m.enqueue(g);
+    m.prepare(k, past_len, tokens, past_len);
+    m.enqueue(k);
   }
   if (m.synchronous) SDAR_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }

@@ -1,9 +1,15 @@
 // Greedy denoising step in one launch. Grid (chunks, positions): each block reduces one chunk
 // of one position's logits row to (max, lowest argmax, sum exp(l - chunk max) in float64); the
 // last block of a position merges its chunks (sum_c s_c * exp(m_c - M)) into the token and the
-// confidence 1 / sum; the last position to finish runs the remasking for all rows. Splitting a
-// row over many blocks is what fills the GPU when B * L is only 4 positions; the last-block
+// confidence 1 / sum; the last block of the whole grid runs the remasking for all rows. Splitting
+// a row over many blocks is what fills the GPU when B * L is only 4 positions; the last-block
 // pattern saves the separate merge and select launches.
+//
+// Race-free by construction: every block of the grid, sampled position or not, reads the masks
+// (needs_sample) before it counts itself in `grid_arrivals`, and the remasking (the only writer
+// of the masks) runs in the block that arrives last. So no block can read a mask the remasking
+// already changed, and the set of chunks that count a position's arrival is the set that saw it
+// sampled: every position counter returns to zero.
 #include "cuda/cuda_check.h"
 #include "device_common.cuh"
 #include "launch.h"
@@ -14,6 +20,34 @@ namespace sdar::cuda::detail {
 namespace {
 
 constexpr int kThreads = 256;
+
+// The last chunk of position p to arrive merges the chunks' partials (written by other blocks:
+// read past L1) into the token and the confidence, and resets the position's counter. Every
+// thread of the block calls it (block reductions).
+__device__ void merge_chunks(const StepArgs& a, const GreedyScratch& s, int p, int chunks) {
+  __threadfence();
+  const std::size_t base = static_cast<std::size_t>(p) * kMaxChunks;
+  ArgMax merged{-INFINITY, INT_MAX};
+  if (static_cast<int>(threadIdx.x) < chunks) {
+    merged = ArgMax{__ldcg(s.partial_max + base + threadIdx.x), __ldcg(s.partial_index + base + threadIdx.x)};
+  }
+  merged = block_argmax<kThreads>(merged);
+  double total = 0.0;
+  if (static_cast<int>(threadIdx.x) < chunks) {
+    const float chunk_max = __ldcg(s.partial_max + base + threadIdx.x);
+    if (chunk_max != -INFINITY) {  // an all -inf chunk adds nothing (exp(-inf) = 0)
+      total = __ldcg(s.partial_sum + base + threadIdx.x) *
+              exp(static_cast<double>(chunk_max) - static_cast<double>(merged.value));
+    }
+  }
+  total = block_sum<kThreads>(total);
+  if (threadIdx.x == 0) {
+    a.out_token[p] = merged.index;
+    // All -inf row: the CPU computes 1 / sum(exp(-inf - -inf)) = NaN; keep the same answer.
+    a.out_conf[p] = merged.value == -INFINITY ? __longlong_as_double(0x7ff8000000000000LL) : 1.0 / total;
+    s.position_arrivals[p] = 0;  // ready for the next launch
+  }
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -30,8 +64,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   if (!sampled) {
-    if (c != 0) return;  // one block per unsampled position takes part in the grid count
-    if (threadIdx.x == 0) {
+    if (c == 0 && threadIdx.x == 0) {
       a.out_token[p] = -1;
       a.out_conf[p] = 0.0;
     }
@@ -87,38 +120,14 @@ __global__ void __launch_bounds__(kThreads)
       position_last = atomicAdd(&s.position_arrivals[p], 1u) == static_cast<unsigned>(chunks - 1);
     }
     __syncthreads();
-    if (!position_last) return;
-    __threadfence();
-
-    // Merge the chunks of this position (written by other blocks: read past L1).
-    const std::size_t base = static_cast<std::size_t>(p) * kMaxChunks;
-    ArgMax merged{-INFINITY, INT_MAX};
-    if (static_cast<int>(threadIdx.x) < chunks) {
-      merged = ArgMax{__ldcg(s.partial_max + base + threadIdx.x), __ldcg(s.partial_index + base + threadIdx.x)};
-    }
-    merged = block_argmax<kThreads>(merged);
-    double total = 0.0;
-    if (static_cast<int>(threadIdx.x) < chunks) {
-      const float chunk_max = __ldcg(s.partial_max + base + threadIdx.x);
-      if (chunk_max != -INFINITY) {  // an all -inf chunk adds nothing (exp(-inf) = 0)
-        total = __ldcg(s.partial_sum + base + threadIdx.x) *
-                exp(static_cast<double>(chunk_max) - static_cast<double>(merged.value));
-      }
-    }
-    total = block_sum<kThreads>(total);
-    if (threadIdx.x == 0) {
-      a.out_token[p] = merged.index;
-      // All -inf row: the CPU computes 1 / sum(exp(-inf - -inf)) = NaN; keep the same answer.
-      a.out_conf[p] = merged.value == -INFINITY ? __longlong_as_double(0x7ff8000000000000LL) : 1.0 / total;
-      s.position_arrivals[p] = 0;  // ready for the next launch
-    }
+    if (position_last) merge_chunks(a, s, p, chunks);
   }
 
-  // The last position to finish selects for every row.
+  // Every block counts itself; the last one of the grid selects for every row.
   __threadfence();
   if (threadIdx.x == 0) {
-    const unsigned positions = static_cast<unsigned>(gridDim.y);
-    grid_last = atomicAdd(s.grid_arrivals, 1u) == positions - 1;
+    const unsigned blocks = gridDim.x * gridDim.y;
+    grid_last = atomicAdd(s.grid_arrivals, 1u) == blocks - 1;
   }
   __syncthreads();
   if (!grid_last) return;

@@ -4,9 +4,10 @@
 // per-row "block done" flags plus one "rows still active" count for the host to read. Full
 // logits never leave the device.
 //
-// Exactness (runtime/sampler.h, runtime/philox.h, runtime/remask.cpp):
-//   - tokens, the sort order of candidates, the Philox uniforms and the tie rules are identical
-//     to the CPU core's;
+// Exactness (runtime/sampler.h, runtime/step_rules.h):
+//   - the Philox uniforms, which positions are sampled and which are filled (ties included) are
+//     step_rules.h's code, compiled for the device: the CPU core runs the same source;
+//   - tokens and the sort order of candidates are identical to the CPU sampler's;
 //   - confidences are float64 like the CPU's but summed in a different order (a parallel tree
 //     instead of index order) and with CUDA's exp (<= 1 ulp), so they agree to ~1e-14 relative,
 //     not bit for bit. A decision can differ only where two confidences (or a confidence and the
@@ -77,11 +78,6 @@ class UnmaskWorkspace {
   // The one host sync of a step: copies the count of rows that still have masked positions in
   // their block (finished rows excluded) to pinned memory and waits for it.
   int wait_active_rows(cudaStream_t stream);
-
-  // Per-row stop detection over a finished block: stop_offset[r] = the first block offset
-  // j >= first_generated whose token is one of stop_ids[0, num_stop), else -1. Device pointers.
-  void find_stop(const std::int64_t* tokens, int tokens_stride, int rows, int first_generated,
-                 const std::int64_t* stop_ids, int num_stop, std::int32_t* stop_offset, cudaStream_t stream);
 
   // Device results of the last step, indexed by position p = r * L + j: the sampled token (-1
   // where the position was not sampled) and its confidence; per row, 1 when no mask is left.

@@ -1,15 +1,15 @@
-// Device Philox uniforms for the GPU tests: lets them compare the kernels' random stream with
-// runtime/philox.h directly, not only through sampled tokens.
+// Device Philox uniforms for the GPU tests: step_rules.h's philox_uniform compiled for the device,
+// compared with the host's bit for bit, not only through sampled tokens.
 #include "cuda/cuda_check.h"
-#include "device_common.cuh"
 #include "philox_check.h"
+#include "step_rules.h"
 
 namespace sdar::cuda {
 
 namespace {
 __global__ void philox_kernel(std::uint64_t seed, const std::uint32_t* counters, int count, double* out) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < count) out[i] = detail::philox_uniform(seed, counters[3 * i], counters[3 * i + 1], counters[3 * i + 2]);
+  if (i < count) out[i] = rules::philox_uniform(seed, counters[3 * i], counters[3 * i + 1], counters[3 * i + 2]);
 }
 }  // namespace
 

@@ -46,7 +46,4 @@ void launch_greedy_step(const StepArgs& args, LogitsType type, const GreedyScrat
 std::size_t sample_sort_temp_bytes(int positions, int vocab);
 void launch_sample_step(const StepArgs& args, LogitsType type, const SampleScratch& scratch, cudaStream_t stream);
 
-void launch_find_stop(const std::int64_t* tokens, int tokens_stride, int rows, int block_length, int first_generated,
-                      const std::int64_t* stop_ids, int num_stop, std::int32_t* stop_offset, cudaStream_t stream);
-
 }  // namespace sdar::cuda::detail

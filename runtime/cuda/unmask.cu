@@ -17,10 +17,10 @@ namespace sdar::cuda {
 
 using detail::StepArgs;
 
-static_assert(static_cast<int>(RemaskPolicy::Sequential) == detail::kSequential &&
-                  static_cast<int>(RemaskPolicy::LowConfidenceStatic) == detail::kLowConfidenceStatic &&
-                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == detail::kLowConfidenceDynamic,
-              "step_args.cuh mirrors generation_config.h's RemaskPolicy");
+static_assert(static_cast<int>(RemaskPolicy::Sequential) == rules::kSequential &&
+                  static_cast<int>(RemaskPolicy::LowConfidenceStatic) == rules::kLowConfidenceStatic &&
+                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic,
+              "step_rules.h mirrors generation_config.h's RemaskPolicy");
 
 struct UnmaskWorkspace::Impl {
   UnmaskLimits limits;
@@ -168,18 +168,6 @@ int UnmaskWorkspace::wait_active_rows(cudaStream_t stream) {
                                   cudaMemcpyDeviceToHost, stream));
   SDAR_CUDA_CHECK(cudaStreamSynchronize(stream));
   return *m.host_active.as<std::int32_t>();
-}
-
-void UnmaskWorkspace::find_stop(const std::int64_t* tokens, int tokens_stride, int rows, int first_generated,
-                                const std::int64_t* stop_ids, int num_stop, std::int32_t* stop_offset,
-                                cudaStream_t stream) {
-  const Impl& m = *impl_;
-  require(tokens != nullptr && stop_offset != nullptr, "find_stop needs tokens and stop_offset");
-  require(num_stop == 0 || stop_ids != nullptr, "find_stop: stop_ids is null");
-  require(rows >= 1 && rows <= m.limits.max_batch, "find_stop: rows outside [1, max_batch]");
-  require(tokens_stride >= m.limits.block_length, "find_stop: tokens_stride must be >= block_length");
-  detail::launch_find_stop(tokens, tokens_stride, rows, m.limits.block_length, first_generated, stop_ids, num_stop,
-                           stop_offset, stream);
 }
 
 const std::int64_t* UnmaskWorkspace::sampled_tokens() const { return impl_->out_token.as<std::int64_t>(); }

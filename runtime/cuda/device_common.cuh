@@ -1,5 +1,6 @@
-// Device helpers shared by the unmasking kernels: element loads, Philox-4x32-10 (the same
-// derivation as runtime/philox.h), and warp/block reductions.
+// Device helpers shared by the unmasking kernels: element loads and warp/block reductions. The
+// rules of a step (Philox, which positions it samples and fills) are step_rules.h's, shared with
+// the CPU core.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -27,32 +28,6 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[Vec<T>::kWidth
   const T* elements = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int k = 0; k < Vec<T>::kWidth; ++k) out[k] = to_float(elements[k]);
-}
-
-// Philox-4x32-10 and the uniform of runtime/philox.h, bit for bit.
-__device__ __forceinline__ double philox_uniform(std::uint64_t seed, std::uint32_t row, std::uint32_t step,
-                                                 std::uint32_t position) {
-  std::uint32_t k0 = static_cast<std::uint32_t>(seed);
-  std::uint32_t k1 = static_cast<std::uint32_t>(seed >> 32);
-  std::uint32_t c0 = row, c1 = step, c2 = position, c3 = 0u;
-#pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    const std::uint32_t hi0 = __umulhi(0xD2511F53u, c0);
-    const std::uint32_t lo0 = 0xD2511F53u * c0;
-    const std::uint32_t hi1 = __umulhi(0xCD9E8D57u, c2);
-    const std::uint32_t lo1 = 0xCD9E8D57u * c2;
-    const std::uint32_t n0 = hi1 ^ c1 ^ k0;
-    const std::uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-  }
-  return static_cast<double>(c0 >> 8) * (1.0 / 16777216.0);
 }
 
 // (value, index) with the CPU's tie rule: larger value wins, the lower index on equal values.

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(const StepArgs a, co
 
   const std::uint32_t row_id = a.row_ids != nullptr ? a.row_ids[r] : static_cast<std::uint32_t>(r);
   const std::uint32_t step = a.row_steps != nullptr ? a.row_steps[r] : 0u;
-  const double u = philox_uniform(a.seed, row_id, step, static_cast<std::uint32_t>(a.block_start + j));
+  const double u = rules::philox_uniform(a.seed, row_id, step, static_cast<std::uint32_t>(a.block_start + j));
   double running = 0.0;
   const int hit = first_crossing(w, kept, u * kept_sum, true, running);
   const int chosen = hit < 0 ? kept - 1 : hit;

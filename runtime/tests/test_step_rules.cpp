@@ -1,0 +1,93 @@
+// step_rules.h on the host: the same source the CUDA kernels compile (ctest -R sdar_step_rules).
+// Philox against the published known-answer vectors of Philox-4x32-10; the position choice on
+// hand-made blocks whose answer follows from CONTRACTS.md rule 5 directly.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+#include "step_rules.h"
+
+namespace {
+
+int failures = 0;
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                            \
+    }                                                                        \
+  } while (0)
+
+using sdar::rules::kLowConfidenceDynamic;
+using sdar::rules::kLowConfidenceStatic;
+using sdar::rules::kSequential;
+
+// Chosen block offsets, ascending.
+std::vector<int> choose(const std::vector<std::uint8_t>& mask, const std::vector<double>& conf, int policy,
+                        double threshold, int scheduled) {
+  std::vector<std::uint8_t> chosen(mask.size(), 9);
+  const int L = static_cast<int>(mask.size());
+  const int n = sdar::rules::choose_positions(mask.data(), L, policy, threshold, scheduled,
+                                              [&conf](int j) { return conf[static_cast<std::size_t>(j)]; },
+                                              chosen.data());
+  std::vector<int> out;
+  for (int j = 0; j < L; ++j) {
+    CHECK(chosen[static_cast<std::size_t>(j)] <= 1);  // every flag written
+    if (chosen[static_cast<std::size_t>(j)]) out.push_back(j);
+  }
+  CHECK(static_cast<int>(out.size()) == n);
+  return out;
+}
+
+bool same(const sdar::rules::Philox4x32& a, std::uint32_t w0, std::uint32_t w1, std::uint32_t w2, std::uint32_t w3) {
+  return a.word[0] == w0 && a.word[1] == w1 && a.word[2] == w2 && a.word[3] == w3;
+}
+
+}  // namespace
+
+int main() {
+  using sdar::rules::Philox4x32;
+  using sdar::rules::philox4x32_10;
+  CHECK(same(philox4x32_10(Philox4x32{{0, 0, 0, 0}}, 0, 0), 0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u));
+  CHECK(same(philox4x32_10(Philox4x32{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu, 0xffffffffu),
+             0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu));
+  CHECK(same(philox4x32_10(Philox4x32{{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u, 0x299f31d0u),
+             0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u));
+  // u = (word0 >> 8) * 2^-24 under key {seed lo, seed hi}, counter {row, step, position, 0}
+  const double u = sdar::rules::philox_uniform(0, 0, 0, 0);
+  CHECK(u == static_cast<double>(0x6627e8d5u >> 8) / 16777216.0);
+  CHECK(u >= 0.0 && u < 1.0);
+
+  const std::vector<double> conf = {0.1, 0.9, 0.9, 0.5};
+  const std::vector<std::uint8_t> all = {1, 1, 1, 1};
+  // static: the n_k most confident, ties to the lower position
+  CHECK((choose(all, conf, kLowConfidenceStatic, 0.9, 1) == std::vector<int>{1}));
+  CHECK((choose(all, conf, kLowConfidenceStatic, 0.9, 3) == std::vector<int>{1, 2, 3}));
+  // dynamic: everything strictly above the threshold when that is at least n_k ...
+  CHECK((choose(all, conf, kLowConfidenceDynamic, 0.6, 1) == std::vector<int>{1, 2}));
+  CHECK((choose(all, conf, kLowConfidenceDynamic, 0.9, 1) == std::vector<int>{1}));  // 0.9 is not above 0.9
+  // ... else the static choice
+  CHECK((choose(all, conf, kLowConfidenceDynamic, 0.6, 3) == std::vector<int>{1, 2, 3}));
+  // only masked positions are ever filled; n_k = min(s_k, masked)
+  const std::vector<std::uint8_t> some = {1, 0, 1, 0};
+  CHECK((choose(some, conf, kLowConfidenceStatic, 0.9, 4) == std::vector<int>{0, 2}));
+  CHECK((choose(some, conf, kLowConfidenceStatic, 0.9, 1) == std::vector<int>{2}));
+  // sequential: the first n_k masked positions, whatever the confidences
+  const std::vector<std::uint8_t> tail = {0, 1, 1, 1};
+  CHECK((choose(tail, {9, 0.0, 0.0, 1.0}, kSequential, 0.9, 2) == std::vector<int>{1, 2}));
+  CHECK(!sdar::rules::samples_position(tail.data(), 4, 0, kSequential, 2));
+  CHECK(sdar::rules::samples_position(tail.data(), 4, 2, kSequential, 2));
+  CHECK(!sdar::rules::samples_position(tail.data(), 4, 3, kSequential, 2));
+  CHECK(sdar::rules::samples_position(tail.data(), 4, 3, kLowConfidenceStatic, 1));
+  CHECK(!sdar::rules::samples_position(tail.data(), 4, 0, kLowConfidenceStatic, 1));
+  // a NaN confidence ranks last, and the step still fills exactly n_k
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK((choose(all, {nan, 0.2, nan, 0.1}, kLowConfidenceStatic, 0.9, 2) == std::vector<int>{1, 3}));
+  CHECK((choose(all, {nan, 0.2, nan, 0.1}, kLowConfidenceStatic, 0.9, 3) == std::vector<int>{0, 1, 3}));
+  CHECK((choose(all, {nan, nan, nan, nan}, kLowConfidenceDynamic, 0.5, 1) == std::vector<int>{0}));
+
+  if (failures == 0) std::puts("step_rules tests passed");
+  return failures == 0 ? 0 : 1;
+}
