@@ -71,7 +71,8 @@ def table(summary: dict) -> str:
     lines = [f"GPU: {summary['machine'].get('gpu', '?')}  driver {summary['machine'].get('driver', '?')}  "
              f"{summary['machine']['nvcc']}  torch/CUDA {summary['machine']['torch_and_cuda']}"]
     for s in summary["steps"]:
-        lines.append(f"  {s['step']:<8s} {'ok' if s['exit_status'] == 0 else 'FAILED':<7s} {s['seconds']:7.1f} s")
+        status = "ok" if s["exit_status"] == 0 else "FAILED"
+        lines.append(f"  {s['step']:<8s} {status:<7s} {s['seconds']:7.1f} s")
     counts = summary["test_counts"]
     lines.append("  tests: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for t in summary["tests"]:
@@ -94,7 +95,8 @@ def table(summary: dict) -> str:
     for r in timings.get("device_loop", []):
         graphs = "" if r["cuda_graphs"] is None else f", CUDA graphs {'on' if r['cuda_graphs'] else 'off'}"
         lines.append(f"  device loop L={r['block_length']} ({r['engine']} engine{graphs}): "
-                     f"{r['host_us_per_step']:.1f} us host time per step, {r['wall_us_per_step']:.1f} us wall")
+                     f"{r['host_us_per_step']:.1f} us host time per step, "
+                     f"{r['wall_us_per_step']:.1f} us wall")
     lines.append("  result: " + ("PASS" if summary["passed"] else "FAIL"))
     return "\n".join(lines)
 
