@@ -186,7 +186,8 @@ def test_step_callback_false_cancels_mid_block():
     p = prompt(8)
     calls = []
     out = gen.generate(
-        [p], config(max_new_tokens=20, remasking="sequential"),
+        [p],
+        config(max_new_tokens=20, remasking="sequential"),
         on_step=lambda block, step, *_: calls.append((block, step)) or not (block == 1 and step == 1),
         reuse_cache=True,
     )

@@ -67,7 +67,7 @@ class Conversation:
         history = [] if messages is None else list(messages)
         if not all(isinstance(m, dict) and "role" in m and "content" in m for m in history):
             raise ValueError("messages must be dicts with 'role' and 'content'")
-        self._messages: list[dict] = ([{"role": "system", "content": system}] if system is not None else [])
+        self._messages: list[dict] = [{"role": "system", "content": system}] if system is not None else []
         self._messages += [dict(m) for m in history]
         self._ids: list[int] = []
         self._text: str | None = None  # chat: the rendered text whose encoding is self._ids
