@@ -106,6 +106,25 @@ def test_completion_equals_generate(client, direct):
     assert resp.choices[0].text == "0 1 3 7" and resp.choices[0].finish_reason == "stop"
 
 
+def test_chat_continuation_reuses_the_cache_and_stop_strings(client, direct):
+    """A client sending the whole chat again (as OpenAI clients do) prefills only its new turn."""
+    messages = chat("sort: 8 3 8 3 1 1")
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content}, *chat("sort: 2 7 2 7")]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+    assert second.choices[0].message.content == direct.generate(messages, max_new_tokens=16).text
+    prompt_tokens = second.usage.prompt_tokens
+    blocks_of_first = len(first.usage.model_extra["sdar"]["steps_per_block"])
+    # the first call committed its prompt's whole blocks and all its finished blocks but the last
+    committed = (first.usage.prompt_tokens // 4 + blocks_of_first - 1) * 4
+    assert second.usage.prompt_tokens_details.cached_tokens == min(committed, prompt_tokens // 4 * 4) >= 8
+    cut = client.chat.completions.create(
+        model=MODEL, messages=chat("sort: 5 9 1 3"), max_tokens=16, stop=[" 5"]
+    )
+    assert cut.choices[0].message.content == "1 3" and cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == direct.generate(chat("sort: 5 9 1 3"), stop=[" 5"]).text
+
+
 def test_stream_one_chunk_per_block(client, direct):
     content = "sort: 9 1 8 2 7 3 6 4 5 0 1 2"
     ref = direct.generate(chat(content), max_new_tokens=20)
@@ -237,6 +256,8 @@ def test_malformed_requests_over_raw_http(server):
         error = r.json()["error"]
         assert error["message"] and error["type"] and error["code"] == code, (body[:80], error)
 
+    r = _post(url, json.dumps({"model": MODEL, "prompt": ["a", "b"]}).encode(), path="/v1/completions")
+    assert r.status_code == 400 and "one prompt per request" in r.json()["error"]["message"]
     # a chunked body (no Content-Length) over the limit is cut off too
     def chunks():
         yield b'{"model": "tiny-sort", "messages": [{"role": "user", "content": "'

@@ -46,6 +46,9 @@ def test_steps_replay_the_answer(gen):
     assert out.text == "0 1 3 3 7 9"
     assert len(steps) == sum(out.stats["steps_per_block"]) and {s.row for s in steps} == {0}
     assert answer_from_steps(steps, len(out.token_ids)) == out.token_ids
+    streamed: list[UnmaskingStep] = []
+    assert "".join(gen.stream("sort: 7 0 3 3 9 1", on_step=streamed.append, **SLOW)) == out.text
+    assert streamed == steps
 
 
 def test_steps_of_a_batch_and_cancel(gen):

@@ -170,9 +170,10 @@ class Scheduler:
         started = time.perf_counter()
         for job in batch:
             job.started, job.batch_rows = started, len(batch)
-        self.stats.calls += 1
-        self.stats.rows += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        with self._cond:
+            self.stats.calls += 1
+            self.stats.rows += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
 
         def on_text(row: int, delta: str) -> None:
             batch[row].post("text", delta)
@@ -192,13 +193,15 @@ class Scheduler:
                 **batch[0].params,
             )
         except Exception as exc:  # noqa: BLE001 - every job of the call gets the error
-            self.stats.failed += len(batch)
+            with self._cond:
+                self.stats.failed += len(batch)
             for job in batch:
                 job.post("error", exc)
             return
         for job, out in zip(batch, outputs, strict=True):
-            if job.cancelled.is_set():
-                self.stats.cancelled += 1
-            else:
-                self.stats.completed += 1
+            with self._cond:
+                if job.cancelled.is_set():
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.completed += 1
             job.post("done", out)
