@@ -7,13 +7,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
 from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
 from .unmasking import StepRows, UnmaskingStep
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
 
 REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
 DEFAULT_PREFILL_CHUNK = 512
@@ -228,7 +231,7 @@ class Generator:
 
     def session(
         self, *, system: str | None = None, messages: list[dict] | None = None, chat: bool | None = None
-    ):
+    ) -> Conversation:
         """A ``Conversation``: turns that keep their KV cache between calls (``sdar_rt.conversation``)."""
         from .conversation import Conversation
 
