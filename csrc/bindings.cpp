@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "errors.h"
@@ -14,6 +15,7 @@
 #include "philox.h"
 #include "remask.h"
 #include "sampler.h"
+#include "step_callback.h"
 
 #ifdef SDAR_HAVE_CUDA
 #include "cuda/bindings_cuda.h"  // GPU kernels for tests and benchmarks
@@ -70,6 +72,7 @@ py::dict stats_dict(const Stats& s) {
   d["block_seconds"] = s.block_seconds;
   d["tokens_generated"] = s.tokens_generated;
   d["num_rows"] = s.num_rows;
+  d["cached_tokens"] = s.cached_tokens;
   d["tpf"] = s.tpf();
   d["prefill_seconds"] = s.prefill_seconds;
   d["total_seconds"] = s.total_seconds;
@@ -189,6 +192,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("block_seconds", &Stats::block_seconds)
       .def_readonly("tokens_generated", &Stats::tokens_generated)
       .def_readonly("num_rows", &Stats::num_rows)
+      .def_readonly("cached_tokens", &Stats::cached_tokens)
       .def_readonly("prefill_seconds", &Stats::prefill_seconds)
       .def_readonly("total_seconds", &Stats::total_seconds)
       .def_readonly("engine_seconds", &Stats::engine_seconds)
@@ -240,7 +244,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "generate",
           [](Generator& self, const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
-             const py::object& on_block) {
+             const py::object& on_block, const py::object& on_step, bool reuse_cache) {
             BlockCallback callback;
             if (!on_block.is_none()) {
               const py::object* fn = &on_block;  // outlives the call; never copied without the GIL
@@ -251,13 +255,22 @@ PYBIND11_MODULE(_core, m) {
                 return keep.is_none() || keep.cast<bool>();
               };
             }
+            CallOptions options;
+            options.on_block = std::move(callback);
+            options.on_step = bindings::python_step_callback(on_step);
+            options.reuse_cache = reuse_cache;
             const py::gil_scoped_release release;
-            return self.generate(prompts, config, callback);
+            return self.generate(prompts, config, options);
           },
-          py::arg("prompts"), py::arg("config"), py::arg("on_block") = py::none(),
+          py::arg("prompts"), py::arg("config"), py::arg("on_block") = py::none(), py::kw_only(),
+          py::arg("on_step") = py::none(), py::arg("reuse_cache") = false,
           "Runs the decoding rules over 1..B equal-length prompts; releases the GIL. on_block(block_index, "
-          "tokens_per_row) -> bool|None is called per finished block; False cancels. Concurrent calls on one "
-          "Generator are serialised.")
+          "tokens_per_row) -> bool|None is called per finished block; False cancels. on_step(block_index, step, "
+          "block_start, tokens_per_row, masked_per_row) -> bool|None after every denoising step; False cancels. "
+          "reuse_cache: start from the longest whole-block prefix of the prompts the KV cache holds. Concurrent "
+          "calls on one Generator are serialised.")
+      .def("cached_tokens", &Generator::cached_tokens, py::arg("row") = 0, py::call_guard<py::gil_scoped_release>(),
+           "The token ids whose K/V the committed prefix of cache row `row` holds.")
       .def_property_readonly("spec", &Generator::spec)
       .def_property_readonly("bindings", &Generator::bindings);
 

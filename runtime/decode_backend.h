@@ -68,6 +68,10 @@ class DecodeBackend {
   virtual int unmask_step(const StepRequest& request) = 0;
   // The block's tokens of every row into `tokens` as [B, L] (host memory).
   virtual void read_block(int block_start, std::vector<std::int64_t>& tokens) = 0;
+  // The block's tokens and masked flags of every row, [B, L] each, in the middle of denoising
+  // (only for a step callback: on the device it is a copy back and a sync per step).
+  virtual void read_block_state(int block_start, std::vector<std::int64_t>& tokens,
+                                std::vector<std::uint8_t>& masked) = 0;
   // Seconds inside the engine since begin_call.
   virtual double engine_seconds() = 0;
   // Called once the prompt's prefill passes are issued. prefill_seconds() (read at the end of the

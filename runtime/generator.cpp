@@ -42,7 +42,8 @@ Generator::Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std:
       engine_(std::move(engine)),
       backend_(backend ? std::move(backend) : throw InvalidArgument("Generator needs a decoding backend")),
       cache_(spec_, backend_->allocator()),
-      buffers_(spec_, backend_->allocator()) {
+      buffers_(spec_, backend_->allocator()),
+      contents_(spec_.batch) {
   if (!engine_) throw InvalidArgument("Generator needs an engine");
   backend_->attach(spec_, buffers_);
   bindings_.input_ids = reinterpret_cast<std::uintptr_t>(buffers_.input_ids());
@@ -141,9 +142,24 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
 
 GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>>& prompts,
                                      const GenerationConfig& config, const BlockCallback& on_block) {
+  CallOptions options;
+  options.on_block = on_block;
+  return generate(prompts, config, options);
+}
+
+std::vector<std::int64_t> Generator::cached_tokens(int row) {
+  if (row < 0 || row >= spec_.batch) {
+    throw InvalidArgument("row " + std::to_string(row) + " is outside [0, batch=" + std::to_string(spec_.batch) + ")");
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return contents_.row(row);
+}
+
+GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>>& prompts,
+                                     const GenerationConfig& config, const CallOptions& options) {
   const std::lock_guard<std::mutex> lock(mutex_);
   try {
-    return decode(prompts, config, on_block);
+    return decode(prompts, config, options);
   } catch (...) {
     backend_->after_failure();
     throw;
@@ -151,9 +167,12 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
 }
 
 GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>& prompts,
-                                   const GenerationConfig& config, const BlockCallback& on_block) {
+                                   const GenerationConfig& config, const CallOptions& options) {
   const auto call_start = Clock::now();
   const Plan plan = validate(prompts, config);
+  const BlockCallback& on_block = options.on_block;
+  // From here on the cache changes: nothing in it is trusted until this call records it.
+  const CacheContents::Rows cached_before = contents_.take();
   DecodeBackend& backend = *backend_;
   Engine& engine = *engine_;
 
@@ -181,11 +200,14 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   Stats& stats = result.stats;
   stats.num_rows = plan.rows;
 
-  // Rule 2: prefill the whole blocks of the prompt in chunks.
+  // Rule 2: prefill the whole blocks of the prompt in chunks, after what the cache already holds.
   const int prefill_len = n / L * L;
   const int chunk = spec_.effective_prefill_chunk();
-  std::int64_t past_len = 0;
-  for (int start = 0; start < prefill_len; start += chunk) {
+  const int reused = options.reuse_cache ? CacheContents::reusable(cached_before, prompts, L, prefill_len) : 0;
+  stats.cached_tokens = reused;
+  CallRecord record(prompts, B, prefill_len, plan.total);
+  std::int64_t past_len = reused;
+  for (int start = reused; start < prefill_len; start += chunk) {
     const int tokens = std::min(chunk, prefill_len - start);
     pack_ids(start, tokens);
     backend.run_engine(engine, GraphKind::Prefill, past_len, tokens);
@@ -204,6 +226,19 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   bool pending_commit = false;  // the previous block is finished but not yet in the cache
   const int first_block = prefill_len / L;
   const int last_block = plan.total / L - 1;
+  const auto cancel_running = [&]() {
+    for (int r = 0; r < plan.rows; ++r) {
+      if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
+    }
+  };
+  std::vector<std::int64_t> step_tokens;
+  std::vector<std::uint8_t> step_masked;
+  StepView view;
+  view.rows = plan.rows;
+  view.block_length = L;
+  view.tokens = &step_tokens;
+  view.masked = &step_masked;
+  bool cancelled = false;
   for (int b = first_block; b <= last_block; ++b) {
     const int block_start = b * L;
     const auto block_start_time = Clock::now();  // the block's latency includes its commit pass
@@ -234,12 +269,27 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
       request.block_start = block_start;
       request.scheduled = step < plan.steps ? plan.schedule[static_cast<std::size_t>(step)] : L;
       active = backend.unmask_step(request);
+      if (options.on_step) {
+        backend.read_block_state(block_start, step_tokens, step_masked);
+        view.block_index = b - first_block;
+        view.step = step;
+        view.block_start = block_start;
+        if (!options.on_step(view)) {
+          cancelled = true;
+          break;
+        }
+      }
       ++step;
+    }
+    if (cancelled) {
+      cancel_running();
+      break;
     }
     stats.steps_per_block.push_back(step);
 
     // Rule 7: collect this block's output and each row's status.
     backend.read_block(block_start, block);
+    record.add_block(block);
     bool all_done = true;
     for (int r = 0; r < plan.rows; ++r) {
       auto& out = block_tokens[static_cast<std::size_t>(r)];
@@ -267,9 +317,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     stats.block_seconds.push_back(seconds_since(block_start_time));
     if (b == first_block) stats.time_to_first_block = seconds_since(call_start);
     if (on_block && !on_block(b - first_block, block_tokens)) {
-      for (int r = 0; r < plan.rows; ++r) {
-        if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
-      }
+      cancel_running();
       break;
     }
     if (all_done) break;
@@ -283,6 +331,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   stats.engine_seconds = backend.engine_seconds();
   stats.prefill_seconds = backend.prefill_seconds(call_start);
   stats.total_seconds = seconds_since(call_start);
+  contents_.set(cached_before, record.sequences(), plan.rows, reused, static_cast<int>(past_len));
   return result;
 }
 

@@ -5,6 +5,11 @@
 // Thread safety: generate() holds a mutex for the whole call; a second concurrent call on the
 // same Generator blocks until the first returns. All per-call state (past length, masks, row
 // status) is local to the call, so the Generator stays usable after any exception.
+//
+// The KV cache outlives calls: cache_contents() says which tokens each row's committed prefix
+// holds, and a call with CallOptions::reuse_cache starts from the longest whole-block prefix of
+// its prompts found there. Any call may overwrite the cache; the record follows every call (and
+// is empty after a failed one), so reuse is never based on stale K/V.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +20,8 @@
 #include <vector>
 
 #include "buffer.h"
+#include "cache_contents.h"
+#include "callbacks.h"
 #include "decode_backend.h"
 #include "engine.h"
 #include "generation_config.h"
@@ -24,12 +31,6 @@
 #include "step_buffers.h"
 
 namespace sdar {
-
-// Called after every finished block with, per prompt, the output tokens that block added
-// (generated positions of the block, cut at max_new_tokens and before the first stop token;
-// empty for a row that had already finished). Return false to cancel: generation ends cleanly
-// with finish reason "cancelled" for the rows still running.
-using BlockCallback = std::function<bool(int block_index, const std::vector<std::vector<std::int64_t>>& tokens)>;
 
 struct RowResult {
   std::vector<std::int64_t> tokens;  // output tokens (stop token excluded)
@@ -51,16 +52,21 @@ class Generator {
   // prompts: 1..B token-id lists of equal, non-zero length. Validates everything before any work.
   GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts,
                             const GenerationConfig& config, const BlockCallback& on_block = {});
+  // The same with a step callback and cache reuse (callbacks.h).
+  GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
+                            const CallOptions& options);
 
   const ModelSpec& spec() const { return spec_; }
   const EngineBindings& bindings() const { return bindings_; }
   const KvCache& cache() const { return cache_; }
+  // The token ids whose K/V the committed prefix of cache row `row` holds (after the last call).
+  std::vector<std::int64_t> cached_tokens(int row);
 
  private:
   struct Plan;  // validated per-call numbers
   Plan validate(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config) const;
   GenerationResult decode(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
-                          const BlockCallback& on_block);
+                          const CallOptions& options);
 
   const ModelSpec spec_;
   std::shared_ptr<Engine> engine_;
@@ -68,6 +74,7 @@ class Generator {
   KvCache cache_;
   StepBuffers buffers_;
   EngineBindings bindings_;
+  CacheContents contents_;
   std::mutex mutex_;
 };
 

@@ -99,4 +99,17 @@ void HostBackend::read_block(int block_start, std::vector<std::int64_t>& tokens)
   }
 }
 
+void HostBackend::read_block_state(int block_start, std::vector<std::int64_t>& tokens,
+                                   std::vector<std::uint8_t>& masked) {
+  read_block(block_start, tokens);
+  const int L = spec_.block_length;
+  const auto stride = static_cast<std::size_t>(spec_.max_context);
+  masked.resize(static_cast<std::size_t>(spec_.batch) * static_cast<std::size_t>(L));
+  for (int r = 0; r < spec_.batch; ++r) {
+    const std::uint8_t* row = masked_.as<std::uint8_t>() + static_cast<std::size_t>(r) * stride +
+                              static_cast<std::size_t>(block_start);
+    std::copy_n(row, L, masked.begin() + static_cast<std::ptrdiff_t>(r) * L);
+  }
+}
+
 }  // namespace sdar

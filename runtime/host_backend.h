@@ -23,6 +23,7 @@ class HostBackend final : public DecodeBackend {
   void run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) override;
   int unmask_step(const StepRequest& request) override;
   void read_block(int block_start, std::vector<std::int64_t>& tokens) override;
+  void read_block_state(int block_start, std::vector<std::int64_t>& tokens, std::vector<std::uint8_t>& masked) override;
   double engine_seconds() override { return engine_seconds_; }
 
  private:

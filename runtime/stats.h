@@ -15,6 +15,7 @@ struct Stats {
   std::vector<double> block_seconds; // wall time of each decoded block, its commit pass included
   std::int64_t tokens_generated = 0; // output tokens summed over the call's prompts (after cuts)
   int num_rows = 0;                  // prompts in the call
+  int cached_tokens = 0;             // prompt positions whose K/V were already in the cache (not prefilled)
   double prefill_seconds = 0.0;
   double total_seconds = 0.0;
   double engine_seconds = 0.0;       // inside Engine::run (includes any language crossing)

@@ -26,3 +26,21 @@ def tiny_artifact(tmp_path_factory, dtype: str = "float32", *, block_length: int
         _CACHE[key] = root
     root = _CACHE[key]
     return root / "ck", root / "art"
+
+
+PACKAGED_CHECKPOINT = Path(__file__).resolve().parents[1] / "python" / "sdar_rt" / "checkpoints" / "tiny"
+
+
+def packaged_artifact(tmp_path_factory, *, batch: int = 4, max_context: int = 256) -> Path:
+    """The shipped trained checkpoint (it sorts digits) exported once per session: its answers stop
+    by themselves, so conversations and the server see real stops and real parallel unmasking."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sdar_export.cli")
+    key = f"packaged-b{batch}-c{max_context}"
+    if key not in _CACHE:
+        from sdar_export.cli import export
+
+        root = tmp_path_factory.mktemp(key)
+        export(PACKAGED_CHECKPOINT, root / "tiny-sort", max_context=max_context, batch=batch, quiet=True)
+        _CACHE[key] = root
+    return _CACHE[key] / "tiny-sort"

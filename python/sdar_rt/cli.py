@@ -93,17 +93,37 @@ def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
     return 0
 
 
+def _show_unmasking(gen, prompt: str, kwargs: dict, delay: float) -> int:
+    """Draws every denoising step of the block being decoded, then prints the statistics."""
+    from .unmasking_view import UnmaskingView
+
+    with UnmaskingView(gen.tokenizer, delay=delay) as view:
+        out = gen.generate(prompt, on_text=view.on_text, on_step=view.on_step, **kwargs)
+    _print_stats(out.stats, out.finish_reason)
+    return 0
+
+
 def generate_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sdar-generate", description="Generate text from an sdar_rt artifact.")
     p.add_argument("artifact", help="artifact directory written by sdar-export")
     p.add_argument("prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.add_argument("--show-unmasking", action="store_true",
+                   help="draw the block being denoised in the terminal, step by step")
+    p.add_argument("--step-delay", type=float, default=0.0,
+                   help="with --show-unmasking: seconds to pause after each drawn step (default 0)")
     _add_decoding_args(p)
     a = p.parse_args(argv)
+    if a.show_unmasking and a.json:
+        p.error("--show-unmasking draws in the terminal; it cannot be combined with --json")
+    if a.step_delay < 0:
+        p.error(f"--step-delay must be >= 0, got {a.step_delay}")
     try:
         from .generator import Generator
 
         gen = Generator(a.artifact, engine=a.engine, device=a.device, threads=a.threads)
+        if a.show_unmasking:
+            return _show_unmasking(gen, a.prompt, _decoding_kwargs(a), a.step_delay)
         return _stream(gen, a.prompt, _decoding_kwargs(a), a.json)
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-generate: error: {exc}")

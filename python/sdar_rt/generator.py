@@ -7,12 +7,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
 from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
+from .unmasking import StepRows, UnmaskingStep
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
 
 REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
 DEFAULT_PREFILL_CHUNK = 512
@@ -30,6 +34,15 @@ class GenerationOutput:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass
+class _CallHooks:
+    """What a call does besides decoding: see generate()'s on_step, reuse_cache, independent_rows."""
+
+    on_step: Callable[[UnmaskingStep], Any] | None = None
+    reuse_cache: bool = False
+    independent_rows: bool = False
 
 
 class Generator:
@@ -129,12 +142,24 @@ class Generator:
         chat: bool | None = None,
         fused_commit: bool = True,
         on_text: Callable[[int, str], Any] | None = None,
+        on_step: Callable[[UnmaskingStep], Any] | None = None,
+        reuse_cache: bool = False,
+        cancel: Any = None,
+        independent_rows: bool = False,
     ):
         """Generates for one prompt (returns a GenerationOutput) or a batch (returns a list).
 
         ``prompt``: a string, a chat message list ([{"role": ..., "content": ...}]) or a list of strings;
         or ``prompt_ids``: token ids (a list of ints, or a list of lists). ``stop``: extra stop strings
         and/or token ids. ``on_text(row, text_delta)`` is called after every finished block.
+        ``on_step(UnmaskingStep)`` is called after every denoising step with the block being denoised
+        (on the GPU this costs a copy back per step, so only pass it to show it).
+        ``reuse_cache``: start from the longest whole-block prefix of the prompt that the KV cache
+        already holds from earlier calls (checked token by token; the tokens are those of a fresh call).
+        ``cancel``: an object with ``is_set()`` (a ``threading.Event``) polled after every block (and
+        every step with ``on_step``); when set, rows still running end with finish reason "cancelled".
+        ``independent_rows``: sample every row of a batch as if it ran alone (the rows are separate
+        requests); by default row i of a request draws its own random numbers, so ``num_samples`` differ.
         """
         rows, single = self._prompt_rows(prompt, prompt_ids, chat, num_samples)
         config = self._config(
@@ -150,7 +175,8 @@ class Generator:
         )
         stop_ids, stop_strings = self._stop(stop)
         config.stop_ids = stop_ids
-        outputs = self._run(rows, config, stop_strings, on_text, cancel=None)
+        hooks = _CallHooks(on_step, bool(reuse_cache), bool(independent_rows))
+        outputs = self._run(rows, config, stop_strings, on_text, cancel, hooks)
         result = outputs[0] if single else outputs
         self.last_output = result
         return result
@@ -166,13 +192,15 @@ class Generator:
 
     def stream(self, prompt: str | list[dict] | None = None, **kwargs) -> Iterator[str]:
         """Yields text per finished block for one prompt. Closing the iterator cancels the generation.
-        The final GenerationOutput is left in ``self.last_output``."""
+        The final GenerationOutput is the iterator's return value (``out = yield from gen.stream(...)``)
+        and is left in ``self.last_output``. Takes generate()'s keywords but on_text and cancel."""
         if kwargs.get("num_samples", 1) != 1:
             raise ValueError("stream() generates one sequence; use generate() for num_samples > 1")
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             raise ValueError("stream() takes one prompt; use generate() for a batch")
-        if "on_text" in kwargs:
-            raise ValueError("stream() does not take on_text")
+        for name in ("on_text", "cancel"):
+            if name in kwargs:
+                raise ValueError(f"stream() does not take {name}")
         chunks: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
@@ -186,9 +214,10 @@ class Generator:
                     prompt, kwargs.pop("prompt_ids", None), kwargs.pop("chat", None), 1
                 )
                 stop_ids, stop_strings = self._stop(kwargs.pop("stop", None))
+                hooks = _CallHooks(kwargs.pop("on_step", None), bool(kwargs.pop("reuse_cache", False)))
                 config = self._config(**{k: v for k, v in kwargs.items() if k != "num_samples"})
                 config.stop_ids = stop_ids
-                out = self._run(rows, config, stop_strings, on_text, cancel)[0]
+                out = self._run(rows, config, stop_strings, on_text, cancel, hooks)[0]
                 self.last_output = out
                 chunks.put(("done", out))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
@@ -202,12 +231,20 @@ class Generator:
                 if kind == "text":
                     yield value
                 elif kind == "done":
-                    return
+                    return value
                 else:
                     raise value
         finally:
             cancel.set()
             thread.join()
+
+    def session(
+        self, *, system: str | None = None, messages: list[dict] | None = None, chat: bool | None = None
+    ) -> Conversation:
+        """A ``Conversation``: turns that keep their KV cache between calls (``sdar_rt.conversation``)."""
+        from .conversation import Conversation
+
+        return Conversation(self, system=system, messages=messages, chat=chat)
 
     # ------------------------------------------------------------------ helpers
     def _encode_prompt(self, prompt: str | list[dict], chat: bool | None) -> list[int]:
@@ -338,7 +375,7 @@ class Generator:
         return ids, strings
 
     def _run(
-        self, rows: list[list[int]], config, stop_strings: list[str], on_text, cancel
+        self, rows: list[list[int]], config, stop_strings: list[str], on_text, cancel, hooks: _CallHooks
     ) -> list[GenerationOutput]:
         """Groups rows by length into calls of at most `batch` prompts and runs them."""
         outputs: list[GenerationOutput | None] = [None] * len(rows)
@@ -349,10 +386,11 @@ class Generator:
         for indices in by_length.values():
             for start in range(0, len(indices), B):
                 group = indices[start : start + B]
-                config.row_ids = group  # Philox row word = the row's index in the request
+                # Philox row word = the row's index in the request (0 for rows that are separate requests)
+                config.row_ids = [0] * len(group) if hooks.independent_rows else group
                 for i, out in zip(
                     group,
-                    self._call([rows[i] for i in group], group, config, stop_strings, on_text, cancel),
+                    self._call([rows[i] for i in group], group, config, stop_strings, on_text, cancel, hooks),
                     strict=True,
                 ):
                     outputs[i] = out
@@ -360,7 +398,9 @@ class Generator:
                     break
         return [o if o is not None else GenerationOutput("", [], "cancelled", {}) for o in outputs]
 
-    def _call(self, prompts, row_indices, config, stop_strings, on_text, cancel) -> list[GenerationOutput]:
+    def _call(
+        self, prompts, row_indices, config, stop_strings, on_text, cancel, hooks: _CallHooks
+    ) -> list[GenerationOutput]:
         tok = self.tokenizer
         n = len(prompts[0])
         L = self.spec.block_length
@@ -397,8 +437,20 @@ class Generator:
                 return False
             return not (stop_strings and all(ended))
 
+        on_step = None
+        if hooks.on_step is not None:
+            step_rows = StepRows(n, L, row_indices)
+
+            def on_step(block: int, step: int, position: int, tokens, masked) -> bool:
+                for view in step_rows.update(block, step, position, tokens, masked, ended):
+                    hooks.on_step(view)
+                return not (cancel is not None and cancel.is_set())
+
         need_callback = on_text is not None or bool(stop_strings) or cancel is not None
-        result = self._core.generate(prompts, config, on_block if need_callback else None)
+        block_callback = on_block if need_callback else None
+        result = self._core.generate(
+            prompts, config, block_callback, on_step=on_step, reuse_cache=hooks.reuse_cache
+        )
         stats = result.stats.to_dict()
         stats["engine"] = type(self.engine).__name__
         outs = []

@@ -161,6 +161,17 @@ void DeviceBackend::read_block(int block_start, std::vector<std::int64_t>& token
   tokens.assign(host_block_.as<std::int64_t>(), host_block_.as<std::int64_t>() + B * L);
 }
 
+void DeviceBackend::read_block_state(int block_start, std::vector<std::int64_t>& tokens,
+                                     std::vector<std::uint8_t>& masked) {
+  const auto L = static_cast<std::size_t>(spec_.block_length);
+  const auto B = static_cast<std::size_t>(spec_.batch);
+  const auto pitch = static_cast<std::size_t>(spec_.max_context);
+  masked.resize(B * L);
+  SDAR_CUDA_CHECK(cudaMemcpy2DAsync(masked.data(), L, masked_.as<std::uint8_t>() + block_start, pitch, L, B,
+                                    cudaMemcpyDeviceToHost, stream_.get()));
+  read_block(block_start, tokens);  // its sync also completes the copy above (same stream)
+}
+
 double DeviceBackend::engine_seconds() {
   if (passes_pending_ > 0) {
     stream_.synchronize();

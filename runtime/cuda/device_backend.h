@@ -38,6 +38,8 @@ class DeviceBackend final : public DecodeBackend {
   void run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) override;
   int unmask_step(const StepRequest& request) override;
   void read_block(int block_start, std::vector<std::int64_t>& tokens) override;
+  // Two strided copies into pageable memory and a sync: called per step only for a step callback.
+  void read_block_state(int block_start, std::vector<std::int64_t>& tokens, std::vector<std::uint8_t>& masked) override;
   double engine_seconds() override;
   void mark_prefill_end() override;
   double prefill_seconds(std::chrono::steady_clock::time_point call_start) override;

@@ -111,6 +111,31 @@ int main() {
   });
   CHECK(cancelled_after == 0 && c.rows[0].finish_reason == "cancelled" && c.rows[0].tokens.size() == 2);
 
+  // Cache reuse: the second call starts from the committed prefix of the first; a step callback
+  // sees every denoising step.
+  auto reuse_engine = std::make_shared<ToyEngine>();
+  sdar::Generator reuse_gen(toy_spec(), reuse_engine);
+  config.max_new_tokens = 6;
+  const auto first = reuse_gen.generate(prompt, config);
+  std::vector<std::int64_t> history = prompt[0];
+  history.insert(history.end(), first.rows[0].tokens.begin(), first.rows[0].tokens.end());
+  history.push_back(7);
+  CHECK(reuse_gen.cached_tokens(0).size() == 8);
+  sdar::CallOptions options;
+  options.reuse_cache = true;
+  int steps_seen = 0;
+  options.on_step = [&](const sdar::StepView& view) {
+    ++steps_seen;
+    return view.tokens->size() == 4 && view.masked->size() == 4;
+  };
+  const auto second = reuse_gen.generate({history}, config, options);
+  const auto fresh = plain_gen.generate({history}, config);
+  CHECK(second.stats.cached_tokens == 8 && second.stats.nfe_prefill == 1 && fresh.stats.nfe_prefill == 1);
+  CHECK(second.rows[0].tokens == fresh.rows[0].tokens);
+  int steps_total = 0;
+  for (const int s : second.stats.steps_per_block) steps_total += s;
+  CHECK(steps_seen == steps_total && steps_total > 0);
+
   if (failures == 0) std::puts("sdar_runtime tests passed");
   return failures == 0 ? 0 : 1;
 }

@@ -1,0 +1,105 @@
+"""``sdar-serve ARTIFACT``: the OpenAI-compatible server on one Generator."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+from ..artifact import ArtifactError
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port), so the address printed is the one in use."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    sock.listen(2048)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
+
+    p = argparse.ArgumentParser(
+        prog="sdar-serve",
+        description="Serve an sdar_rt artifact over an OpenAI-compatible HTTP API "
+        "(/v1/chat/completions, /v1/completions, /v1/models, /health).",
+    )
+    p.add_argument("artifact", help="artifact directory written by sdar-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    p.add_argument(
+        "--model-name", default=None, help="the model id clients send (default: the artifact's dir name)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help="requests allowed to wait; more get HTTP 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body; larger gets HTTP 413 (default %(default)s)",
+    )
+    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"])
+    p.add_argument(
+        "--device", default=None, choices=["cpu", "cuda"], help="default: cuda for TensorRT, cpu otherwise"
+    )
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    a = p.parse_args(argv)
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        _err(f"sdar-serve: error: {exc}; the server needs its extra: pip install 'sdar_rt[serve]'")
+        return 2
+    if a.max_queue < 1 or a.max_body_bytes < 1:
+        _err("sdar-serve: error: --max-queue and --max-body-bytes must be positive")
+        return 2
+    try:
+        from ..generator import Generator
+
+        gen = Generator(a.artifact, engine=a.engine, device=a.device, threads=a.threads)
+        name = a.model_name or Path(a.artifact).resolve().name
+        sock = _listen(a.host, a.port)
+    except (ArtifactError, ValueError, RuntimeError, OSError) as exc:
+        _err(f"sdar-serve: error: {exc}")
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    spec = gen.spec
+    _err(
+        f"sdar-serve: serving '{name}' on http://{shown}:{port}/v1 (engine {type(gen.engine).__name__}, "
+        f"batch {spec.batch}, block length {spec.block_length}, max context {spec.max_context})"
+    )
+    app = create_app(gen, model_name=name, max_queue=a.max_queue, max_body_bytes=a.max_body_bytes)
+    config = uvicorn.Config(
+        app, log_level=a.log_level, access_log=not a.no_access_log, timeout_graceful_shutdown=5
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
