@@ -407,3 +407,45 @@ def test_int8_export_validates_the_leaner_step_graph(tmp_path):
     ops = _ops(art / "step.onnx")
     assert ops[("com.microsoft", "SkipSimplifiedLayerNormalization")] == 3
     assert ops[("ai.onnx", "MatMul")] == 2 * 2 * 2 + 1      # attention's 4 per layer + the float head
+
+
+def test_new_kv_products_read_the_present_outputs_in_place():
+    """MatMul(q, Transpose(k, (0,2,3,1))) and MatMul(p, Transpose(v, (0,2,1,3))) next to the
+    present = Transpose(., (1,0,2,3)) outputs become FusedMatMuls reading the presents (cache layout),
+    with outputs equal to the original graph's."""
+    from onnx import TensorProto, helper
+    from sdar_export.ort_fusions import read_new_kv_like_past
+    from sdar_export.ort_graph import _drop_dead
+
+    mk, f = helper.make_node, TensorProto.FLOAT
+    B, T, H, D, G = 1, 4, 2, 8, 2
+    nodes = [mk("Transpose", ["k"], ["present_key_0"], perm=[1, 0, 2, 3]),
+             mk("Transpose", ["v"], ["present_value_0"], perm=[1, 0, 2, 3]),
+             mk("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+             mk("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+             mk("MatMul", ["q", "kt"], ["scores"]),
+             mk("MatMul", ["p", "vt"], ["out"])]
+    g = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("q", f, [B, H, G * T, D]),
+                                          helper.make_tensor_value_info("p", f, [B, H, G * T, T]),
+                                          helper.make_tensor_value_info("k", f, [B, T, H, D]),
+                                          helper.make_tensor_value_info("v", f, [B, T, H, D])],
+                          [helper.make_tensor_value_info(n, f, None)
+                           for n in ("scores", "out", "present_key_0", "present_value_0")])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    m = helper.make_model(g, opset_imports=opsets)
+    rng = np.random.default_rng(6)
+    feeds = {"q": rng.standard_normal((B, H, G * T, D)), "p": rng.standard_normal((B, H, G * T, T)),
+             "k": rng.standard_normal((B, T, H, D)), "v": rng.standard_normal((B, T, H, D))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+
+    def run(model):
+        s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, feeds)
+
+    want = run(m)
+    assert read_new_kv_like_past(m) == 2
+    assert _drop_dead(m) == 2                                  # the product-layout Transposes
+    fused = [n for n in m.graph.node if n.op_type == "FusedMatMul"]
+    assert sorted(n.input[1] for n in fused) == ["present_key_0", "present_value_0"]
+    for got, exp in zip(run(m), want, strict=True):
+        np.testing.assert_allclose(got, exp, rtol=1e-6, atol=1e-6)   # same products, kernel order may differ

@@ -17,20 +17,21 @@ def test_parse_profile_groups_kernels_by_op_type_and_run():
     def run(ts, dur):
         return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
 
-    def kernel(ts, dur, op, name="n"):
+    def kernel(ts, dur, op, name):
         return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
 
     fence = {"cat": "Node", "name": "x_fence_before", "ts": 1300, "dur": 0}
-    events = [run(0, 100), kernel(10, 50, "MatMul"),                                  # warm-up: skipped
-              run(1000, 400), kernel(1010, 100, "MatMul"), kernel(1200, 20, "Reshape"),
+    events = [run(0, 100), kernel(10, 50, "MatMul", "mm"),                            # warm-up: skipped
+              run(1000, 400), kernel(1010, 100, "MatMul", "mm"), kernel(1200, 20, "Reshape", "r1"),
               kernel(1250, 30, "Reshape", "r2"), fence,
-              run(2000, 600), kernel(2010, 300, "MatMul"), kernel(2400, 10, "Reshape"),
-              kernel(2450, 10, "Reshape"),
-              kernel(5000, 999, "MatMul")]                                              # outside every run
+              run(2000, 600), kernel(2010, 300, "MatMul", "mm"), kernel(2400, 10, "Reshape", "r1"),
+              kernel(2450, 10, "Reshape", "r2"),
+              kernel(5000, 999, "MatMul", "mm")]                                        # outside every run
     ms, nodes, kernel_ms, wall = parse_profile(events, skip_runs=1)
-    assert ms == {"MatMul": pytest.approx(0.2), "Reshape": pytest.approx(0.035)}     # medians of 2 runs
+    # per node: the median over the 2 measured runs; per op type: the sum over its nodes
+    assert ms == {"MatMul": pytest.approx(0.2), "Reshape": pytest.approx(0.015 + 0.02)}
     assert nodes == {"MatMul": 1, "Reshape": 2}
-    assert kernel_ms == pytest.approx((0.15 + 0.32) / 2) and wall == pytest.approx(0.5)
+    assert kernel_ms == pytest.approx(0.235) and wall == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no measured model_run"):
         parse_profile(events, skip_runs=3)
 

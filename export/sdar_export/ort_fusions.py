@@ -11,11 +11,15 @@ Run by :func:`sdar_export.ort_graph.optimize_for_ort` after the rotary fusion:
   q_norm weight (RoPE between them is linear), one Mul fewer per layer.
 * :func:`collapse_reshape_chains` - Reshape(Reshape(x)) becomes one Reshape where the first one's
   result has no other reader (the Mul removed above leaves such pairs).
+* :func:`read_new_kv_like_past` - the attention's products with the new block's K / V read the
+  ``present_*`` outputs in the cache layout through a FusedMatMul, as they read the past: two
+  Transposes fewer per layer.
 
-The last two are hand-written: onnxruntime.transformers' fusions match BERT/GPT-2 attention
-patterns, and ONNX Runtime's own MatMul scale fusion only sees a Mul that feeds a MatMul directly,
-while here the Mul sits before the q view's Reshape/Transpose (so it is never fused at session
-time either).
+The last three are hand-written: onnxruntime.transformers' attention fusions match BERT/GPT-2
+patterns (and ONNX Runtime's fused attention ops cannot read this cache in place, see
+:func:`read_new_kv_like_past`), ONNX Runtime's MatMul scale fusion only sees a Mul that feeds a
+MatMul directly, while here the Mul sits before the q view's Reshape/Transpose, and its transpose
+optimizer undoes a Transpose rewired to read the present (so the FusedMatMul is written here).
 """
 
 from __future__ import annotations
@@ -177,3 +181,54 @@ def collapse_reshape_chains(m) -> int:
         readers[inner.output[0]] = 0
         collapsed += 1
     return collapsed
+
+
+def _perm(node) -> list[int] | None:
+    from onnx import helper
+
+    a = [x for x in node.attribute if x.name == "perm"]
+    return [int(v) for v in helper.get_attribute_value(a[0])] if a else None
+
+
+# FusedMatMul reading a [S, B, H, D] cache-layout tensor as the right operand: transBatchB moves S
+# behind the batch axes ([B, H, S, D]), transB then swaps the last two ([B, H, D, S]).
+_CACHE_LAYOUT_READS = {(1, 2, 3, 0): 1, (1, 2, 0, 3): 0}      # perm of the cache layout -> transB
+
+
+def read_new_kv_like_past(m) -> int:
+    """The attention's products with the new block's K / V read the ``present_*`` outputs (cache
+    layout) through a FusedMatMul, as ONNX Runtime does itself for the ``past_*`` inputs.
+
+    The traced network transposes the new K / V twice: into the cache layout [T, B, KVH, D] (the
+    ``present`` output) and into the product's layout ([B, KVH, D, T] for K, [B, KVH, T, D] for V).
+    ONNX Runtime folds the past's Transpose into the product (FusedMatMul with transBatchB), but its
+    transpose optimizer merges a Transpose of the present back into one of the per-head tensor, so
+    the product is written as that FusedMatMul here. Exact (the same products). Returns how many."""
+    from onnx import helper
+
+    nodes = list(m.graph.node)
+    outputs = {o.name for o in m.graph.output}
+    presents = {n.input[0]: n for n in nodes if n.op_type == "Transpose" and n.output[0] in outputs
+                and n.output[0].startswith("present_") and _perm(n) is not None}
+    transposed = {n.output[0]: n for n in nodes if n.op_type == "Transpose" and n.input[0] in presents}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    replaced = 0
+    for i, node in enumerate(nodes):
+        t = transposed.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if t is None or readers[t.output[0]] != 1 or _perm(t) is None:
+            continue
+        present = presents[t.input[0]]
+        inverse = np.argsort(_perm(present))       # present[j] = x[p[j]], so x[i] = present[inverse[i]]
+        via_present = tuple(int(inverse[k]) for k in _perm(t))
+        if via_present not in _CACHE_LAYOUT_READS:
+            continue
+        name = (node.name or node.output[0]) + "_reads_present"
+        fused = helper.make_node("FusedMatMul", [node.input[0], present.output[0]], list(node.output),
+                                 name=name, domain="com.microsoft", alpha=1.0, transA=0,
+                                 transB=_CACHE_LAYOUT_READS[via_present], transBatchA=0, transBatchB=1)
+        m.graph.node[i].CopyFrom(fused)
+        replaced += 1
+    return replaced

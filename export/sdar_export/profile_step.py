@@ -8,8 +8,9 @@ For each artifact's ``step.onnx`` (or a ``.onnx`` file given directly), one forw
 cached rows, with ``num_logits`` rows of logits (the block length). ``--ort-genai`` adds, per
 artifact in the same order, onnxruntime-genai's model of the same weights at one token (its
 autoregressive step), run with plain ONNX Runtime on the same inputs. Prints one markdown table per
-artifact: per operator type the milliseconds per forward and the nodes that ran, the sum of the
-kernels, and the forward's wall time measured without the profiler (its medians over ``--runs``).
+artifact: per operator type the milliseconds per forward (the sum of its nodes' median kernel
+times over ``--runs``) and the nodes that ran, the sum over all kernels, and the forward's median
+wall time measured without the profiler.
 
 Needs only onnxruntime (no torch): runs against any exported artifact. The nodes are those ONNX
 Runtime runs after its own session-time fusions, so the table shows what the CPU executes.
@@ -40,7 +41,7 @@ class Profile:
     tokens: int
     ms: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, int] = field(default_factory=dict)
-    kernel_ms: float = 0.0          # median over runs of the summed kernel times
+    kernel_ms: float = 0.0          # sum over the nodes of each one's median kernel time
     profiled_ms: float = 0.0        # median model_run duration under the profiler
     forward_ms: float = 0.0         # median wall time of session.run without the profiler
 
@@ -152,30 +153,34 @@ def _median_forward_ms(session, feeds: dict, runs: int, warmup: int) -> float:
 
 
 def parse_profile(events: list[dict], skip_runs: int) -> tuple[dict, dict, float, float]:
-    """(median ms per op type, nodes per op type per run, median kernel ms, median model_run ms) of an
-    ONNX Runtime profile, over the runs after the first ``skip_runs``."""
+    """(ms per op type, nodes per op type, kernel ms, median model_run ms) of an ONNX Runtime
+    profile, over the runs after the first ``skip_runs``.
+
+    Each node's time is its median over the runs, and an op type's time the sum of its nodes'
+    medians: on a shared host a thread preempted inside one kernel inflates that run's sum, not
+    the median of the node. Kernel ms is the sum over all nodes."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")[skip_runs:]
     if not runs:
         raise ValueError("the profile holds no measured model_run")
-    per_run = [defaultdict(float) for _ in runs]
-    count = [defaultdict(int) for _ in runs]
     starts = [r[0] for r in runs]
+    durations: dict[str, list[float]] = defaultdict(list)
+    op_of: dict[str, str] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
         if i < 0 or e["ts"] > runs[i][1]:
             continue
-        op = e.get("args", {}).get("op_name", "?")
-        per_run[i][op] += e["dur"] / 1e3
-        count[i][op] += 1
-    ops = sorted({op for r in per_run for op in r})
-    ms = {op: statistics.median(r.get(op, 0.0) for r in per_run) for op in ops}
-    nodes = {op: max(c.get(op, 0) for c in count) for op in ops}
-    kernel = statistics.median(sum(r.values()) for r in per_run)
+        durations[e["name"]].append(e["dur"] / 1e3)
+        op_of[e["name"]] = e.get("args", {}).get("op_name", "?")
+    ms: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    for name, d in durations.items():
+        ms[op_of[name]] += statistics.median(d)
+        nodes[op_of[name]] += 1
     wall = statistics.median((b - a) / 1e3 for a, b in runs)
-    return ms, nodes, kernel, wall
+    return dict(ms), dict(nodes), sum(ms.values()), wall
 
 
 def profile_graph(path: Path, label: str, feeds: dict, threads: int, runs: int, warmup: int = 2) -> Profile:
