@@ -48,8 +48,11 @@ def test_step_graph_fuses_projections_and_standard_graphs_stay_standard(art):
     step = _ops(a / "step.onnx")
     decode = _ops(a / "decode.onnx")
     layers = 2
-    # q/k/v and gate/up: 2 fused matmuls per layer instead of 5
-    assert decode[("ai.onnx", "MatMul")] - step[("ai.onnx", "MatMul")] == 3 * layers
+    # q/k/v and gate/up: 2 fused matmuls per layer instead of 5; the products with the new K/V are
+    # FusedMatMuls reading the presents
+    products = step[("ai.onnx", "MatMul")] + step[("com.microsoft", "FusedMatMul")]
+    assert decode[("ai.onnx", "MatMul")] - products == 3 * layers
+    assert step[("com.microsoft", "FusedMatMul")] == 2 * layers
     assert step[("ai.onnx", "Split")] >= 2 * layers
     for g in ("prefill", "decode", "fused"):
         assert {d for d, _ in _ops(a / f"{g}.onnx")} == {"ai.onnx"}, g
@@ -406,7 +409,10 @@ def test_int8_export_validates_the_leaner_step_graph(tmp_path):
         assert err < 1e-4, (g, err)
     ops = _ops(art / "step.onnx")
     assert ops[("com.microsoft", "SkipSimplifiedLayerNormalization")] == 3
-    assert ops[("ai.onnx", "MatMul")] == 2 * 2 * 2 + 1      # attention's 4 per layer + the float head
+    # per layer: the 2 products with the past (ONNX Runtime folds their Transposes when it loads the
+    # graph) and 2 FusedMatMuls with the new K/V; + the float head; every weight product is MatMulNBits
+    assert ops[("ai.onnx", "MatMul")] == 2 * 2 + 1 and ops[("com.microsoft", "FusedMatMul")] == 2 * 2
+    assert ops[("com.microsoft", "MatMulNBits")] == 4 * 2
 
 
 def test_new_kv_products_read_the_present_outputs_in_place():

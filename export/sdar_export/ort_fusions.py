@@ -16,10 +16,10 @@ Run by :func:`sdar_export.ort_graph.optimize_for_ort` after the rotary fusion:
   Transposes fewer per layer.
 
 The last three are hand-written: onnxruntime.transformers' attention fusions match BERT/GPT-2
-patterns (and ONNX Runtime's fused attention ops cannot read this cache in place, see
-:func:`read_new_kv_like_past`), ONNX Runtime's MatMul scale fusion only sees a Mul that feeds a
-MatMul directly, while here the Mul sits before the q view's Reshape/Transpose, and its transpose
-optimizer undoes a Transpose rewired to read the present (so the FusedMatMul is written here).
+patterns (and ONNX Runtime's fused attention ops take neither this cache layout, read in place, nor
+the block-bidirectional mask), its MatMul scale fusion only sees a Mul that feeds a MatMul directly
+while here the Mul sits before the q view's Reshape/Transpose, and its transpose optimizer undoes
+a Transpose rewired to read the present (so the FusedMatMul is written here).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def fuse_norms(m) -> dict:
     model.topological_sort(is_deterministic=True)
     del m.graph.node[:]
     m.graph.node.extend(light.graph.node)
+    have = {t.name for t in m.graph.initializer}
+    m.graph.initializer.extend(t for t in light.graph.initializer if t.name not in have)   # new ones, if any
     ops = [n.op_type for n in m.graph.node]
     return {"simplified_layer_norm": ops.count("SimplifiedLayerNormalization"),
             "skip_simplified_layer_norm": ops.count("SkipSimplifiedLayerNormalization")}
@@ -100,7 +102,7 @@ def fold_attention_scale(m) -> int:
             readers[x] = readers.get(x, 0) + 1
     outputs = {o.name for o in m.graph.output}
     alias: dict[str, str] = {}
-    folded: set[int] = set()
+    folded: set[str] = set()       # outputs of the norms already scaled
     for node in m.graph.node:
         if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
@@ -113,7 +115,7 @@ def fold_attention_scale(m) -> int:
                    and readers.get(up.output[0]) == 1 and up.output[0] not in outputs):
                 up = producer.get(up.input[0])
             if (up is None or up.op_type != "SimplifiedLayerNormalization" or up.input[1] not in inits
-                    or readers.get(up.output[0]) != 1 or id(up) in folded):
+                    or readers.get(up.output[0]) != 1 or up.output[0] in folded):
                 continue
             gamma = numpy_helper.to_array(inits[up.input[1]])
             name = f"{up.input[1]}_times_{scale:.9g}"
@@ -122,7 +124,7 @@ def fold_attention_scale(m) -> int:
                 inits[name] = numpy_helper.from_array(scaled, name)
                 m.graph.initializer.append(inits[name])
             up.input[1] = name
-            folded.add(id(up))
+            folded.add(up.output[0])
             alias[node.output[0]] = x
             break
     if not alias:
