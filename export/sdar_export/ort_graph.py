@@ -164,11 +164,23 @@ def merge_duplicate_casts(m) -> int:
 def optimize_for_ort(m, rope: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """All ONNX Runtime-only rewrites of the step graph, in place; returns what was done.
     ``rope``: (cos, sin) tables [positions, head_dim / 2] float32 for :func:`fuse_rotary`."""
+    from .ort_fusions import (  # noqa: PLC0415
+        collapse_reshape_chains,
+        fold_attention_scale,
+        fuse_norms,
+        read_new_kv_like_past,
+    )
+
     casts = merge_duplicate_casts(m)
     done = {"merged_casts": casts, "fused_matmul_groups": fuse_shared_input_matmuls(m)}
     if rope is not None:
         done["rotary"] = fuse_rotary(m, *rope)
         _drop_dead(m)
+    done.update(fuse_norms(m))
+    done["folded_attention_scales"] = fold_attention_scale(m)
+    done["collapsed_reshapes"] = collapse_reshape_chains(m)
+    done["new_kv_read_like_past"] = read_new_kv_like_past(m)
+    _drop_dead(m)
     return done
 
 
