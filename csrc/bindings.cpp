@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "build_config.h"
 #include "errors.h"
 #include "generator.h"
 #include "host_backend.h"
@@ -51,8 +52,9 @@ std::unique_ptr<DecodeBackend> make_backend(const std::string& device) {
 #ifdef SDAR_HAVE_CUDA
     return std::make_unique<cuda::DeviceBackend>();  // throws a clear DeviceError without a GPU
 #else
-    throw Error("device='cuda' needs sdar_rt built with its CUDA kernels, and this build has none (nvcc was not "
-                "found when it was installed): reinstall it with the CUDA toolkit on PATH, or use device='cpu'");
+    throw Error(std::string("device='cuda' needs sdar_rt built with its CUDA kernels, and this build has none (") +
+                SDAR_CUDA_REASON + "): reinstall it with SDAR_WITH_CUDA=ON (pip install --config-settings="
+                "cmake.define.SDAR_WITH_CUDA=ON ...) on a machine with nvcc, or use device='cpu'");
 #endif
   }
   throw InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
@@ -299,6 +301,9 @@ PYBIND11_MODULE(_core, m) {
 #else
     d["tensorrt"] = false;
 #endif
+    d["cuda_mode"] = SDAR_CUDA_MODE;      // the SDAR_WITH_CUDA switch: AUTO | ON | OFF
+    d["cuda_reason"] = SDAR_CUDA_REASON;  // why the kernels were built or skipped
     return d;
-  });
+  },
+  "What this build contains: {'cuda': bool, 'tensorrt': bool, 'cuda_mode': SDAR_WITH_CUDA, 'cuda_reason': why}.");
 }
