@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "build_config.h"
+#include "cancellation.h"
 #include "errors.h"
 #include "generator.h"
 #include "host_backend.h"
 #include "philox.h"
 #include "remask.h"
 #include "sampler.h"
+#include "synthetic_engine.h"
 
 #ifdef SDAR_HAVE_CUDA
 #include "cuda/bindings_cuda.h"  // GPU kernels for tests and benchmarks
@@ -29,9 +31,9 @@ using namespace sdar;
 
 namespace {
 
-// Lets a Python class implement Engine. pybind11 reacquires the GIL for the override; after
-// run() returns, pending signals are checked so Ctrl-C raises KeyboardInterrupt promptly: the
-// error_already_set unwinds the C++ loop and is re-raised in Python.
+// Lets a Python class implement Engine. pybind11 reacquires the GIL for the override; an exception
+// it raises (KeyboardInterrupt included) unwinds the C++ loop as error_already_set and is re-raised
+// in Python.
 class PyEngine : public Engine {
  public:
   using Engine::Engine;
@@ -41,9 +43,25 @@ class PyEngine : public Engine {
     const py::function override = py::get_override(static_cast<const Engine*>(this), "run");
     if (!override) throw EngineError("the Python engine does not implement run()");
     override(kind, past_len, tokens);
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
   }
 };
+
+// Python handles signals only on the main thread; there, the core's cancellation poll takes the
+// GIL before every engine pass and runs the pending handlers, so Ctrl-C raises KeyboardInterrupt
+// within one forward whatever the engine is (a C++ TensorRT engine never enters Python). Other
+// threads are stopped through a CancelToken. Call with the GIL held.
+Cancellation python_cancellation(const CancelToken* token) {
+  Cancellation cancel;
+  cancel.token = token;
+  const py::module_ threading = py::module_::import("threading");
+  if (threading.attr("current_thread")().is(threading.attr("main_thread")())) {
+    cancel.poll = [] {
+      const py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    };
+  }
+  return cancel;
+}
 
 // "cpu": the host loop and sampler; "cuda": cache, buffers and unmasking on the current GPU.
 std::unique_ptr<DecodeBackend> make_backend(const std::string& device) {
@@ -232,6 +250,20 @@ PYBIND11_MODULE(_core, m) {
       .def("bind", &Engine::bind, py::arg("bindings"))
       .def("run", &Engine::run, py::arg("kind"), py::arg("past_len"), py::arg("tokens"));
 
+  py::class_<SyntheticEngine, Engine, std::shared_ptr<SyntheticEngine>>(
+      m, "SyntheticEngine",
+      "A C++ engine that never enters Python (as TensorRT): position p decodes to token (7p + 1) % V (the next id "
+      "if that is mask_id), each pass takes pass_seconds. For tests and loop-overhead measurements; device='cpu'.")
+      .def(py::init<std::int64_t, double>(), py::kw_only(), py::arg("mask_id"), py::arg("pass_seconds") = 0.0)
+      .def("winner", &SyntheticEngine::winner, py::arg("position"))
+      .def_property_readonly("calls", &SyntheticEngine::calls);
+
+  py::class_<CancelToken, std::shared_ptr<CancelToken>>(
+      m, "CancelToken", "Stops a generate() call running in another thread: rows still running end as 'cancelled'.")
+      .def(py::init<>())
+      .def("cancel", &CancelToken::cancel, "Ends the call at its next engine pass; one-shot.")
+      .def_property_readonly("cancelled", &CancelToken::cancelled);
+
   py::class_<Generator>(m, "Generator")
       .def(py::init([](const ModelSpec& spec, std::shared_ptr<Engine> engine, const std::string& device) {
              return std::make_unique<Generator>(spec, std::move(engine), make_backend(device));
@@ -242,24 +274,25 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "generate",
           [](Generator& self, const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
-             const py::object& on_block) {
+             const py::object& on_block, const std::shared_ptr<CancelToken>& cancel) {
             BlockCallback callback;
             if (!on_block.is_none()) {
               const py::object* fn = &on_block;  // outlives the call; never copied without the GIL
               callback = [fn](int block, const std::vector<std::vector<std::int64_t>>& tokens) -> bool {
                 py::gil_scoped_acquire gil;
                 const py::object keep = (*fn)(block, tokens);
-                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
                 return keep.is_none() || keep.cast<bool>();
               };
             }
+            const Cancellation cancellation = python_cancellation(cancel.get());
             const py::gil_scoped_release release;
-            return self.generate(prompts, config, callback);
+            return self.generate(prompts, config, callback, cancellation);
           },
-          py::arg("prompts"), py::arg("config"), py::arg("on_block") = py::none(),
+          py::arg("prompts"), py::arg("config"), py::arg("on_block") = py::none(), py::arg("cancel") = nullptr,
           "Runs the decoding rules over 1..B equal-length prompts; releases the GIL. on_block(block_index, "
-          "tokens_per_row) -> bool|None is called per finished block; False cancels. Concurrent calls on one "
-          "Generator are serialised.")
+          "tokens_per_row) -> bool|None is called per finished block; False cancels. cancel: a CancelToken another "
+          "thread may set; checked before every engine pass, like Ctrl-C when called on the main thread. "
+          "Concurrent calls on one Generator are serialised.")
       .def_property_readonly("spec", &Generator::spec)
       .def_property_readonly("bindings", &Generator::bindings);
 

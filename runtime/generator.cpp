@@ -140,10 +140,11 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
 }
 
 GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>>& prompts,
-                                     const GenerationConfig& config, const BlockCallback& on_block) {
+                                     const GenerationConfig& config, const BlockCallback& on_block,
+                                     const Cancellation& cancel) {
   const std::lock_guard<std::mutex> lock(mutex_);
   try {
-    return decode(prompts, config, on_block);
+    return decode(prompts, config, on_block, cancel);
   } catch (...) {
     backend_->after_failure();
     throw;
@@ -151,7 +152,8 @@ GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>
 }
 
 GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>& prompts,
-                                   const GenerationConfig& config, const BlockCallback& on_block) {
+                                   const GenerationConfig& config, const BlockCallback& on_block,
+                                   const Cancellation& cancel) {
   const auto call_start = Clock::now();
   const Plan plan = validate(prompts, config);
   DecodeBackend& backend = *backend_;
@@ -168,12 +170,23 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   setup.row_ids = &plan.row_ids;
   setup.config = &config;
   backend.begin_call(setup);
-  // Copies positions [start, start + tokens) of every row into the engine's input ids.
-  const auto pack_ids = [&](int start, int tokens) {
+  // One engine pass over positions [start, start + tokens) of every row, unless the call is
+  // cancelled (returns false). The cancellation check runs before every pass, on every backend:
+  // a cancelled call ends within one forward. Ending between passes is safe: every call starts
+  // over from begin_call, and the K/V rows written so far are never read as valid.
+  bool cancelled = false;
+  const auto engine_pass = [&](GraphKind kind, int start, int tokens, std::int64_t past) {
+    if (cancel.poll) cancel.poll();
+    if (cancel.token != nullptr && cancel.token->cancelled()) {
+      cancelled = true;
+      return false;
+    }
     if (tokens > buffers_.ids_capacity()) {
       throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
     }
     backend.pack_ids(start, tokens);
+    backend.run_engine(engine, kind, past, tokens);
+    return true;
   };
 
   GenerationResult result;
@@ -187,8 +200,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   std::int64_t past_len = 0;
   for (int start = 0; start < prefill_len; start += chunk) {
     const int tokens = std::min(chunk, prefill_len - start);
-    pack_ids(start, tokens);
-    backend.run_engine(engine, GraphKind::Prefill, past_len, tokens);
+    if (!engine_pass(GraphKind::Prefill, start, tokens, past_len)) break;
     ++stats.nfe_prefill;
     past_len += tokens;
   }
@@ -204,12 +216,11 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   bool pending_commit = false;  // the previous block is finished but not yet in the cache
   const int first_block = prefill_len / L;
   const int last_block = plan.total / L - 1;
-  for (int b = first_block; b <= last_block; ++b) {
+  for (int b = first_block; b <= last_block && !cancelled; ++b) {
     const int block_start = b * L;
     const auto block_start_time = Clock::now();  // the block's latency includes its commit pass
     if (pending_commit && !config.fused_commit) {
-      pack_ids(block_start - L, L);
-      backend.run_engine(engine, GraphKind::Prefill, past_len, L);
+      if (!engine_pass(GraphKind::Prefill, block_start - L, L, past_len)) break;
       ++stats.nfe_commit;
       past_len += L;
       pending_commit = false;
@@ -221,14 +232,12 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     int step = 0;
     while (active > 0) {
       if (pending_commit) {  // fused: commit the previous block + first step of this one
-        pack_ids(block_start - L, 2 * L);
-        backend.run_engine(engine, GraphKind::Fused, past_len, 2 * L);
+        if (!engine_pass(GraphKind::Fused, block_start - L, 2 * L, past_len)) break;
         ++stats.nfe_fused;
         past_len += L;
         pending_commit = false;
       } else {
-        pack_ids(block_start, L);
-        backend.run_engine(engine, GraphKind::Decode, past_len, L);
+        if (!engine_pass(GraphKind::Decode, block_start, L, past_len)) break;
         ++stats.nfe_denoise;
       }
       request.block_start = block_start;
@@ -236,6 +245,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
       active = backend.unmask_step(request);
       ++step;
     }
+    if (cancelled) break;  // mid-block: the block's tokens are not output
     stats.steps_per_block.push_back(step);
 
     // Rule 7: collect this block's output and each row's status.
@@ -267,13 +277,16 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     stats.block_seconds.push_back(seconds_since(block_start_time));
     if (b == first_block) stats.time_to_first_block = seconds_since(call_start);
     if (on_block && !on_block(b - first_block, block_tokens)) {
-      for (int r = 0; r < plan.rows; ++r) {
-        if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
-      }
+      cancelled = true;
       break;
     }
     if (all_done) break;
     pending_commit = true;  // rule 6: the final block is never committed
+  }
+  if (cancelled) {
+    for (int r = 0; r < plan.rows; ++r) {
+      if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
+    }
   }
 
   for (auto& row : result.rows) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "buffer.h"
+#include "cancellation.h"
 #include "decode_backend.h"
 #include "engine.h"
 #include "generation_config.h"
@@ -49,8 +50,10 @@ class Generator {
   Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std::unique_ptr<DecodeBackend> backend);
 
   // prompts: 1..B token-id lists of equal, non-zero length. Validates everything before any work.
+  // `cancel` is consulted before every engine pass (cancellation.h).
   GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts,
-                            const GenerationConfig& config, const BlockCallback& on_block = {});
+                            const GenerationConfig& config, const BlockCallback& on_block = {},
+                            const Cancellation& cancel = {});
 
   const ModelSpec& spec() const { return spec_; }
   const EngineBindings& bindings() const { return bindings_; }
@@ -60,7 +63,7 @@ class Generator {
   struct Plan;  // validated per-call numbers
   Plan validate(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config) const;
   GenerationResult decode(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
-                          const BlockCallback& on_block);
+                          const BlockCallback& on_block, const Cancellation& cancel);
 
   const ModelSpec spec_;
   std::shared_ptr<Engine> engine_;

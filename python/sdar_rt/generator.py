@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from typing import Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
+from .core_calls import CoreCall, running
 from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
 
@@ -30,6 +33,22 @@ class GenerationOutput:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Holds SIGINT back while a thread starts: Thread.start() waits on an Event, and a Ctrl-C raised
+    inside that wait can leave the Event's lock held, so the new thread would block on it forever.
+    The signal is delivered when the block exits (POSIX; elsewhere this does nothing)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class Generator:
@@ -141,7 +160,8 @@ class Generator:
         )
         stop_ids, stop_strings = self._stop(stop)
         config.stop_ids = stop_ids
-        outputs = self._run(rows, config, stop_strings, on_text, cancel=None)
+        with running(CoreCall()) as call:  # a caller's own thread is stopped at exit too
+            outputs = self._run(rows, config, stop_strings, on_text, call.token)
         result = outputs[0] if single else outputs
         self.last_output = result
         return result
@@ -164,14 +184,18 @@ class Generator:
             raise ValueError("stream() takes one prompt; use generate() for a batch")
         if "on_text" in kwargs:
             raise ValueError("stream() does not take on_text")
-        chunks: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        chunks: queue.SimpleQueue = queue.SimpleQueue()  # put() never blocks (see core_calls)
+        call = CoreCall()
 
         def on_text(row: int, delta: str) -> None:
             if delta:
                 chunks.put(("text", delta))
 
         def worker() -> None:
+            with running(call):
+                run()
+
+        def run() -> None:
             try:
                 rows, _ = self._prompt_rows(
                     prompt, kwargs.pop("prompt_ids", None), kwargs.pop("chat", None), 1
@@ -179,15 +203,16 @@ class Generator:
                 stop_ids, stop_strings = self._stop(kwargs.pop("stop", None))
                 config = self._config(**{k: v for k, v in kwargs.items() if k != "num_samples"})
                 config.stop_ids = stop_ids
-                out = self._run(rows, config, stop_strings, on_text, cancel)[0]
+                out = self._run(rows, config, stop_strings, on_text, call.token)[0]
                 self.last_output = out
                 chunks.put(("done", out))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 chunks.put(("error", exc))
 
         thread = threading.Thread(target=worker, name="sdar-stream", daemon=True)
-        thread.start()
         try:
+            with _sigint_held():
+                thread.start()
             while True:
                 kind, value = chunks.get()
                 if kind == "text":
@@ -196,9 +221,10 @@ class Generator:
                     return
                 else:
                     raise value
-        finally:
-            cancel.set()
-            thread.join()
+        finally:  # also on close() and on Ctrl-C while waiting for a block
+            call.token.cancel()  # a worker that starts only now ends at its first engine pass
+            if thread.ident is not None:  # running: wait until it has left the core
+                call.stop()
 
     # ------------------------------------------------------------------ helpers
     def _encode_prompt(self, prompt: str | list[dict], chat: bool | None) -> list[int]:
@@ -347,7 +373,7 @@ class Generator:
                     strict=True,
                 ):
                     outputs[i] = out
-                if cancel is not None and cancel.is_set():
+                if cancel is not None and cancel.cancelled:
                     break
         return [o if o is not None else GenerationOutput("", [], "cancelled", {}) for o in outputs]
 
@@ -384,12 +410,10 @@ class Generator:
                 if on_text is not None and len(ready) > len(emitted[r]):
                     on_text(row_indices[r], ready[len(emitted[r]) :])
                     emitted[r] = ready
-            if cancel is not None and cancel.is_set():
-                return False
             return not (stop_strings and all(ended))
 
-        need_callback = on_text is not None or bool(stop_strings) or cancel is not None
-        result = self._core.generate(prompts, config, on_block if need_callback else None)
+        need_callback = on_text is not None or bool(stop_strings)
+        result = self._core.generate(prompts, config, on_block if need_callback else None, cancel)
         stats = result.stats.to_dict()
         stats["engine"] = type(self.engine).__name__
         outs = []
