@@ -14,6 +14,7 @@
 #include "generator.h"
 #include "host_backend.h"
 #include "philox.h"
+#include "py_values.h"
 #include "remask.h"
 #include "sampler.h"
 #include "synthetic_engine.h"
@@ -163,41 +164,68 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("prefill_chunk", &ModelSpec::effective_prefill_chunk)
       .def_property_readonly("row_bytes", &ModelSpec::row_bytes);
 
+  // Parameters arrive as Python objects so a wrong type gets the same ValueError (naming the
+  // parameter) as a wrong value; the ranges are checked by the core when a call starts.
+  namespace pv = py_values;
   py::class_<GenerationConfig>(m, "GenerationConfig")
-      .def(py::init([](int max_new_tokens, int denoising_steps, const std::string& remasking, double threshold,
-                       double temperature, int top_k, double top_p, std::uint64_t seed,
-                       std::vector<std::int64_t> stop_ids, bool fused_commit, std::vector<std::uint32_t> row_ids) {
+      .def(py::init([](const py::object& max_new_tokens, const py::object& denoising_steps,
+                       const py::object& remasking, const py::object& threshold, const py::object& temperature,
+                       const py::object& top_k, const py::object& top_p, const py::object& seed,
+                       std::vector<std::int64_t> stop_ids, const py::object& fused_commit,
+                       std::vector<std::uint32_t> row_ids) {
              GenerationConfig c;
-             c.max_new_tokens = max_new_tokens;
-             c.denoising_steps = denoising_steps;
-             c.remasking = parse_remask_policy(remasking);
-             c.threshold = threshold;
-             c.temperature = temperature;
-             c.top_k = top_k;
-             c.top_p = top_p;
-             c.seed = seed;
+             c.max_new_tokens = pv::to_int(max_new_tokens, "max_new_tokens");
+             c.denoising_steps = pv::to_optional_int(denoising_steps, "denoising_steps");
+             c.remasking = parse_remask_policy(pv::to_string(remasking, "remasking"));
+             c.threshold = pv::to_double(threshold, "threshold");
+             c.temperature = pv::to_double(temperature, "temperature");
+             c.top_k = pv::to_int(top_k, "top_k");
+             c.top_p = pv::to_double(top_p, "top_p");
+             c.seed = pv::to_seed(seed);
              c.stop_ids = std::move(stop_ids);
-             c.fused_commit = fused_commit;
+             c.fused_commit = pv::to_bool(fused_commit);
              c.row_ids = std::move(row_ids);
              return c;
            }),
-           py::kw_only(), py::arg("max_new_tokens") = 128, py::arg("denoising_steps") = 0,
+           py::kw_only(), py::arg("max_new_tokens") = 128, py::arg("denoising_steps") = py::none(),
            py::arg("remasking") = "low_confidence_dynamic", py::arg("threshold") = 0.9, py::arg("temperature") = 0.0,
            py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0,
            py::arg("stop_ids") = std::vector<std::int64_t>{}, py::arg("fused_commit") = true,
-           py::arg("row_ids") = std::vector<std::uint32_t>{})
-      .def_readwrite("max_new_tokens", &GenerationConfig::max_new_tokens)
-      .def_readwrite("denoising_steps", &GenerationConfig::denoising_steps)
+           py::arg("row_ids") = std::vector<std::uint32_t>{},
+           "Decoding parameters (README 'Generating'); denoising_steps None means the block length. Types are "
+           "checked here, ranges when generate() starts; both raise InvalidArgumentError (a ValueError).")
+      .def_property(
+          "max_new_tokens", [](const GenerationConfig& c) { return c.max_new_tokens; },
+          [](GenerationConfig& c, const py::object& v) { c.max_new_tokens = pv::to_int(v, "max_new_tokens"); })
+      .def_property(
+          "denoising_steps", [](const GenerationConfig& c) { return c.denoising_steps; },
+          [](GenerationConfig& c, const py::object& v) {
+            c.denoising_steps = pv::to_optional_int(v, "denoising_steps");
+          })
       .def_property(
           "remasking", [](const GenerationConfig& c) { return remask_policy_name(c.remasking); },
-          [](GenerationConfig& c, const std::string& name) { c.remasking = parse_remask_policy(name); })
-      .def_readwrite("threshold", &GenerationConfig::threshold)
-      .def_readwrite("temperature", &GenerationConfig::temperature)
-      .def_readwrite("top_k", &GenerationConfig::top_k)
-      .def_readwrite("top_p", &GenerationConfig::top_p)
-      .def_readwrite("seed", &GenerationConfig::seed)
+          [](GenerationConfig& c, const py::object& v) {
+            c.remasking = parse_remask_policy(pv::to_string(v, "remasking"));
+          })
+      .def_property(
+          "threshold", [](const GenerationConfig& c) { return c.threshold; },
+          [](GenerationConfig& c, const py::object& v) { c.threshold = pv::to_double(v, "threshold"); })
+      .def_property(
+          "temperature", [](const GenerationConfig& c) { return c.temperature; },
+          [](GenerationConfig& c, const py::object& v) { c.temperature = pv::to_double(v, "temperature"); })
+      .def_property(
+          "top_k", [](const GenerationConfig& c) { return c.top_k; },
+          [](GenerationConfig& c, const py::object& v) { c.top_k = pv::to_int(v, "top_k"); })
+      .def_property(
+          "top_p", [](const GenerationConfig& c) { return c.top_p; },
+          [](GenerationConfig& c, const py::object& v) { c.top_p = pv::to_double(v, "top_p"); })
+      .def_property(
+          "seed", [](const GenerationConfig& c) { return c.seed; },
+          [](GenerationConfig& c, const py::object& v) { c.seed = pv::to_seed(v); })
       .def_readwrite("stop_ids", &GenerationConfig::stop_ids)
-      .def_readwrite("fused_commit", &GenerationConfig::fused_commit)
+      .def_property(
+          "fused_commit", [](const GenerationConfig& c) { return c.fused_commit; },
+          [](GenerationConfig& c, const py::object& v) { c.fused_commit = pv::to_bool(v); })
       .def_readwrite("row_ids", &GenerationConfig::row_ids);
 
   py::class_<Stats>(m, "Stats")

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <utility>
 
@@ -17,6 +18,13 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A parameter value as a user wrote it: 0.9, 1e-05, nan (std::to_string gives 0.900000).
+std::string number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
 }
 
 bool contains(const std::vector<std::int64_t>& ids, std::int64_t id) {
@@ -92,28 +100,31 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
     }
   }
   if (config.max_new_tokens < 1) {
-    throw InvalidArgument("max_new_tokens must be >= 1, got " + std::to_string(config.max_new_tokens));
+    throw InvalidArgument("max_new_tokens must be at least 1, got " + std::to_string(config.max_new_tokens));
   }
-  plan.steps = config.denoising_steps == 0 ? L : config.denoising_steps;
+  plan.steps = config.denoising_steps.value_or(L);
   if (plan.steps < 1 || plan.steps > L) {
     throw InvalidArgument("denoising_steps must be in [1, block_length=" + std::to_string(L) + "], got " +
-                          std::to_string(config.denoising_steps));
+                          std::to_string(plan.steps) + " (unset: " + std::to_string(L) + ", one token per step)");
   }
   plan.schedule = denoising_schedule(L, plan.steps);
   if (!(config.threshold > 0.0 && config.threshold <= 1.0)) {
-    throw InvalidArgument("threshold must be in (0, 1], got " + std::to_string(config.threshold));
+    throw InvalidArgument("threshold must be in (0, 1], got " + number(config.threshold) +
+                          "; 0.9 is the default, lower values unmask more tokens per step");
   }
   if (!(config.temperature >= 0.0) || !std::isfinite(config.temperature)) {
-    throw InvalidArgument("temperature must be a finite number >= 0, got " + std::to_string(config.temperature));
+    throw InvalidArgument("temperature must be a finite number >= 0 (0 = greedy), got " + number(config.temperature));
   }
-  if (config.top_k < 0) throw InvalidArgument("top_k must be >= 0, got " + std::to_string(config.top_k));
+  if (config.top_k < 0) throw InvalidArgument("top_k must be >= 0 (0 = off), got " + std::to_string(config.top_k));
   if (!(config.top_p > 0.0 && config.top_p <= 1.0)) {
-    throw InvalidArgument("top_p must be in (0, 1], got " + std::to_string(config.top_p));
+    throw InvalidArgument("top_p must be in (0, 1] (1 = off), got " + number(config.top_p));
   }
   plan.stop_ids = spec_.eos_ids;
   for (const std::int64_t id : config.stop_ids) {
     if (id < 0 || id >= spec_.vocab_size) {
-      throw InvalidArgument("stop id " + std::to_string(id) + " is outside [0, " + std::to_string(spec_.vocab_size) + ")");
+      throw InvalidArgument("stop id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                            std::to_string(spec_.vocab_size) + "); pass a token id below " +
+                            std::to_string(spec_.vocab_size) + " or a stop string");
     }
     if (!contains(plan.stop_ids, id)) plan.stop_ids.push_back(id);
   }
