@@ -438,8 +438,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--fp16", action="store_true", help="float16 weights/activations/KV (logits fp32)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 weights/KV (logits fp32)")
     p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH,
-                   help="tokens decoded together per block; fixed in the graphs, use the model's training "
-                        f"block length (default {DEFAULT_BLOCK_LENGTH}; 1 = plain autoregressive)")
+                   help="tokens decoded together per block, fixed in the graphs: the block length the "
+                        f"model was trained with (default {DEFAULT_BLOCK_LENGTH})")
     p.add_argument("--max-context", type=int, default=None,
                    help="prompt + output tokens the KV cache holds, a multiple of the block length "
                         "(default: min(4096, max_position_embeddings))")
