@@ -1,4 +1,5 @@
-"""Calls into the C++ core that are in flight, so that none is still running when Python exits.
+"""Calls into the C++ core that are in flight, so that none is still running when Python exits,
+and a Ctrl-C-safe start for the thread that runs one.
 
 A thread that is inside the core when the interpreter shuts down is killed mid-call, and the
 process aborts ("terminate called without an active exception"). ``stream()`` decodes on a
@@ -13,6 +14,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import queue
+import signal
+import threading
 from collections.abc import Iterator
 
 from . import _core
@@ -50,6 +53,20 @@ class CoreCall:
                 interrupted = exc
         if interrupted is not None:
             raise interrupted
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Starts ``thread`` with SIGINT held back: Thread.start() waits on an Event, and a Ctrl-C raised
+    inside that wait can leave the Event's lock held, so the new thread would block on it forever.
+    A Ctrl-C meanwhile is delivered right after (POSIX; elsewhere a plain start)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        thread.start()
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 _running: set[CoreCall] = set()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +11,7 @@ from typing import Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
-from .core_calls import CoreCall, running
+from .core_calls import CoreCall, running, start_thread
 from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
 
@@ -32,22 +30,6 @@ class GenerationOutput:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Holds SIGINT back while a thread starts: Thread.start() waits on an Event, and a Ctrl-C raised
-    inside that wait can leave the Event's lock held, so the new thread would block on it forever.
-    The signal is delivered when the block exits (POSIX; elsewhere this does nothing)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class Generator:
@@ -210,8 +192,7 @@ class Generator:
 
         thread = threading.Thread(target=worker, name="sdar-stream", daemon=True)
         try:
-            with _sigint_held():
-                thread.start()
+            start_thread(thread)
             while True:
                 kind, value = chunks.get()
                 if kind == "text":
