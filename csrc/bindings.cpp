@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -47,16 +48,24 @@ class PyEngine : public Engine {
   }
 };
 
-// Python handles signals only on the main thread; there, the core's cancellation poll takes the
-// GIL before every engine pass and runs the pending handlers, so Ctrl-C raises KeyboardInterrupt
-// within one forward whatever the engine is (a C++ TensorRT engine never enters Python). Other
-// threads are stopped through a CancelToken. Call with the GIL held.
+// Python handles signals only on the main thread; there, the core's cancellation poll (before
+// every engine pass) takes the GIL and runs the pending handlers, so Ctrl-C raises
+// KeyboardInterrupt within one forward whatever the engine is (a C++ TensorRT engine never enters
+// Python). At most every 10 ms: passes of a GPU engine take a few ms, and each GIL acquisition can
+// wait for another Python thread's switch interval. Other threads are stopped through a
+// CancelToken. Call with the GIL held.
+constexpr std::chrono::milliseconds kSignalPollInterval{10};
+
 Cancellation python_cancellation(const CancelToken* token) {
+  using Clock = std::chrono::steady_clock;
   Cancellation cancel;
   cancel.token = token;
   const py::module_ threading = py::module_::import("threading");
   if (threading.attr("current_thread")().is(threading.attr("main_thread")())) {
-    cancel.poll = [] {
+    cancel.poll = [last = Clock::now() - kSignalPollInterval]() mutable {
+      const auto now = Clock::now();
+      if (now - last < kSignalPollInterval) return;
+      last = now;
       const py::gil_scoped_acquire gil;
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
     };
