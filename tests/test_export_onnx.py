@@ -220,7 +220,8 @@ def test_output_is_progress_and_a_summary(ckpt, tmp_path, capsys):
     assert per_output == [], per_output
     for stage in ("load checkpoint", "export ONNX graphs", "validate with ONNX Runtime"):
         assert stage in err
-    assert "all outputs within tolerance" in err and "worst of" in err
+    assert "(all within tolerance)" in err and "worst of" in err
+    assert f"artifact {out} written in" in err
     outputs = sum(len(v) for v in json.loads((out / "manifest.json").read_text())["validation"].values())
     assert outputs == 4 * (1 + 2 * 2) - 1  # 4 graphs x (logits + K/V of 2 layers), no logits in prefill
     assert cli.main([str(ckpt), "-o", str(out), "--max-context", "16", "--force", "--verbose"]) == 0

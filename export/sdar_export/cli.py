@@ -397,16 +397,14 @@ def _print_summary(s: dict) -> None:
     lines = [f"artifact: {s['out']}"]
     if c is not None:
         from rich.table import Table  # noqa: PLC0415
-        # The stages' times were printed as they ran; the summary gives the total.
-        total = sum(s["times"].values())
-        t = Table(title=f"sdar-export → {s['out']} ({total:.1f} s)")
+        t = Table(title="files")
         t.add_column("file")
         t.add_column("size", justify="right")
         for f, n in s["files"].items():
             t.add_row(f, _human(n))
         c.print(t)
         if s["validation"]:
-            t3 = Table(title="validation vs PyTorch: all outputs within tolerance (--verbose lists each)")
+            t3 = Table(title="validation vs PyTorch (all within tolerance)")
             t3.add_column("graph")
             t3.add_column("output")
             t3.add_column("max abs err", justify="right")
@@ -416,6 +414,9 @@ def _print_summary(s: dict) -> None:
             c.print(t3)
         else:
             c.print("[yellow]validation skipped[/yellow]")
+        # The stages' times were printed as they ran; here the total.
+        c.print(f"artifact {s['out']} written in {sum(s['times'].values()):.1f} s", highlight=False,
+                soft_wrap=True)
         return
     print("\n".join(lines), file=sys.stderr)
 
