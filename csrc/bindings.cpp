@@ -3,19 +3,24 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "build_config.h"
+#include "cancellation.h"
 #include "errors.h"
 #include "generator.h"
 #include "host_backend.h"
 #include "philox.h"
+#include "py_values.h"
 #include "remask.h"
 #include "sampler.h"
 #include "step_callback.h"
+#include "synthetic_engine.h"
 
 #ifdef SDAR_HAVE_CUDA
 #include "cuda/bindings_cuda.h"  // GPU kernels for tests and benchmarks
@@ -30,9 +35,9 @@ using namespace sdar;
 
 namespace {
 
-// Lets a Python class implement Engine. pybind11 reacquires the GIL for the override; after
-// run() returns, pending signals are checked so Ctrl-C raises KeyboardInterrupt promptly: the
-// error_already_set unwinds the C++ loop and is re-raised in Python.
+// Lets a Python class implement Engine. pybind11 reacquires the GIL for the override; an exception
+// it raises (KeyboardInterrupt included) unwinds the C++ loop as error_already_set and is re-raised
+// in Python.
 class PyEngine : public Engine {
  public:
   using Engine::Engine;
@@ -42,9 +47,33 @@ class PyEngine : public Engine {
     const py::function override = py::get_override(static_cast<const Engine*>(this), "run");
     if (!override) throw EngineError("the Python engine does not implement run()");
     override(kind, past_len, tokens);
-    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
   }
 };
+
+// Python handles signals only on the main thread; there, the core's cancellation poll (before
+// every engine pass) takes the GIL and runs the pending handlers, so Ctrl-C raises
+// KeyboardInterrupt within one forward whatever the engine is (a C++ TensorRT engine never enters
+// Python). At most every 10 ms: passes of a GPU engine take a few ms, and each GIL acquisition can
+// wait for another Python thread's switch interval. Other threads are stopped through a
+// CancelToken. Call with the GIL held.
+constexpr std::chrono::milliseconds kSignalPollInterval{10};
+
+Cancellation python_cancellation(const CancelToken* token) {
+  using Clock = std::chrono::steady_clock;
+  Cancellation cancel;
+  cancel.token = token;
+  const py::module_ threading = py::module_::import("threading");
+  if (threading.attr("current_thread")().is(threading.attr("main_thread")())) {
+    cancel.poll = [last = Clock::now() - kSignalPollInterval]() mutable {
+      const auto now = Clock::now();
+      if (now - last < kSignalPollInterval) return;
+      last = now;
+      const py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    };
+  }
+  return cancel;
+}
 
 // "cpu": the host loop and sampler; "cuda": cache, buffers and unmasking on the current GPU.
 std::unique_ptr<DecodeBackend> make_backend(const std::string& device) {
@@ -53,8 +82,9 @@ std::unique_ptr<DecodeBackend> make_backend(const std::string& device) {
 #ifdef SDAR_HAVE_CUDA
     return std::make_unique<cuda::DeviceBackend>();  // throws a clear DeviceError without a GPU
 #else
-    throw Error("device='cuda' needs sdar_rt built with its CUDA kernels, and this build has none (nvcc was not "
-                "found when it was installed): reinstall it with the CUDA toolkit on PATH, or use device='cpu'");
+    throw Error(std::string("device='cuda' needs sdar_rt built with its CUDA kernels, and this build has none (") +
+                SDAR_CUDA_REASON + "): reinstall it with SDAR_WITH_CUDA=ON (pip install --config-settings="
+                "cmake.define.SDAR_WITH_CUDA=ON ...) on a machine with nvcc, or use device='cpu'");
 #endif
   }
   throw InvalidArgument("device must be 'cpu' or 'cuda', got '" + device + "'");
@@ -146,41 +176,68 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("prefill_chunk", &ModelSpec::effective_prefill_chunk)
       .def_property_readonly("row_bytes", &ModelSpec::row_bytes);
 
+  // Parameters arrive as Python objects so a wrong type gets the same ValueError (naming the
+  // parameter) as a wrong value; the ranges are checked by the core when a call starts.
+  namespace pv = py_values;
   py::class_<GenerationConfig>(m, "GenerationConfig")
-      .def(py::init([](int max_new_tokens, int denoising_steps, const std::string& remasking, double threshold,
-                       double temperature, int top_k, double top_p, std::uint64_t seed,
-                       std::vector<std::int64_t> stop_ids, bool fused_commit, std::vector<std::uint32_t> row_ids) {
+      .def(py::init([](const py::object& max_new_tokens, const py::object& denoising_steps,
+                       const py::object& remasking, const py::object& threshold, const py::object& temperature,
+                       const py::object& top_k, const py::object& top_p, const py::object& seed,
+                       std::vector<std::int64_t> stop_ids, const py::object& fused_commit,
+                       std::vector<std::uint32_t> row_ids) {
              GenerationConfig c;
-             c.max_new_tokens = max_new_tokens;
-             c.denoising_steps = denoising_steps;
-             c.remasking = parse_remask_policy(remasking);
-             c.threshold = threshold;
-             c.temperature = temperature;
-             c.top_k = top_k;
-             c.top_p = top_p;
-             c.seed = seed;
+             c.max_new_tokens = pv::to_int(max_new_tokens, "max_new_tokens");
+             c.denoising_steps = pv::to_optional_int(denoising_steps, "denoising_steps");
+             c.remasking = parse_remask_policy(pv::to_string(remasking, "remasking"));
+             c.threshold = pv::to_double(threshold, "threshold");
+             c.temperature = pv::to_double(temperature, "temperature");
+             c.top_k = pv::to_int(top_k, "top_k");
+             c.top_p = pv::to_double(top_p, "top_p");
+             c.seed = pv::to_seed(seed);
              c.stop_ids = std::move(stop_ids);
-             c.fused_commit = fused_commit;
+             c.fused_commit = pv::to_bool(fused_commit);
              c.row_ids = std::move(row_ids);
              return c;
            }),
-           py::kw_only(), py::arg("max_new_tokens") = 128, py::arg("denoising_steps") = 0,
+           py::kw_only(), py::arg("max_new_tokens") = 128, py::arg("denoising_steps") = py::none(),
            py::arg("remasking") = "low_confidence_dynamic", py::arg("threshold") = 0.9, py::arg("temperature") = 0.0,
            py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0,
            py::arg("stop_ids") = std::vector<std::int64_t>{}, py::arg("fused_commit") = true,
-           py::arg("row_ids") = std::vector<std::uint32_t>{})
-      .def_readwrite("max_new_tokens", &GenerationConfig::max_new_tokens)
-      .def_readwrite("denoising_steps", &GenerationConfig::denoising_steps)
+           py::arg("row_ids") = std::vector<std::uint32_t>{},
+           "Decoding parameters (README 'Generating'); denoising_steps None means the block length. Types are "
+           "checked here, ranges when generate() starts; both raise InvalidArgumentError (a ValueError).")
+      .def_property(
+          "max_new_tokens", [](const GenerationConfig& c) { return c.max_new_tokens; },
+          [](GenerationConfig& c, const py::object& v) { c.max_new_tokens = pv::to_int(v, "max_new_tokens"); })
+      .def_property(
+          "denoising_steps", [](const GenerationConfig& c) { return c.denoising_steps; },
+          [](GenerationConfig& c, const py::object& v) {
+            c.denoising_steps = pv::to_optional_int(v, "denoising_steps");
+          })
       .def_property(
           "remasking", [](const GenerationConfig& c) { return remask_policy_name(c.remasking); },
-          [](GenerationConfig& c, const std::string& name) { c.remasking = parse_remask_policy(name); })
-      .def_readwrite("threshold", &GenerationConfig::threshold)
-      .def_readwrite("temperature", &GenerationConfig::temperature)
-      .def_readwrite("top_k", &GenerationConfig::top_k)
-      .def_readwrite("top_p", &GenerationConfig::top_p)
-      .def_readwrite("seed", &GenerationConfig::seed)
+          [](GenerationConfig& c, const py::object& v) {
+            c.remasking = parse_remask_policy(pv::to_string(v, "remasking"));
+          })
+      .def_property(
+          "threshold", [](const GenerationConfig& c) { return c.threshold; },
+          [](GenerationConfig& c, const py::object& v) { c.threshold = pv::to_double(v, "threshold"); })
+      .def_property(
+          "temperature", [](const GenerationConfig& c) { return c.temperature; },
+          [](GenerationConfig& c, const py::object& v) { c.temperature = pv::to_double(v, "temperature"); })
+      .def_property(
+          "top_k", [](const GenerationConfig& c) { return c.top_k; },
+          [](GenerationConfig& c, const py::object& v) { c.top_k = pv::to_int(v, "top_k"); })
+      .def_property(
+          "top_p", [](const GenerationConfig& c) { return c.top_p; },
+          [](GenerationConfig& c, const py::object& v) { c.top_p = pv::to_double(v, "top_p"); })
+      .def_property(
+          "seed", [](const GenerationConfig& c) { return c.seed; },
+          [](GenerationConfig& c, const py::object& v) { c.seed = pv::to_seed(v); })
       .def_readwrite("stop_ids", &GenerationConfig::stop_ids)
-      .def_readwrite("fused_commit", &GenerationConfig::fused_commit)
+      .def_property(
+          "fused_commit", [](const GenerationConfig& c) { return c.fused_commit; },
+          [](GenerationConfig& c, const py::object& v) { c.fused_commit = pv::to_bool(v); })
       .def_readwrite("row_ids", &GenerationConfig::row_ids);
 
   py::class_<Stats>(m, "Stats")
@@ -234,6 +291,20 @@ PYBIND11_MODULE(_core, m) {
       .def("bind", &Engine::bind, py::arg("bindings"))
       .def("run", &Engine::run, py::arg("kind"), py::arg("past_len"), py::arg("tokens"));
 
+  py::class_<SyntheticEngine, Engine, std::shared_ptr<SyntheticEngine>>(
+      m, "SyntheticEngine",
+      "A C++ engine that never enters Python (as TensorRT): position p decodes to token (7p + 1) % V (the next id "
+      "if that is mask_id), each pass takes pass_seconds. For tests and loop-overhead measurements; device='cpu'.")
+      .def(py::init<std::int64_t, double>(), py::kw_only(), py::arg("mask_id"), py::arg("pass_seconds") = 0.0)
+      .def("winner", &SyntheticEngine::winner, py::arg("position"))
+      .def_property_readonly("calls", &SyntheticEngine::calls);
+
+  py::class_<CancelToken, std::shared_ptr<CancelToken>>(
+      m, "CancelToken", "Stops a generate() call running in another thread: rows still running end as 'cancelled'.")
+      .def(py::init<>())
+      .def("cancel", &CancelToken::cancel, "Ends the call at its next engine pass; one-shot.")
+      .def_property_readonly("cancelled", &CancelToken::cancelled);
+
   py::class_<Generator>(m, "Generator")
       .def(py::init([](const ModelSpec& spec, std::shared_ptr<Engine> engine, const std::string& device) {
              return std::make_unique<Generator>(spec, std::move(engine), make_backend(device));
@@ -244,14 +315,14 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "generate",
           [](Generator& self, const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
-             const py::object& on_block, const py::object& on_step, bool reuse_cache) {
+             const py::object& on_block, const py::object& on_step, bool reuse_cache,
+             const std::shared_ptr<CancelToken>& cancel) {
             BlockCallback callback;
             if (!on_block.is_none()) {
               const py::object* fn = &on_block;  // outlives the call; never copied without the GIL
               callback = [fn](int block, const std::vector<std::vector<std::int64_t>>& tokens) -> bool {
                 py::gil_scoped_acquire gil;
                 const py::object keep = (*fn)(block, tokens);
-                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
                 return keep.is_none() || keep.cast<bool>();
               };
             }
@@ -259,16 +330,18 @@ PYBIND11_MODULE(_core, m) {
             options.on_block = std::move(callback);
             options.on_step = bindings::python_step_callback(on_step);
             options.reuse_cache = reuse_cache;
+            options.cancel = python_cancellation(cancel.get());
             const py::gil_scoped_release release;
             return self.generate(prompts, config, options);
           },
           py::arg("prompts"), py::arg("config"), py::arg("on_block") = py::none(), py::kw_only(),
-          py::arg("on_step") = py::none(), py::arg("reuse_cache") = false,
+          py::arg("on_step") = py::none(), py::arg("reuse_cache") = false, py::arg("cancel") = nullptr,
           "Runs the decoding rules over 1..B equal-length prompts; releases the GIL. on_block(block_index, "
           "tokens_per_row) -> bool|None is called per finished block; False cancels. on_step(block_index, step, "
           "block_start, tokens_per_row, masked_per_row) -> bool|None after every denoising step; False cancels. "
-          "reuse_cache: start from the longest whole-block prefix of the prompts the KV cache holds. Concurrent "
-          "calls on one Generator are serialised.")
+          "reuse_cache: start from the longest whole-block prefix of the prompts the KV cache holds. cancel: a "
+          "CancelToken another thread may set; checked before every engine pass, like Ctrl-C when called on the "
+          "main thread. Concurrent calls on one Generator are serialised.")
       .def("cached_tokens", &Generator::cached_tokens, py::arg("row") = 0, py::call_guard<py::gil_scoped_release>(),
            "The token ids whose K/V the committed prefix of cache row `row` holds.")
       .def_property_readonly("spec", &Generator::spec)
@@ -312,6 +385,9 @@ PYBIND11_MODULE(_core, m) {
 #else
     d["tensorrt"] = false;
 #endif
+    d["cuda_mode"] = SDAR_CUDA_MODE;      // the SDAR_WITH_CUDA switch: AUTO | ON | OFF
+    d["cuda_reason"] = SDAR_CUDA_REASON;  // why the kernels were built or skipped
     return d;
-  });
+  },
+  "What this build contains: {'cuda': bool, 'tensorrt': bool, 'cuda_mode': SDAR_WITH_CUDA, 'cuda_reason': why}.");
 }

@@ -1,11 +1,13 @@
 // What a caller can hook into a generate() call: a callback per finished block (the output it
-// added), a callback per denoising step (the live state of the block being denoised), and
-// whether the call may start from the KV cache's committed prefix (cache_contents.h).
+// added), a callback per denoising step (the live state of the block being denoised), whether the
+// call may start from the KV cache's committed prefix (cache_contents.h), and its cancellation.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <vector>
+
+#include "cancellation.h"
 
 namespace sdar {
 
@@ -40,6 +42,8 @@ struct CallOptions {
   // Start from the longest whole-block prefix of the prompts that the cache already holds
   // (verified token by token), instead of prefilling from position 0.
   bool reuse_cache = false;
+  // Consulted before every engine pass (cancellation.h).
+  Cancellation cancel;
 };
 
 }  // namespace sdar

@@ -1,7 +1,9 @@
-// Per-call decoding parameters (CONTRACTS.md "Decoding rules").
+// Per-call decoding parameters (CONTRACTS.md "Decoding rules"). Their ranges are checked in one
+// place, when a call starts (Generator::generate); the bindings only convert Python values.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,7 +16,7 @@ std::string remask_policy_name(RemaskPolicy policy);
 
 struct GenerationConfig {
   int max_new_tokens = 128;
-  int denoising_steps = 0;  // 0 -> block_length
+  std::optional<int> denoising_steps;  // unset -> block_length
   RemaskPolicy remasking = RemaskPolicy::LowConfidenceDynamic;
   double threshold = 0.9;   // low_confidence_dynamic only, in (0, 1]
   double temperature = 0.0; // 0 -> greedy

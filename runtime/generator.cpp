@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <utility>
 
@@ -17,6 +18,13 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A parameter value as a user wrote it: 0.9, 1e-05, nan (std::to_string gives 0.900000).
+std::string number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
 }
 
 bool contains(const std::vector<std::int64_t>& ids, std::int64_t id) {
@@ -93,28 +101,31 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
     }
   }
   if (config.max_new_tokens < 1) {
-    throw InvalidArgument("max_new_tokens must be >= 1, got " + std::to_string(config.max_new_tokens));
+    throw InvalidArgument("max_new_tokens must be at least 1, got " + std::to_string(config.max_new_tokens));
   }
-  plan.steps = config.denoising_steps == 0 ? L : config.denoising_steps;
+  plan.steps = config.denoising_steps.value_or(L);
   if (plan.steps < 1 || plan.steps > L) {
     throw InvalidArgument("denoising_steps must be in [1, block_length=" + std::to_string(L) + "], got " +
-                          std::to_string(config.denoising_steps));
+                          std::to_string(plan.steps) + " (unset: " + std::to_string(L) + ", one token per step)");
   }
   plan.schedule = denoising_schedule(L, plan.steps);
   if (!(config.threshold > 0.0 && config.threshold <= 1.0)) {
-    throw InvalidArgument("threshold must be in (0, 1], got " + std::to_string(config.threshold));
+    throw InvalidArgument("threshold must be in (0, 1], got " + number(config.threshold) +
+                          "; 0.9 is the default, lower values unmask more tokens per step");
   }
   if (!(config.temperature >= 0.0) || !std::isfinite(config.temperature)) {
-    throw InvalidArgument("temperature must be a finite number >= 0, got " + std::to_string(config.temperature));
+    throw InvalidArgument("temperature must be a finite number >= 0 (0 = greedy), got " + number(config.temperature));
   }
-  if (config.top_k < 0) throw InvalidArgument("top_k must be >= 0, got " + std::to_string(config.top_k));
+  if (config.top_k < 0) throw InvalidArgument("top_k must be >= 0 (0 = off), got " + std::to_string(config.top_k));
   if (!(config.top_p > 0.0 && config.top_p <= 1.0)) {
-    throw InvalidArgument("top_p must be in (0, 1], got " + std::to_string(config.top_p));
+    throw InvalidArgument("top_p must be in (0, 1] (1 = off), got " + number(config.top_p));
   }
   plan.stop_ids = spec_.eos_ids;
   for (const std::int64_t id : config.stop_ids) {
     if (id < 0 || id >= spec_.vocab_size) {
-      throw InvalidArgument("stop id " + std::to_string(id) + " is outside [0, " + std::to_string(spec_.vocab_size) + ")");
+      throw InvalidArgument("stop id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                            std::to_string(spec_.vocab_size) + "); pass a token id below " +
+                            std::to_string(spec_.vocab_size) + " or a stop string");
     }
     if (!contains(plan.stop_ids, id)) plan.stop_ids.push_back(id);
   }
@@ -141,9 +152,11 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
 }
 
 GenerationResult Generator::generate(const std::vector<std::vector<std::int64_t>>& prompts,
-                                     const GenerationConfig& config, const BlockCallback& on_block) {
+                                     const GenerationConfig& config, const BlockCallback& on_block,
+                                     const Cancellation& cancel) {
   CallOptions options;
   options.on_block = on_block;
+  options.cancel = cancel;
   return generate(prompts, config, options);
 }
 
@@ -171,6 +184,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   const auto call_start = Clock::now();
   const Plan plan = validate(prompts, config);
   const BlockCallback& on_block = options.on_block;
+  const Cancellation& cancel = options.cancel;
   // From here on the cache changes: nothing in it is trusted until this call records it.
   const CacheContents::Rows cached_before = contents_.take();
   DecodeBackend& backend = *backend_;
@@ -187,12 +201,23 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   setup.row_ids = &plan.row_ids;
   setup.config = &config;
   backend.begin_call(setup);
-  // Copies positions [start, start + tokens) of every row into the engine's input ids.
-  const auto pack_ids = [&](int start, int tokens) {
+  // One engine pass over positions [start, start + tokens) of every row, unless the call is
+  // cancelled (returns false). The cancellation check runs before every pass, on every backend:
+  // a cancelled call ends within one forward. Ending between passes is safe: every call starts
+  // over from begin_call, and the K/V rows written so far are never read as valid.
+  bool cancelled = false;
+  const auto engine_pass = [&](GraphKind kind, int start, int tokens, std::int64_t past) {
+    if (cancel.poll) cancel.poll();
+    if (cancel.token != nullptr && cancel.token->cancelled()) {
+      cancelled = true;
+      return false;
+    }
     if (tokens > buffers_.ids_capacity()) {
       throw EngineError("internal: " + std::to_string(tokens) + " tokens exceed the ids buffer");
     }
     backend.pack_ids(start, tokens);
+    backend.run_engine(engine, kind, past, tokens);
+    return true;
   };
 
   GenerationResult result;
@@ -209,8 +234,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   std::int64_t past_len = reused;
   for (int start = reused; start < prefill_len; start += chunk) {
     const int tokens = std::min(chunk, prefill_len - start);
-    pack_ids(start, tokens);
-    backend.run_engine(engine, GraphKind::Prefill, past_len, tokens);
+    if (!engine_pass(GraphKind::Prefill, start, tokens, past_len)) break;
     ++stats.nfe_prefill;
     past_len += tokens;
   }
@@ -226,11 +250,6 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   bool pending_commit = false;  // the previous block is finished but not yet in the cache
   const int first_block = prefill_len / L;
   const int last_block = plan.total / L - 1;
-  const auto cancel_running = [&]() {
-    for (int r = 0; r < plan.rows; ++r) {
-      if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
-    }
-  };
   std::vector<std::int64_t> step_tokens;
   std::vector<std::uint8_t> step_masked;
   StepView view;
@@ -238,13 +257,11 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
   view.block_length = L;
   view.tokens = &step_tokens;
   view.masked = &step_masked;
-  bool cancelled = false;
-  for (int b = first_block; b <= last_block; ++b) {
+  for (int b = first_block; b <= last_block && !cancelled; ++b) {
     const int block_start = b * L;
     const auto block_start_time = Clock::now();  // the block's latency includes its commit pass
     if (pending_commit && !config.fused_commit) {
-      pack_ids(block_start - L, L);
-      backend.run_engine(engine, GraphKind::Prefill, past_len, L);
+      if (!engine_pass(GraphKind::Prefill, block_start - L, L, past_len)) break;
       ++stats.nfe_commit;
       past_len += L;
       pending_commit = false;
@@ -256,14 +273,12 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     int step = 0;
     while (active > 0) {
       if (pending_commit) {  // fused: commit the previous block + first step of this one
-        pack_ids(block_start - L, 2 * L);
-        backend.run_engine(engine, GraphKind::Fused, past_len, 2 * L);
+        if (!engine_pass(GraphKind::Fused, block_start - L, 2 * L, past_len)) break;
         ++stats.nfe_fused;
         past_len += L;
         pending_commit = false;
       } else {
-        pack_ids(block_start, L);
-        backend.run_engine(engine, GraphKind::Decode, past_len, L);
+        if (!engine_pass(GraphKind::Decode, block_start, L, past_len)) break;
         ++stats.nfe_denoise;
       }
       request.block_start = block_start;
@@ -281,10 +296,7 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
       }
       ++step;
     }
-    if (cancelled) {
-      cancel_running();
-      break;
-    }
+    if (cancelled) break;  // mid-block: the block's tokens are not output
     stats.steps_per_block.push_back(step);
 
     // Rule 7: collect this block's output and each row's status.
@@ -317,11 +329,16 @@ GenerationResult Generator::decode(const std::vector<std::vector<std::int64_t>>&
     stats.block_seconds.push_back(seconds_since(block_start_time));
     if (b == first_block) stats.time_to_first_block = seconds_since(call_start);
     if (on_block && !on_block(b - first_block, block_tokens)) {
-      cancel_running();
+      cancelled = true;
       break;
     }
     if (all_done) break;
     pending_commit = true;  // rule 6: the final block is never committed
+  }
+  if (cancelled) {
+    for (int r = 0; r < plan.rows; ++r) {
+      if (!done[static_cast<std::size_t>(r)]) result.rows[static_cast<std::size_t>(r)].finish_reason = "cancelled";
+    }
   }
 
   for (auto& row : result.rows) {

@@ -22,6 +22,7 @@
 #include "buffer.h"
 #include "cache_contents.h"
 #include "callbacks.h"
+#include "cancellation.h"
 #include "decode_backend.h"
 #include "engine.h"
 #include "generation_config.h"
@@ -50,9 +51,11 @@ class Generator {
   Generator(const ModelSpec& spec, std::shared_ptr<Engine> engine, std::unique_ptr<DecodeBackend> backend);
 
   // prompts: 1..B token-id lists of equal, non-zero length. Validates everything before any work.
+  // `cancel` is consulted before every engine pass (cancellation.h).
   GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts,
-                            const GenerationConfig& config, const BlockCallback& on_block = {});
-  // The same with a step callback and cache reuse (callbacks.h).
+                            const GenerationConfig& config, const BlockCallback& on_block = {},
+                            const Cancellation& cancel = {});
+  // The same with a step callback, cache reuse and cancellation (callbacks.h).
   GenerationResult generate(const std::vector<std::vector<std::int64_t>>& prompts, const GenerationConfig& config,
                             const CallOptions& options);
 

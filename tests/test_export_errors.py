@@ -58,6 +58,25 @@ def test_wrong_model_type_and_missing_field(ck):
         SDARConfig.from_dict(c)
 
 
+@pytest.mark.parametrize("model_type", ["qwen3", "qwen3_moe"])
+def test_plain_autoregressive_model_is_refused(ck, tmp_path, capsys, model_type):
+    c = json.loads((ck / "config.json").read_text())
+    if model_type == "qwen3_moe":
+        c.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+    c["model_type"] = model_type
+    (ck / "config.json").write_text(json.dumps(c))
+    for block_length in ("4", "1"):
+        err = _main_err(capsys, ck, "-o", tmp_path / "out", "--block-length", block_length)
+        assert f"model_type '{model_type}' is a plain autoregressive model, not an SDAR" in err
+        assert "at any --block-length, 1 included" in err and "Export an SDAR checkpoint" in err
+        assert not (tmp_path / "out").exists()
+    # The loader still reads the network (the tiny task's evaluation decodes its AR model with it).
+    assert SDARConfig.from_dict(c).autoregressive
+    assert not SDARConfig.from_dict({**c, "model_type": model_type.replace("qwen3", "sdar")}).autoregressive
+    if model_type == "qwen3":
+        assert load_checkpoint(ck).config.autoregressive
+
+
 def test_unsupported_rope_scaling(ck):
     c = json.loads((ck / "config.json").read_text())
     c["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}

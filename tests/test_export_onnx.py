@@ -211,6 +211,36 @@ def test_cli_main_and_force(ckpt, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
+def _is_output_line(line: str) -> bool:  # "decode   logits   max abs 7.6e-06  rel 7.2e-07"
+    return " max abs " in line and " rel " in line
+
+
+def test_output_is_progress_and_a_summary(ckpt, tmp_path, capsys):
+    """Default: the stages as they run and a summary with the worst validation error per graph;
+    --verbose adds one line per validated output (no more, no less)."""
+    out = tmp_path / "art"
+    assert cli.main([str(ckpt), "-o", str(out), "--max-context", "16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)  # stdout: the artifact path only
+    err = captured.err
+    per_output = [line for line in err.splitlines() if _is_output_line(line)]
+    assert per_output == [], per_output
+    for stage in ("load checkpoint", "export ONNX graphs", "validate with ONNX Runtime"):
+        assert stage in err
+    assert "(all within tolerance)" in err and "worst of" in err
+    assert f"artifact {out} written in" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    outputs = sum(len(v) for v in manifest["validation"].values())
+    graphs = len(manifest["graphs"])  # prefill, decode, fused, step, trt
+    assert graphs == 5
+    assert outputs == graphs * (1 + 2 * 2) - 1  # per graph logits + K/V of 2 layers; no logits in prefill
+    assert cli.main([str(ckpt), "-o", str(out), "--max-context", "16", "--force", "--verbose"]) == 0
+    verbose = [line for line in capsys.readouterr().err.splitlines() if _is_output_line(line)]
+    assert len(verbose) == outputs
+    assert cli.main([str(ckpt), "-o", str(out), "--max-context", "16", "--force", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_failed_export_leaves_nothing(ckpt, tmp_path, monkeypatch):
     import sdar_export.onnx_export as ox
 

@@ -76,25 +76,48 @@ def test_bfloat16_refused_and_trt_not_built(art, tmp_path):
         Generator(art, engine="tvm")
 
 
+# Every parameter is checked once, by the core (types when the config is built, ranges when the
+# call starts): the error is the core's InvalidArgumentError, a ValueError, with the core's message.
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(max_new_tokens=0), "max_new_tokens"),
-        (dict(denoising_steps=5), "denoising_steps"),
-        (dict(threshold=0), "threshold"),
-        (dict(temperature=-1), "temperature"),
-        (dict(top_p=0), "top_p"),
-        (dict(top_k=-2), "top_k"),
-        (dict(remasking="random"), "remasking"),
-        (dict(seed=-1), "seed"),
-        (dict(num_samples=0), "num_samples"),
-        (dict(stop=[10**6]), "stop id"),
-        (dict(max_new_tokens=500), "max_context"),
+        (dict(max_new_tokens=0), r"max_new_tokens must be at least 1, got 0"),
+        (dict(max_new_tokens="8"), r"max_new_tokens must be an integer, got '8'"),
+        (dict(max_new_tokens=True), r"max_new_tokens must be an integer, got True"),
+        (dict(denoising_steps=5), r"denoising_steps must be in \[1, block_length=4\], got 5 \(unset: 4"),
+        (dict(denoising_steps=0), r"denoising_steps must be in \[1, block_length=4\], got 0"),
+        (dict(denoising_steps=2.0), r"denoising_steps must be an integer, got 2\.0"),
+        (dict(threshold=0), r"threshold must be in \(0, 1\], got 0;"),
+        (dict(threshold=1.5), r"threshold must be in \(0, 1\], got 1\.5;"),
+        (dict(threshold="high"), r"threshold must be a number, got 'high'"),
+        (dict(temperature=-1), r"temperature must be a finite number >= 0 \(0 = greedy\), got -1"),
+        (dict(temperature=float("inf")), r"temperature must be a finite number >= 0 .*got inf"),
+        (dict(temperature=1j), r"temperature must be a real number, got 1j"),
+        (dict(top_p=0), r"top_p must be in \(0, 1\] \(1 = off\), got 0"),
+        (dict(top_k=-2), r"top_k must be >= 0 \(0 = off\), got -2"),
+        (dict(top_k=1.5), r"top_k must be an integer, got 1\.5"),
+        (dict(remasking="random"), r"unknown remasking policy 'random' \(expected sequential, low_conf"),
+        (dict(remasking=None), r"remasking must be a string, got None"),
+        (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\), got -1"),
+        (dict(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
+        (dict(stop=[10**6]), r"stop id 1000000 is outside the vocabulary \[0, 512\); pass a token id below"),
+        (dict(max_new_tokens=500), r"17 tokens \+ max_new_tokens 500 needs 520 .*max_context 128; shorten"),
+        (dict(max_new_tokens=10**12), r"max_new_tokens 2147483647 needs .*more than max_context 128"),
     ],
 )
 def test_bad_parameters(gen, kw, match):
-    with pytest.raises(ValueError, match=match):
+    from sdar_rt import _core
+
+    with pytest.raises(_core.InvalidArgumentError, match=match) as err:
         gen.generate("hello", **kw)
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(_core.InvalidArgumentError, match=match):  # the same rule for streaming
+        list(gen.stream("hello", **kw))
+
+
+def test_num_samples_checked_before_the_core(gen):
+    with pytest.raises(ValueError, match=r"num_samples must be a positive integer, got 0"):
+        gen.generate("hello", num_samples=0)
 
 
 def test_bad_prompts(gen):
@@ -201,3 +224,19 @@ def test_cli_generate(art):
         timeout=120,
     )
     assert bad.returncode == 2 and "threshold" in bad.stderr
+
+
+def test_remasking_choices_are_what_the_core_accepts():
+    """The CLI's and the server's list of policies is the core's: each is accepted, and the core's
+    refusal of anything else names exactly these."""
+    import re
+
+    from sdar_rt import _core
+    from sdar_rt.generator import REMASKING_POLICIES
+
+    for policy in REMASKING_POLICIES:
+        assert _core.GenerationConfig(remasking=policy).remasking == policy
+    with pytest.raises(ValueError, match="unknown remasking policy") as err:
+        _core.GenerationConfig(remasking="random")
+    named = re.findall(r"[a-z_]+", str(err.value).split("expected", 1)[1])
+    assert set(named) - {"or"} == set(REMASKING_POLICIES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,18 @@ def test_demo_main_job_exports_and_streams_the_packaged_model(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip() == "0 1 2 3 3 5 8 9"  # sort: 5 9 1 3 3 8 0 2
     assert "[stop]" in captured.err and (tmp_path / "art" / "manifest.json").is_file()
+
+
+def test_readme_example_runs_on_the_shipped_model(tiny_generator):
+    """The README's Python example uses the shipped model's task, and its comments show what it prints."""
+    block = (ROOT / "README.md").read_text().split("```python", 1)[1]
+    block = block.split("```", 1)[0]
+    generate_prompt = re.search(r'gen\.generate\("([^"]+)"', block).group(1)
+    stream_prompt = re.search(r'gen\.stream\("([^"]+)"', block).group(1)
+    out = tiny_generator.generate(generate_prompt, max_new_tokens=64, threshold=0.9)
+    digits = sorted(generate_prompt.removeprefix("sort: ").split())
+    assert out.text == " ".join(digits) and out.finish_reason == "stop"
+    assert f"# {out.text} {out.finish_reason} {out.stats['tpf']:.2f}" in block
+    streamed = "".join(tiny_generator.stream(stream_prompt, max_new_tokens=64))
+    assert streamed == " ".join(sorted(stream_prompt.removeprefix("sort: ").split()))
+    assert f"# text per finished block: {streamed}" in block

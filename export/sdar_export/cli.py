@@ -49,8 +49,12 @@ def _console():
 
 
 class _Stages:
-    def __init__(self, quiet: bool):
+    """Progress on stderr: each stage and its steps; ``detail`` lines (every output's validation
+    error) only with verbose. The summary tables come at the end (``_print_summary``)."""
+
+    def __init__(self, quiet: bool, verbose: bool = False):
         self.quiet, self.console, self.times = quiet, (None if quiet else _console()), {}
+        self.verbose = verbose and not quiet
 
     def log(self, msg: str):
         if self.quiet:
@@ -59,6 +63,10 @@ class _Stages:
             self.console.print(f"  [dim]{msg}[/dim]")
         else:
             print("  " + msg, file=sys.stderr)
+
+    def detail(self, msg: str):
+        if self.verbose:
+            self.log(msg)
 
     def run(self, name: str, fn, *a, **kw):
         if not self.quiet:
@@ -119,7 +127,7 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
            quantize: str | None = None, group_size: int | None = None, symmetric: bool = True,
            quant_format: str | None = None, quantize_embeddings: bool = False, quantize_lm_head: bool = False,
            accuracy_level: int | None = None, awq: bool = False, calibration: str | Path | None = None,
-           lm_head_bits: int | None = None, _summary: dict | None = None,
+           lm_head_bits: int | None = None, verbose: bool = False, _summary: dict | None = None,
            _external_data_threshold: int | None = None) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path.
 
@@ -130,9 +138,11 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     sdar_export.quantize for the scheme and the graph forms, ``quant_format`` MatMulNBits | QDQ).
     ``awq``: activation-aware scales (sdar_export.awq) calibrated on ``calibration`` (a file, one
     prompt per line; None: a built-in set) before the RTN step.
+    Output on stderr: the stages as they run and a summary (files, times, worst validation error per
+    graph); ``verbose`` adds every output's validation error, ``quiet`` prints nothing.
     """
     model_dir = Path(model_dir)
-    st = _Stages(quiet)
+    st = _Stages(quiet, verbose)
     if engine not in ("onnx", "trt"):
         raise ExportError(f"--engine must be 'onnx' or 'trt', got {engine!r}")
     if dtype in ("fp16", "fp32", "bf16"):
@@ -174,6 +184,16 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     cfg = SDARConfig.from_file(model_dir) if model_dir.is_dir() else None
     if cfg is None:
         raise CheckpointError(f"{model_dir}: checkpoint directory not found.")
+    if cfg.autoregressive:
+        # Even at block length 1 the runtime reads the logits of each masked position itself (no
+        # shift), which an autoregressive model spends on the position after it.
+        raise CheckpointError(
+            f"{model_dir / 'config.json'}: model_type {cfg.declared_model_type!r} is a plain autoregressive "
+            "model, not an SDAR block-diffusion model. sdar_rt fills masked positions from their own "
+            "logits, which such a model was never trained to give (at any --block-length, 1 included), so "
+            "its output would be wrong text. Export an SDAR checkpoint (model_type 'sdar' or 'sdar_moe'); "
+            "if this checkpoint is an SDAR model whose config.json says otherwise, set its model_type to "
+            f"{cfg.model_type!r}.")
     from .quantize import check_not_quantized  # noqa: PLC0415
     check_not_quantized(model_dir)
     if max_context is None:
@@ -248,7 +268,7 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
                                        validate_quantized, model, float_model, stage, graphs, plan.scheme,
                                        block_length, max_context, batch, dtype, tol, progress=st.log)
                 for line in format_report(reports).splitlines():
-                    st.log(line)
+                    st.detail(line)
                 vf = qval.get("vs_float_rel", {}).get("decode", {})
                 if "logits" in vf:
                     st.log(f"quantization error (informational): decode logits rel err vs float "
@@ -260,7 +280,7 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
                 reports = st.run("validate with ONNX Runtime", validate_artifact_graphs, model, stage, graphs,
                                  block_length, max_context, batch, dtype, tol, progress=st.log)
                 for line in format_report(reports).splitlines():
-                    st.log(line)
+                    st.detail(line)
                 validation = {k: r.errors for k, r in reports.items()}
             for f in COPIED_FILES:
                 if (model_dir / f).exists():
@@ -395,20 +415,14 @@ def _print_summary(s: dict) -> None:
     lines = [f"artifact: {s['out']}"]
     if c is not None:
         from rich.table import Table  # noqa: PLC0415
-        t = Table(title=f"sdar-export → {s['out']}")
+        t = Table(title="files")
         t.add_column("file")
         t.add_column("size", justify="right")
         for f, n in s["files"].items():
             t.add_row(f, _human(n))
         c.print(t)
-        t2 = Table(title="stages")
-        t2.add_column("stage")
-        t2.add_column("seconds", justify="right")
-        for k, v in s["times"].items():
-            t2.add_row(k, f"{v:.2f}")
-        c.print(t2)
         if s["validation"]:
-            t3 = Table(title="validation: max abs error vs PyTorch")
+            t3 = Table(title="validation vs PyTorch (all within tolerance)")
             t3.add_column("graph")
             t3.add_column("output")
             t3.add_column("max abs err", justify="right")
@@ -418,6 +432,9 @@ def _print_summary(s: dict) -> None:
             c.print(t3)
         else:
             c.print("[yellow]validation skipped[/yellow]")
+        # The stages' times were printed as they ran; here the total.
+        c.print(f"artifact {s['out']} written in {sum(s['times'].values()):.1f} s", highlight=False,
+                soft_wrap=True)
         return
     print("\n".join(lines), file=sys.stderr)
 
@@ -439,16 +456,25 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="float16 weights/activations/KV (logits fp32)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 weights/KV (logits fp32)")
-    p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH)
+    p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH,
+                   help="tokens decoded together per block, fixed in the graphs: the block length the "
+                        f"model was trained with (default {DEFAULT_BLOCK_LENGTH})")
     p.add_argument("--max-context", type=int, default=None,
-                   help="default: min(4096, max_position_embeddings)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--engine", choices=["onnx", "trt"], default="onnx")
-    p.add_argument("--opset", type=int, default=18)
+                   help="prompt + output tokens the KV cache holds, a multiple of the block length "
+                        "(default: min(4096, max_position_embeddings))")
+    p.add_argument("--batch", type=int, default=1,
+                   help="rows per forward, fixed in the graphs: prompts decoded together, or samples of "
+                        "one prompt (num_samples); default 1")
+    p.add_argument("--engine", choices=["onnx", "trt"], default="onnx",
+                   help="onnx (default): ONNX graphs, run by ONNX Runtime anywhere; trt: also build "
+                        "TensorRT plans (needs TensorRT and a GPU; run it on the target device)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset of the graphs (default 18; 17 or newer)")
     p.add_argument("--prefill-chunk", type=int, default=None,
                    help="largest prefill chunk in tokens (multiple of block length; default 256)")
     p.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT builder workspace limit")
-    p.add_argument("--skip-validate", action="store_true")
+    p.add_argument("--skip-validate", action="store_true",
+                   help="do not compare the graphs with PyTorch on ONNX Runtime (faster; an exporter "
+                        "error then goes unnoticed)")
     p.add_argument("--tolerance", type=float, nargs=2, metavar=("ATOL", "RTOL"), default=None,
                    help="validation tolerance: max|ort - torch| <= ATOL + RTOL * max|torch| "
                         "(default per dtype, see sdar_export.validate)")
@@ -478,7 +504,10 @@ def parser() -> argparse.ArgumentParser:
                         "network (sdar_export.awq)")
     q.add_argument("--calibration", default=None, metavar="FILE",
                    help="AWQ calibration prompts, one per line (\\n = newline); default: a built-in set")
-    p.add_argument("-q", "--quiet", action="store_true")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", "--quiet", action="store_true", help="print only the artifact path")
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="also print every output's validation error (default: the worst per graph)")
     return p
 
 
@@ -495,7 +524,7 @@ def main(argv=None) -> int:
                      symmetric=a.symmetric, quant_format=a.quant_format,
                      quantize_embeddings=a.quantize_embeddings, quantize_lm_head=a.quantize_lm_head,
                      accuracy_level=a.accuracy_level, awq=a.awq, calibration=a.calibration,
-                     lm_head_bits=a.lm_head_bits)
+                     lm_head_bits=a.lm_head_bits, verbose=a.verbose)
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ from typing import Any
 from .errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("sdar", "sdar_moe")
-# Tolerated aliases (plain Qwen3 checkpoints share the network; the mask is ours).
+# Plain autoregressive Qwen3 checkpoints share the network, so the loader reads them (the tiny task's
+# evaluation decodes its AR model this way), but they are not SDAR models: sdar-export refuses them
+# (see ``autoregressive``).
 _MODEL_TYPE_ALIASES = {"qwen3": "sdar", "qwen3_moe": "sdar_moe"}
 SUPPORTED_ROPE_TYPES = (None, "default", "linear")
 
@@ -44,9 +46,15 @@ class SDARConfig:
     norm_topk_prob: bool = True
     decoder_sparse_step: int = 1
     mlp_only_layers: list[int] = field(default_factory=list)
+    declared_model_type: str = ""   # config.json's model_type before aliasing
     extra: dict = field(default_factory=dict, repr=False)
 
     # ---- derived -------------------------------------------------------------------------
+    @property
+    def autoregressive(self) -> bool:
+        """config.json declares a plain autoregressive Qwen3 model, not an SDAR one."""
+        return self.declared_model_type in _MODEL_TYPE_ALIASES
+
     @property
     def is_moe(self) -> bool:
         return self.model_type == "sdar_moe"
@@ -80,6 +88,7 @@ class SDARConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
+        d.pop("declared_model_type")
         out = dict(extra)
         out.update(d)
         return out
@@ -108,6 +117,7 @@ class SDARConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kw: dict[str, Any] = {k: v for k, v in d.items() if k in names}
         kw["model_type"] = mt
+        kw["declared_model_type"] = d["model_type"]
         if kw.get("num_key_value_heads") is None:
             kw["num_key_value_heads"] = d["num_attention_heads"]
         if kw.get("head_dim") is None:

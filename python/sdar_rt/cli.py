@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
+from .generator import REMASKING_POLICIES
 
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
 PACKAGED_PROMPT = "sort: 5 9 1 3 3 8 0 2"  # the packaged model's task (see its README.md)
@@ -19,6 +24,28 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _first_ctrl_c_only() -> Iterator[None]:
+    """The first Ctrl-C raises KeyboardInterrupt; later ones are ignored until the process exits,
+    so a second press cannot cut short the clean-up (the decoding thread stops within one forward)
+    or turn the exit status 130 into a traceback. A SIGINT the shell set to be ignored stays so."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def first(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is first:  # no Ctrl-C: back to Python's handler
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument(
@@ -27,7 +54,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--remasking",
         default="low_confidence_dynamic",
-        choices=["sequential", "low_confidence_static", "low_confidence_dynamic"],
+        choices=list(REMASKING_POLICIES),
     )
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -71,10 +98,13 @@ def _print_stats(stats: dict, finish_reason: str) -> None:
 
 
 def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
-    for piece in gen.stream(prompt, **kwargs):
-        if not as_json:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+    # Closed on every way out (Ctrl-C while writing included): the decoding thread stops and is
+    # joined here, before the interpreter exits.
+    with contextlib.closing(gen.stream(prompt, **kwargs)) as pieces:
+        for piece in pieces:
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
     out = gen.last_output
     if as_json:
         print(
@@ -122,9 +152,10 @@ def generate_main(argv=None) -> int:
         from .generator import Generator
 
         gen = Generator(a.artifact, engine=a.engine, device=a.device, threads=a.threads)
-        if a.show_unmasking:
-            return _show_unmasking(gen, a.prompt, _decoding_kwargs(a), a.step_delay)
-        return _stream(gen, a.prompt, _decoding_kwargs(a), a.json)
+        with _first_ctrl_c_only():
+            if a.show_unmasking:
+                return _show_unmasking(gen, a.prompt, _decoding_kwargs(a), a.step_delay)
+            return _stream(gen, a.prompt, _decoding_kwargs(a), a.json)
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-generate: error: {exc}")
         return 2
@@ -209,7 +240,8 @@ def demo_main(argv=None) -> int:
         )
         prompt = a.prompt or (PACKAGED_PROMPT if model_dir == PACKAGED_CHECKPOINT else "Once upon a time")
         _err(f"      prompt: {prompt!r}")
-        return _stream(gen, prompt, _decoding_kwargs(a))
+        with _first_ctrl_c_only():
+            return _stream(gen, prompt, _decoding_kwargs(a))
     except ImportError as exc:
         _err(
             f"sdar-demo: error: {exc}; exporting needs torch: pip install torch==2.13.0 "

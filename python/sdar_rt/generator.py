@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .artifact import Artifact, load_artifact
+from .core_calls import CoreCall, running, start_thread
 from .incremental_text import IncrementalText, first_stop
 from .tokenizer import Tokenizer
 from .unmasking import StepRows, UnmaskingStep
@@ -18,8 +19,10 @@ from .unmasking import StepRows, UnmaskingStep
 if TYPE_CHECKING:
     from .conversation import Conversation
 
-REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
 DEFAULT_PREFILL_CHUNK = 512
+# The remasking policies the core knows, for choices in the CLI and the server's request schema
+# (the core validates the value itself; a test keeps this list equal to what it accepts).
+REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class _CallHooks:
     on_step: Callable[[UnmaskingStep], Any] | None = None
     reuse_cache: bool = False
     independent_rows: bool = False
+    cancel: Any = None  # the caller's event (``is_set()``), polled per block and per step
 
 
 class Generator:
@@ -175,8 +179,9 @@ class Generator:
         )
         stop_ids, stop_strings = self._stop(stop)
         config.stop_ids = stop_ids
-        hooks = _CallHooks(on_step, bool(reuse_cache), bool(independent_rows))
-        outputs = self._run(rows, config, stop_strings, on_text, cancel, hooks)
+        hooks = _CallHooks(on_step, bool(reuse_cache), bool(independent_rows), cancel)
+        with running(CoreCall()) as call:  # a caller's own thread is stopped at exit too
+            outputs = self._run(rows, config, stop_strings, on_text, call.token, hooks)
         result = outputs[0] if single else outputs
         self.last_output = result
         return result
@@ -200,15 +205,19 @@ class Generator:
             raise ValueError("stream() takes one prompt; use generate() for a batch")
         for name in ("on_text", "cancel"):
             if name in kwargs:
-                raise ValueError(f"stream() does not take {name}")
-        chunks: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+                raise ValueError(f"stream() does not take {name} (closing the iterator cancels it)")
+        chunks: queue.SimpleQueue = queue.SimpleQueue()  # put() never blocks (see core_calls)
+        call = CoreCall()
 
         def on_text(row: int, delta: str) -> None:
             if delta:
                 chunks.put(("text", delta))
 
         def worker() -> None:
+            with running(call):
+                run()
+
+        def run() -> None:
             try:
                 rows, _ = self._prompt_rows(
                     prompt, kwargs.pop("prompt_ids", None), kwargs.pop("chat", None), 1
@@ -217,15 +226,15 @@ class Generator:
                 hooks = _CallHooks(kwargs.pop("on_step", None), bool(kwargs.pop("reuse_cache", False)))
                 config = self._config(**{k: v for k, v in kwargs.items() if k != "num_samples"})
                 config.stop_ids = stop_ids
-                out = self._run(rows, config, stop_strings, on_text, cancel, hooks)[0]
+                out = self._run(rows, config, stop_strings, on_text, call.token, hooks)[0]
                 self.last_output = out
                 chunks.put(("done", out))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 chunks.put(("error", exc))
 
         thread = threading.Thread(target=worker, name="sdar-stream", daemon=True)
-        thread.start()
         try:
+            start_thread(thread)
             while True:
                 kind, value = chunks.get()
                 if kind == "text":
@@ -234,9 +243,10 @@ class Generator:
                     return value
                 else:
                     raise value
-        finally:
-            cancel.set()
-            thread.join()
+        finally:  # also on close() and on Ctrl-C while waiting for a block
+            call.token.cancel()  # a worker that starts only now ends at its first engine pass
+            if thread.ident is not None:  # running: wait until it has left the core
+                call.stop()
 
     def session(
         self, *, system: str | None = None, messages: list[dict] | None = None, chat: bool | None = None
@@ -317,39 +327,18 @@ class Generator:
         seed=0,
         fused_commit=True,
     ) -> _core.GenerationConfig:
-        if not _is_int(max_new_tokens) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        L = self.spec.block_length
-        steps = L if denoising_steps is None else denoising_steps
-        if not _is_int(steps) or not 1 <= steps <= L:
-            raise ValueError(
-                f"denoising_steps must be an integer in [1, block_length={L}], got {denoising_steps!r}"
-            )
-        if remasking not in REMASKING_POLICIES:
-            raise ValueError(f"remasking must be one of {REMASKING_POLICIES}, got {remasking!r}")
-        for name, value in (("threshold", threshold), ("temperature", temperature), ("top_p", top_p)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if not temperature >= 0.0 or temperature == float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if not _is_int(top_k) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not _is_int(seed) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        # The core checks every parameter (types here, ranges when the call starts) and raises a
+        # ValueError subclass naming it: one set of rules and messages for every entry point.
         return _core.GenerationConfig(
             max_new_tokens=max_new_tokens,
-            denoising_steps=steps,
+            denoising_steps=denoising_steps,
             remasking=remasking,
-            threshold=float(threshold),
-            temperature=float(temperature),
+            threshold=threshold,
+            temperature=temperature,
             top_k=top_k,
-            top_p=float(top_p),
+            top_p=top_p,
             seed=seed,
-            fused_commit=bool(fused_commit),
+            fused_commit=fused_commit,
         )
 
     def _stop(self, stop) -> tuple[list[int], list[str]]:
@@ -358,12 +347,9 @@ class Generator:
         items = [stop] if isinstance(stop, (str, int)) else list(stop)
         ids: list[int] = []
         strings: list[str] = []
-        vocab = self.spec.vocab_size
         for item in items:
             if _is_int(item):
-                if not 0 <= item < vocab:
-                    raise ValueError(f"stop id {item} is outside [0, {vocab})")
-                ids.append(item)
+                ids.append(item)  # the core checks the range
             elif isinstance(item, str) and item:
                 special = self.tokenizer.special_token_id(item)  # e.g. "<|im_end|>": stop on the id
                 if special is not None:
@@ -375,7 +361,7 @@ class Generator:
         return ids, strings
 
     def _run(
-        self, rows: list[list[int]], config, stop_strings: list[str], on_text, cancel, hooks: _CallHooks
+        self, rows: list[list[int]], config, stop_strings: list[str], on_text, token, hooks: _CallHooks
     ) -> list[GenerationOutput]:
         """Groups rows by length into calls of at most `batch` prompts and runs them."""
         outputs: list[GenerationOutput | None] = [None] * len(rows)
@@ -390,16 +376,16 @@ class Generator:
                 config.row_ids = [0] * len(group) if hooks.independent_rows else group
                 for i, out in zip(
                     group,
-                    self._call([rows[i] for i in group], group, config, stop_strings, on_text, cancel, hooks),
+                    self._call([rows[i] for i in group], group, config, stop_strings, on_text, token, hooks),
                     strict=True,
                 ):
                     outputs[i] = out
-                if cancel is not None and cancel.is_set():
+                if token.cancelled or (hooks.cancel is not None and hooks.cancel.is_set()):
                     break
         return [o if o is not None else GenerationOutput("", [], "cancelled", {}) for o in outputs]
 
     def _call(
-        self, prompts, row_indices, config, stop_strings, on_text, cancel, hooks: _CallHooks
+        self, prompts, row_indices, config, stop_strings, on_text, token, hooks: _CallHooks
     ) -> list[GenerationOutput]:
         tok = self.tokenizer
         n = len(prompts[0])
@@ -433,9 +419,10 @@ class Generator:
                 if on_text is not None and len(ready) > len(emitted[r]):
                     on_text(row_indices[r], ready[len(emitted[r]) :])
                     emitted[r] = ready
-            if cancel is not None and cancel.is_set():
-                return False
-            return not (stop_strings and all(ended))
+            return not (stop_strings and all(ended)) and not cancelled_by_caller()
+
+        def cancelled_by_caller() -> bool:
+            return hooks.cancel is not None and bool(hooks.cancel.is_set())
 
         on_step = None
         if hooks.on_step is not None:
@@ -444,12 +431,12 @@ class Generator:
             def on_step(block: int, step: int, position: int, tokens, masked) -> bool:
                 for view in step_rows.update(block, step, position, tokens, masked, ended):
                     hooks.on_step(view)
-                return not (cancel is not None and cancel.is_set())
+                return not cancelled_by_caller()
 
-        need_callback = on_text is not None or bool(stop_strings) or cancel is not None
-        block_callback = on_block if need_callback else None
+        need_callback = on_text is not None or bool(stop_strings) or hooks.cancel is not None
         result = self._core.generate(
-            prompts, config, block_callback, on_step=on_step, reuse_cache=hooks.reuse_cache
+            prompts, config, on_block if need_callback else None, on_step=on_step,
+            reuse_cache=hooks.reuse_cache, cancel=token,
         )
         stats = result.stats.to_dict()
         stats["engine"] = type(self.engine).__name__

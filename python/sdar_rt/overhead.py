@@ -3,7 +3,7 @@
     python -m sdar_rt.overhead [ARTIFACT_DIR] [--tokens N]
 
 1. A no-op Python engine: Stats.engine_seconds / forwards = the trampoline crossing (GIL
-   reacquire, argument conversion, signal check) per step.
+   reacquire, argument conversion) per step.
 2. With an artifact: OrtEngine's time inside run() minus the time inside run_with_iobinding =
    the Python-side rebinding/bookkeeping per step.
 """

@@ -1,9 +1,12 @@
 // Standalone C++ checks of the generation core (no Python): ctest -R sdar_runtime.
 // Build with -DSDAR_BUILD_TESTS=ON. The exhaustive comparison against the reference decoder lives
 // in tests/test_core_decoding.py (through the bindings).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,7 @@ class ToyEngine final : public sdar::Engine {
   void bind(const sdar::EngineBindings& b) override { b_ = b; }
   void run(sdar::GraphKind kind, std::int64_t past_len, int tokens) override {
     ++calls;
+    if (after_run_) after_run_(calls);
     if (kind == sdar::GraphKind::Fused) ++fused;
     const auto* ids = reinterpret_cast<const std::int64_t*>(b_.input_ids);
     auto* key0 = reinterpret_cast<float*>(b_.key_cache[0]);
@@ -46,6 +50,7 @@ class ToyEngine final : public sdar::Engine {
   }
   int calls = 0;
   int fused = 0;
+  std::function<void(int)> after_run_;  // called with the pass count at the start of each pass
 
  private:
   sdar::EngineBindings b_;
@@ -135,6 +140,54 @@ int main() {
   int steps_total = 0;
   for (const int s : second.stats.steps_per_block) steps_total += s;
   CHECK(steps_seen == steps_total && steps_total > 0);
+  // Cancellation is checked before every engine pass: a token set during pass k ends the call
+  // before pass k + 1, with the tokens of the blocks finished so far.
+  config.max_new_tokens = 40;
+  plain_engine->calls = 0;
+  const auto full = plain_gen.generate(prompt, config);
+  const int full_calls = plain_engine->calls;
+  CHECK(full.rows[0].finish_reason == "length");
+  for (const int stop_at : {1, 2, 5, 9}) {
+    sdar::CancelToken token;
+    plain_engine->calls = 0;
+    plain_engine->after_run_ = [&](int calls) {
+      if (calls == stop_at) token.cancel();
+    };
+    sdar::Cancellation cancel;
+    cancel.token = &token;
+    const auto r = plain_gen.generate(prompt, config, {}, cancel);
+    CHECK(plain_engine->calls == stop_at);
+    CHECK(r.rows[0].finish_reason == "cancelled");
+    const auto& t = r.rows[0].tokens;
+    CHECK(t.size() < full.rows[0].tokens.size() && std::equal(t.begin(), t.end(), full.rows[0].tokens.begin()));
+    CHECK(r.stats.nfe() == stop_at);
+  }
+  plain_engine->after_run_ = nullptr;
+  // A cancelled token before the call: no engine pass at all.
+  sdar::CancelToken cancelled;
+  cancelled.cancel();
+  plain_engine->calls = 0;
+  sdar::Cancellation pre;
+  pre.token = &cancelled;
+  const auto none = plain_gen.generate(prompt, config, {}, pre);
+  CHECK(plain_engine->calls == 0 && none.rows[0].finish_reason == "cancelled" && none.rows[0].tokens.empty());
+  // A poll that throws (the bindings' Ctrl-C) aborts the call at once; the Generator stays usable.
+  int polls = 0;
+  sdar::Cancellation interrupt;
+  interrupt.poll = [&] {
+    if (++polls == 4) throw std::runtime_error("interrupted");
+  };
+  plain_engine->calls = 0;
+  threw = false;
+  try {
+    plain_gen.generate(prompt, config, {}, interrupt);
+  } catch (const std::runtime_error& e) {
+    threw = std::string(e.what()) == "interrupted";
+  }
+  CHECK(threw && plain_engine->calls == 3);
+  plain_engine->calls = 0;
+  const auto again = plain_gen.generate(prompt, config);
+  CHECK(again.rows[0].tokens == full.rows[0].tokens && plain_engine->calls == full_calls);
 
   if (failures == 0) std::puts("sdar_runtime tests passed");
   return failures == 0 ? 0 : 1;
