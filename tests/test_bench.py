@@ -268,7 +268,6 @@ def test_plot_sweep_ticks_are_the_measured_values(tiny, bench):
 
 def test_plot_ticks_for_block_lengths():
     """A block-length sweep is ticked at 4, 8, 16 only (never 4.5, 6, ...)."""
-    pytest.importorskip("matplotlib")
     from sdar_rt.bench import plot
     from sdar_rt.bench.spread import spread
 
@@ -402,9 +401,14 @@ def test_ort_genai_int4_builder_options_follow_the_artifact():
     )
     assert builder_options({**base, "lm_head": "int8"}) == (
         "int4",
-        [*common, "matmul_mixed_precision=last_matmul:int8"],
+        [*common, "matmul_mixed_precision=last_matmul:int8", "shared_embeddings=false"],
     )
-    assert builder_options({**base, "lm_head": "int4"}) == ("int4", common)
+    # float embeddings stay float even when the checkpoint ties them to the quantized head
+    assert builder_options({**base, "lm_head": "int4"}) == ("int4", [*common, "shared_embeddings=false"])
+    assert builder_options({**base, "lm_head": "int4", "embeddings": "int4"}) == (
+        "int4",
+        [*common, "op_types_to_quantize=MatMul/Gather"],
+    )
     with pytest.raises(ValueError, match="group sizes"):
         builder_options({**base, "lm_head": "int4", "group_size": 512})
     with pytest.raises(ValueError, match="int8"):

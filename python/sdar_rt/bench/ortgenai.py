@@ -61,6 +61,10 @@ def builder_options(quantization: dict | None) -> tuple[str, list[str]]:
         opts.append("nodes_to_exclude=/lm_head/MatMul")
     if quantization.get("embeddings") == "int4":
         opts.append("op_types_to_quantize=MatMul/Gather")
+    elif head in ("int4", "int8"):
+        # with tied embeddings the builder would otherwise read the embedding rows from the quantized
+        # head; sdar_rt keeps them in float
+        opts.append("shared_embeddings=false")
     return "int4", opts
 
 

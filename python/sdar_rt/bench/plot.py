@@ -1,8 +1,8 @@
 """The benchmark as a PNG: tokens/s and block latency against the setting that was swept (ticks at
 the values measured), and a bar chart of every system measured with whiskers from its slowest to its
 fastest run. One configuration gives just the bars: sdar_rt's fused and separate commit, and each
-comparison's two sides next to each other with their ratio (median round) above. Needs matplotlib (the ``bench``
-extra)."""
+comparison's two sides next to each other with their ratio (median round) above. Needs matplotlib
+(the ``bench`` extra)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def _groups(report: dict, with_sweep: bool) -> list[tuple[list[dict], list[str],
     for c in report["comparisons"]:
         if "skipped" not in c:
             rows = [c["first"], c["second"]]
-            groups.append((rows, [_bar_label(r) for r in rows], f"{c['ratio']:.2f}x"))
+            mark = None if c["ratio"] is None else f"{c['ratio']:.2f}x"
+            groups.append((rows, [_bar_label(r) for r in rows], mark))
     return groups
 
 

@@ -59,7 +59,7 @@ def summary_lines(report: dict, primary: dict) -> list[str]:
         kinds.append("PyTorch reference")
     p = primary["row"]
     lines = [
-        f"equality: {len(checks)} checks passed ({', '.join(kinds)})",
+        f"equality: {len(checks)} check{'s' if len(checks) != 1 else ''} passed ({', '.join(kinds)})",
         f"sdar_rt {config_label(primary['config'])} {primary['config']['remasking']}: "
         f"{p['tokens_per_second']:.1f} tok/s ({_runs(p['tokens_per_second_runs'], 'run', '.1f')}), "
         f"TPF {_f(p['tpf'])}, "

@@ -127,7 +127,8 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
                         report["memory"] = memory_run(gen, prompts, a.memory_calls, kw, bar.advance)
         del gen
         gc.collect()
-    log(f"{len(checks.items)} token-equality checks passed")
+    n = len(checks.items)
+    log(f"{n} token-equality check{'s' if n != 1 else ''} passed")
     return primary
 
 
