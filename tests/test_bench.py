@@ -1,15 +1,23 @@
 """sdar-bench on a tiny random checkpoint: the JSON report's fields, the equality checks (fused vs
-separate commit, PyTorch reference), and that a reference giving other tokens stops the benchmark.
-No timing assertions."""
+separate commit, PyTorch reference), the comparisons in alternating rounds, and that a reference
+giving other tokens stops the benchmark. No timing assertions: only relations that hold by
+construction (a ratio is the median of its rounds, the break-even TPF is a quotient of two shown
+costs)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ARGV = ["--warmup", "0", "--max-new-tokens", "8", "--threads", "1", "--max-context", "128"]
 
 
 @pytest.fixture(scope="module")
@@ -20,51 +28,63 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bench")
     make_checkpoint(root / "ck", preset="tiny", seed=0, moe=False)
-    return root
+    with pytest.MonkeyPatch.context() as mp:  # every export of this module lands in one fresh cache
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        yield root
 
 
-@pytest.fixture()
-def bench(tiny, monkeypatch):
-    from sdar_rt import bench, bench_artifacts
+@pytest.fixture(scope="module")
+def bench(tiny):
+    from sdar_rt import bench
 
-    monkeypatch.setattr(bench_artifacts, "cache_dir", lambda: tiny / "cache")  # exports cached per module
     return bench
 
 
-def _argv(tiny, out):
-    return [
-        str(tiny / "ck"),
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "1",
-        "--max-context",
-        "128",
-        "--baselines",
-        "reference,ar",
-        "--json",
-        str(out),
-        "--plot",
-        str(out) + ".png",
-    ]
+def _main(bench, argv) -> tuple[int, str]:
+    """bench.main with stderr captured (rich's console writes to the sys.stderr of the moment)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = bench.main(argv)
+    return status, err.getvalue()
 
 
-def test_report_fields_and_equality(tiny, bench, tmp_path):
-    out = tmp_path / "bench.json"
-    assert bench.main(_argv(tiny, out)) == 0
-    report = json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def baseline_run(tiny, bench):
+    """One configuration, the reference and AR comparisons, two rounds each: report, stderr, plot."""
+    out = tiny / "run.json"
+    status, err = _main(
+        bench,
+        [
+            str(tiny / "ck"),
+            *ARGV,
+            "--runs",
+            "2",
+            "--baselines",
+            "reference,ar",
+            "--json",
+            str(out),
+            "--plot",
+            str(tiny / "run.png"),
+        ],
+    )
+    assert status == 0, err
+    return json.loads(out.read_text()), err, tiny / "run.png"
+
+
+def test_report_fields_and_equality(baseline_run):
+    report, _, _ = baseline_run
     assert report["equality"]["passed"] is True
     checks = [c["check"] for c in report["equality"]["checks"]]
     assert any(c.startswith("fused vs separate commit") for c in checks)
     assert "reference (PyTorch) vs sdar_rt" in checks
     assert {r["config"]["commit"] for r in report["results"]} == {"fused", "separate"}
-    for row in report["results"] + [report["baselines"]["reference"], report["baselines"]["ar"]]:
+    comps = {c["kind"]: c for c in report["comparisons"]}
+    assert list(comps) == ["reference", "ar"]
+    rows = report["results"] + [c[side] for c in comps.values() for side in ("first", "second")]
+    for row in rows:
         for key in (
             "tokens_per_second",
+            "tokens_per_second_runs",
             "tpf",
             "nfe_per_call",
             "time_to_first_block_ms",
@@ -73,98 +93,427 @@ def test_report_fields_and_equality(tiny, bench, tmp_path):
             "wall_seconds",
             "tokens",
             "calls",
+            "per_run",
         ):
             assert key in row, key
         assert set(row["block_latency_ms"]) >= {"median", "p90", "p99"}
         assert row["tokens"] > 0 and row["tokens_per_second"] > 0
+        # the rate shown is the median run's, with the slowest and fastest beside it
+        per_run = [r["tokens"] / r["wall_seconds"] for r in row["per_run"]]
+        assert row["runs"] == len(per_run) == 2
+        assert row["tokens_per_second"] == pytest.approx(statistics.median(per_run))
+        s = row["tokens_per_second_runs"]
+        assert (s["min"], s["max"]) == (pytest.approx(min(per_run)), pytest.approx(max(per_run)))
     fused = report["results"][0]
-    for key in ("engine_seconds", "host_fraction", "ort_seconds", "ms_per_decode_forward", "prefill_seconds"):
+    for key in (
+        "engine_seconds",
+        "host_fraction",
+        "ort_seconds",
+        "ms_per_decode_forward",
+        "prefill_seconds",
+        "wall_ms_per_decode_forward",
+    ):
         assert fused[key] is not None, key
     assert 0.0 <= fused["host_fraction"] < 1.0
     # the rate after the prompt's prefill: same tokens over the wall time less the prefill phase
     assert 0.0 < fused["prefill_seconds"] < fused["wall_seconds"]
     assert fused["decode_tokens_per_second"] == pytest.approx(
-        fused["tokens"] / (fused["wall_seconds"] - fused["prefill_seconds"]))
+        fused["tokens"] / (fused["wall_seconds"] - fused["prefill_seconds"])
+    )
     assert fused["nfe_per_call"]["fused"] > 0 and report["results"][1]["nfe_per_call"]["commit"] > 0
-    for name in ("reference", "ar"):
-        assert report["baselines"][name]["sdar_rt_speedup"] > 0
-    assert report["baselines"]["ar"]["config"]["block_length"] == 1
-    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"tokens/s", "host"}
+    assert comps["ar"]["second"]["config"]["block_length"] == 1
+    assert comps["reference"]["tokens_equal"] is True
     assert report["machine"]["logical_cpus"] >= 1 and "jetson" in report["machine"]
     assert report["settings"]["prompt_token_lengths"]
 
 
-def test_mismatched_reference_is_detected(tiny, bench, tmp_path, monkeypatch, capsys):
-    from sdar_rt import bench_reference
+def test_ratios_are_per_round_medians_and_break_even_is_their_quotient(baseline_run):
+    """The comparison's ratio is the median over rounds of (sdar_rt tok/s / peer tok/s in that round);
+    break-even TPF = sdar_rt's ms per decode forward / the AR peer's ms per token, so that sdar_rt's
+    decode rate over the peer's equals measured TPF / break-even TPF."""
+    report, _, _ = baseline_run
+    for c in report["comparisons"]:
+        a, b = c["first"], c["second"]
+        rounds = [
+            x["tokens_per_second"] / y["tokens_per_second"]
+            for x, y in zip(a["per_run"], b["per_run"], strict=True)
+        ]
+        assert c["ratio_runs"]["values"] == pytest.approx(rounds)
+        assert c["ratio"] == pytest.approx(statistics.median(rounds))
+    ar = next(c for c in report["comparisons"] if c["kind"] == "ar")
+    a, b = ar["first"], ar["second"]
+    assert ar["break_even_tpf"] == pytest.approx(
+        a["wall_ms_per_decode_forward"] / b["ms_per_token_after_prefill"]
+    )
+    assert a["decode_tokens_per_second"] / b["decode_tokens_per_second"] == pytest.approx(
+        ar["tpf"] / ar["break_even_tpf"]
+    )
+    # the AR peer generated, per prompt, at most what sdar_rt did (matched output lengths)
+    assert b["tokens"] <= a["tokens"]
 
-    real = bench_reference.ReferenceDecoder.generate
+
+def test_break_even_tpf_arithmetic():
+    from sdar_rt.bench.compare import break_even_tpf
+
+    # 73.5 ms per 4-token decode forward against 29.2 ms per AR token: a tie at 2.52 tokens per forward
+    assert break_even_tpf(
+        {"wall_ms_per_decode_forward": 73.5}, {"ms_per_token_after_prefill": 29.2}
+    ) == pytest.approx(73.5 / 29.2)
+    assert break_even_tpf({"wall_ms_per_decode_forward": 73.5}, {}) is None
+
+
+def test_report_speaks_to_users(baseline_run):
+    """No project-internal labels or goal judgements; spreads shown; progress numbered consistently."""
+    report, err, _ = baseline_run
+    text = err + json.dumps(report)
+    for word in ("issue", "target", " met", "missed", "NOT met", "#6"):
+        assert word not in text.replace('"target": {', "").replace("primary_artifact", ""), word
+    assert "median of 2 runs" in err and "median of 2 rounds" in err
+    steps = [(int(k), int(n)) for k, n in re.findall(r"^\[(\d+)/(\d+)\] ", err, flags=re.M)]
+    assert [k for k, _ in steps] == list(range(1, len(steps) + 1)) and {n for _, n in steps} == {len(steps)}
+    assert len(steps) == 3  # one configuration, two comparisons
+    assert report["target"]["name"] == "checkpoint ck (2 layers, hidden 128)"  # a name, not a path
+
+
+def test_large_spread_warning_threshold():
+    """Judged on the percentage shown (rounded once): 18% warns, 5% and exactly 10% do not, one run
+    has no spread to judge."""
+    from sdar_rt.bench.spread import LARGE_SPREAD_PCT, large_spread_warning, spread
+
+    assert LARGE_SPREAD_PCT == 10
+    wide = spread([10.0, 12.0])
+    assert wide["relative_pct"] == 18
+    assert "varied from 10.00 to 12.00" in large_spread_warning("the ratio", wide)
+    assert large_spread_warning("the ratio", spread([10.0, 10.5])) is None
+    assert (
+        spread([100.0, 110.0])["relative_pct"] == 10
+        and large_spread_warning("x", spread([100.0, 110.0])) is None
+    )
+    assert spread([3.0])["relative_pct"] is None and large_spread_warning("x", spread([3.0])) is None
+
+
+def _synthetic_report(ratio_values, rate_values=(100.0, 101.0)):
+    from sdar_rt.bench.spread import spread
+
+    rates = spread(list(rate_values))
+    row = {
+        "config": {
+            "block_length": 4,
+            "steps": 2,
+            "threshold": 0.9,
+            "batch": 1,
+            "prompt_length": None,
+            "commit": "fused",
+        },
+        "tokens_per_second_runs": rates,
+        "load_average_1m": [0.1, 0.2],
+    }
+    comp = {"title": "sdar_rt vs onnxruntime-genai", "ratio_runs": spread(list(ratio_values))}
+    return {
+        "settings": {"runs": len(rate_values)},
+        "results": [row],
+        "comparisons": [comp],
+        "machine": {"logical_cpus": 2, "cpu_affinity": 2},
+    }
+
+
+def test_warnings_on_a_wide_spread_not_on_a_tight_one():
+    from sdar_rt.bench.summary import warnings
+
+    wide = warnings(_synthetic_report([0.70, 0.81, 0.90]))
+    assert len(wide) == 1 and wide[0].startswith(
+        "sdar_rt vs onnxruntime-genai: the ratio varied from 0.70 to 0.90"
+    )
+    assert "25% of the median 0.81" in wide[0]
+    assert warnings(_synthetic_report([0.80, 0.81, 0.83])) == []
+    noisy_rows = warnings(_synthetic_report([0.80, 0.81], rate_values=(755.0, 1795.0)))
+    assert len(noisy_rows) == 1 and "tok/s varied from 755.0 to 1795.0" in noisy_rows[0]
+
+
+def test_plot_single_configuration_is_a_bar_chart(baseline_run):
+    report, err, png = baseline_run
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["plot"] == str(png)
+    from sdar_rt.bench import plot
+
+    fig = plot.figure(report)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    # fused and separate commit, then each comparison's two sides, whiskers from the runs
+    assert labels[:2] == ["sdar_rt\nfused commit", "sdar_rt\nseparate commit"]
+    assert [lbl.split("\n")[0] for lbl in labels[2:]] == ["sdar_rt", "reference", "sdar_rt", "ar"]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[0] == pytest.approx(report["results"][0]["tokens_per_second"])
+    assert (
+        fig.texts[0].get_text() == f"sdar-bench: {report['target']['name']}"
+        and "/" not in report["target"]["name"]
+    )
+
+
+def test_plot_sweep_ticks_are_the_measured_values(tiny, bench):
+    out = tiny / "sweep.json"
+    status, err = _main(
+        bench, [str(tiny / "ck"), *ARGV, "--runs", "1", "--threshold", "0.9", "0.5", "--json", str(out)]
+    )
+    assert status == 0, err
+    assert (tiny / "sweep.png").read_bytes()[:4] == b"\x89PNG"  # default: next to --json
+    from sdar_rt.bench import plot
+
+    report = json.loads(out.read_text())
+    fig = plot.figure(report)
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [0.5, 0.9]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.9"]
+    assert "one run per measurement" in " ".join(report["warnings"])
+
+
+def test_plot_ticks_for_block_lengths():
+    """A block-length sweep is ticked at 4, 8, 16 only (never 4.5, 6, ...)."""
+    from sdar_rt.bench import plot
+    from sdar_rt.bench.spread import spread
+
+    def row(L, tps):
+        return {
+            "config": {
+                "block_length": L,
+                "steps": L,
+                "threshold": 0.9,
+                "remasking": "sequential",
+                "batch": 1,
+                "prompt_length": None,
+                "commit": "fused",
+            },
+            "tokens_per_second": tps,
+            "tokens_per_second_runs": spread([tps * 0.9, tps, tps * 1.1]),
+            "block_latency_ms": {"median": 1.0},
+        }
+
+    report = {
+        "target": {"name": "x"},
+        "results": [row(4, 10.0), row(8, 12.0), row(16, 11.0)],
+        "comparisons": [],
+    }
+    assert plot.measured_ticks([16, 4, 8, 4]) == [4, 8, 16]
+    fig = plot.figure(report)
+    assert len(fig.axes) == 2
+    assert [list(ax.get_xticks()) for ax in fig.axes] == [[4, 8, 16], [4, 8, 16]]
+
+
+def test_no_matplotlib_says_why_in_one_line(tiny, bench, monkeypatch):
+    from sdar_rt.bench import plot
+
+    monkeypatch.setattr(
+        plot, "missing_reason", lambda: 'matplotlib is not installed (pip install "sdar_rt[bench]")'
+    )
+    status, err = _main(
+        bench,
+        [
+            str(tiny / "ck"),
+            *ARGV,
+            "--runs",
+            "1",
+            "--json",
+            str(tiny / "noplot.json"),
+            "--plot",
+            str(tiny / "noplot.png"),
+        ],
+    )
+    assert status == 0
+    assert 'sdar-bench: no plot written: matplotlib is not installed (pip install "sdar_rt[bench]")' in err
+    assert not (tiny / "noplot.png").exists()
+
+
+def test_mismatched_reference_is_detected(tiny, bench, tmp_path, monkeypatch):
+    from sdar_rt.bench import reference
+
+    real = reference.ReferenceDecoder.generate
 
     def wrong(self, prompt, **kw):
         r = real(self, prompt, **kw)
         r["token_ids"] = [(r["token_ids"][0] + 1) % 7] + r["token_ids"][1:] if r["token_ids"] else [1]
         return r
 
-    monkeypatch.setattr(bench_reference.ReferenceDecoder, "generate", wrong)
+    monkeypatch.setattr(reference.ReferenceDecoder, "generate", wrong)
     out = tmp_path / "bad.json"
-    assert bench.main(_argv(tiny, out)) == 3
-    assert "MISMATCH" in capsys.readouterr().err
+    status, err = _main(
+        bench, [str(tiny / "ck"), *ARGV, "--runs", "1", "--baselines", "reference", "--json", str(out)]
+    )
+    assert status == 3 and "MISMATCH" in err
     report = json.loads(out.read_text())
     assert report["equality"]["passed"] is False
     assert "reference" in report["error"]
-    assert report["results"] == [] and report["baselines"] == {}  # no speed without equal tokens
+    assert report["results"] == [] and report["comparisons"] == []  # no speed without equal tokens
 
 
 def test_int4_comparison(tiny, bench, tmp_path):
-    """--int4: the same checkpoint exported with 4-bit weights (8-bit LM head) runs the primary
-    configuration; rates, ratios, token agreement and TPF change are reported per weight format."""
+    """--int4: the same checkpoint exported with 4-bit weights (8-bit LM head) against the float
+    weights in alternating rounds: rates, ratio, token agreement and TPF for each."""
     out = tmp_path / "int4.json"
-    argv = _argv(tiny, out)
-    argv[argv.index("--baselines") + 1] = ""
-    assert bench.main([*argv, "--int4", "--group-size", "32", "--lm-head-bits", "8"]) == 0
+    status, err = _main(
+        bench,
+        [
+            str(tiny / "ck"),
+            *ARGV,
+            "--runs",
+            "1",
+            "--json",
+            str(out),
+            "--int4",
+            "--group-size",
+            "32",
+            "--lm-head-bits",
+            "8",
+        ],
+    )
+    assert status == 0, err
     report = json.loads(out.read_text())
-    w = report["weights"]
-    assert w["config"]["commit"] == "fused" and w["config"]["batch"] == 1
-    flt, q = w["rows"]
-    assert (flt["weights"], flt["lm_head"]) == ("float32", "float32")
-    assert (q["weights"], q["lm_head"], q["group_size"]) == ("int4", "int8", 32)
+    (c,) = report["comparisons"]
+    assert c["kind"] == "int4"
+    q, flt = c["first"], c["second"]
+    assert q["config"]["commit"] == "fused" and q["config"]["batch"] == 1
+    assert flt["weights"] == "float32" and q["weights"] == "int4 g32, LM head int8"
     manifest = json.loads((Path(q["artifact"]) / "manifest.json").read_text())
     assert manifest["quantization"]["lm_head"] == "int8" and "int4-g32-head8" in q["artifact"]
-    fused = report["results"][0]
-    assert flt["tokens_per_second"] == fused["tokens_per_second"] and flt["tpf"] == fused["tpf"]
-    assert q["speedup"] == pytest.approx(q["tokens_per_second"] / flt["tokens_per_second"])
-    decode_ratio = q["decode_tokens_per_second"] / flt["decode_tokens_per_second"]
-    assert q["decode_speedup"] == pytest.approx(decode_ratio)
-    assert q["tpf_change"] == pytest.approx(q["tpf"] - flt["tpf"])
-    assert w["met"] == (q["speedup"] >= w["target_speedup"] == 2.0)
-    assert q["rows"] == fused["calls"] and q["tokens_compared"] >= fused["tokens"]
-    assert 0.0 <= q["token_agreement"] <= 1.0 and 0 <= q["rows_equal"] <= q["rows"]
-    assert any(line.startswith("int4 (LM head int8, group 32) vs float32") for line in report["summary"])
+    assert c["ratio"] == pytest.approx(q["tokens_per_second"] / flt["tokens_per_second"])  # one round
+    g = c["agreement"]
+    assert g["rows"] == q["calls"] and g["tokens_compared"] >= q["tokens"]
+    assert 0.0 <= g["token_agreement"] <= 1.0 and 0 <= g["rows_equal"] <= g["rows"]
+    assert "break_even_tpf" not in c and "int4 weights vs float weights" in err
+
+
+def test_ort_genai_int4_builder_options_follow_the_artifact():
+    """onnxruntime-genai's int4 model is built with the sdar_rt artifact's group size, accuracy level,
+    symmetry and LM head format."""
+    from sdar_rt.bench.ortgenai import builder_options
+
+    base = {
+        "weights": "int4",
+        "format": "MatMulNBits",
+        "group_size": 128,
+        "symmetric": True,
+        "accuracy_level": 4,
+        "embeddings": "float32",
+    }
+    assert builder_options(None) == ("fp32", [])
+    common = ["block_size=128", "accuracy_level=4", "is_symmetric=true"]
+    assert builder_options({**base, "lm_head": "float32"}) == (
+        "int4",
+        [*common, "nodes_to_exclude=/lm_head/MatMul"],
+    )
+    assert builder_options({**base, "lm_head": "int8"}) == (
+        "int4",
+        [*common, "matmul_mixed_precision=last_matmul:int8", "shared_embeddings=false"],
+    )
+    # float embeddings stay float even when the checkpoint ties them to the quantized head
+    assert builder_options({**base, "lm_head": "int4"}) == ("int4", [*common, "shared_embeddings=false"])
+    assert builder_options({**base, "lm_head": "int4", "embeddings": "int4"}) == (
+        "int4",
+        [*common, "op_types_to_quantize=MatMul/Gather"],
+    )
+    with pytest.raises(ValueError, match="group sizes"):
+        builder_options({**base, "lm_head": "int4", "group_size": 512})
+    with pytest.raises(ValueError, match="int8"):
+        builder_options({**base, "weights": "int8"})
 
 
 def test_token_agreement():
-    from sdar_rt.bench_weights import token_agreement
+    from sdar_rt.bench.weights import token_agreement
 
     ours = [[[1, 2, 3]], [[4, 5]], [[6, 7, 8, 9]]]
-    theirs = [[[1, 2, 3]], [[4, 0]], [[6, 7]]]   # one token differs; a row two tokens shorter
+    theirs = [[[1, 2, 3]], [[4, 0]], [[6, 7]]]  # one token differs; a row two tokens shorter
     r = token_agreement(ours, theirs)
     assert (r["tokens_equal"], r["tokens_compared"], r["rows_equal"], r["rows"]) == (6, 9, 1, 3)
     assert r["token_agreement"] == pytest.approx(6 / 9) and r["row_agreement"] == pytest.approx(1 / 3)
 
 
-def test_int4_options_need_int4(bench, tiny, capsys):
-    assert bench.main([str(tiny / "ck"), "--lm-head-bits", "8"]) == 2
-    assert "add --int4" in capsys.readouterr().err
+def test_demo_and_bench_share_one_cached_artifact(tiny, monkeypatch, capsys):
+    """sdar-demo's export is the artifact sdar-bench's default configuration uses, and back: the
+    second never exports."""
+    from sdar_rt import artifact_cache, cli
+    from sdar_rt.bench.targets import Targets
+
+    ck = tiny / "ck"
+    art = cli.ensure_artifact(ck, None, fp16=False)  # exported now, or by an earlier test's bench run
+    assert art.parent == artifact_cache.cache_root() / "artifacts" and (art / "manifest.json").is_file()
+
+    def no_export(*_a, **_k):
+        raise AssertionError("exported a second time")
+
+    monkeypatch.setattr(artifact_cache, "export_cached", no_export)
+    monkeypatch.setattr("sdar_rt.bench.targets.export_cached", no_export)
+    targets = Targets(str(ck), shape=None, model_dir=None, fp16=False, max_context=None)
+    assert targets.artifact(targets.default_block_length(), 1) == art
+    capsys.readouterr()
+    import sdar_export.cli
+
+    monkeypatch.setattr(sdar_export.cli, "export", no_export)
+    assert cli.ensure_artifact(ck, None, fp16=False) == art
+    assert "reusing the artifact" in capsys.readouterr().err
 
 
-def test_bench_import_does_not_import_torch():
+def test_fresh_cache_demo_exports_once_then_bench_reuses(tmp_path, monkeypatch, tiny):
+    """In an empty cache: sdar-demo's export, then sdar-bench's lookup finds that same directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from sdar_rt import cli
+    from sdar_rt.bench.targets import Targets
+
+    targets = Targets(str(tiny / "ck"), shape=None, model_dir=None, fp16=False, max_context=None)
+    from sdar_rt.artifact_cache import ExportOptions, artifact_path, cached
+
+    assert cached(tiny / "ck", ExportOptions(), print) is None
+    art = cli.ensure_artifact(tiny / "ck", None, fp16=False)
+    assert art == artifact_path(tiny / "ck", ExportOptions())
+    assert cached(tiny / "ck", ExportOptions(block_length=targets.default_block_length()), print) == art
+
+
+@pytest.mark.parametrize(
+    "files, words",
+    [
+        (["decode.onnx", "config.json"], ["no manifest.json", "export the checkpoint again"]),
+        ([], ["no manifest.json", "no config.json"]),
+        (["config.json"], ["no manifest.json", "no *.safetensors"]),
+    ],
+)
+def test_directory_without_manifest_names_it(tmp_path, files, words):
+    from sdar_rt import bench
+
+    d = tmp_path / "not-an-artifact"
+    d.mkdir()
+    for f in files:
+        (d / f).write_text("{}")
+    status, err = _main(bench, [str(d)])
+    assert status == 2
+    assert "no weights found" not in err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_int4_options_need_int4(bench, tiny):
+    status, err = _main(bench, [str(tiny / "ck"), "--lm-head-bits", "8"])
+    assert status == 2 and "add --int4" in err
+
+
+def test_unknown_baseline_is_an_error(bench, tiny):
+    status, err = _main(bench, [str(tiny / "ck"), "--baselines", "nope"])
+    assert status == 2 and "unknown baseline" in err
+
+
+def test_entry_points_and_no_torch_import():
+    """``sdar-bench`` resolves to sdar_rt.bench.cli:main, ``python -m sdar_rt.bench`` runs, and the
+    benchmark modules import no torch (only the reference baseline needs it, when run)."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "sdar-bench"]
+    from sdar_rt.bench.cli import main
+
+    assert ep.load() is main
     code = (
-        "import sys, sdar_rt.bench, sdar_rt.bench_runs, sdar_rt.bench_report, sdar_rt.bench_artifacts, "
-        "sdar_rt.bench_ortgenai, sdar_rt.bench_reference, sdar_rt.bench_weights; "
+        "import sys, sdar_rt.bench, sdar_rt.bench.run, sdar_rt.bench.timing, sdar_rt.bench.tables, "
+        "sdar_rt.bench.plot, sdar_rt.bench.targets, sdar_rt.bench.ortgenai, sdar_rt.bench.reference, "
+        "sdar_rt.bench.comparisons, sdar_rt.bench.overhead; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_unknown_baseline_is_an_error(bench, tiny, capsys):
-    assert bench.main([str(tiny / "ck"), "--baselines", "nope"]) == 2
-    assert "unknown baseline" in capsys.readouterr().err
+    helptext = subprocess.run(
+        [sys.executable, "-m", "sdar_rt.bench", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "break-even TPF" in helptext and "usage: sdar-bench" in helptext

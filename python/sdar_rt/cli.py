@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
+from .artifact_cache import ExportOptions, artifact_path, cache_root
 from .generator import REMASKING_POLICIES
 
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
 PACKAGED_PROMPT = "sort: 5 9 1 3 3 8 0 2"  # the packaged model's task (see its README.md)
-CACHE_DIR = Path.home() / ".cache" / "sdar_rt"
+CACHE_DIR = cache_root()
 
 
 def _err(msg: str) -> None:
@@ -186,13 +187,8 @@ def ensure_checkpoint(model_dir: str | None) -> Path:
 
 def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
     dtype = "float16" if fp16 else "float32"
-    if out:
-        art = Path(out).expanduser()
-    else:
-        from sdar_export.checkpoint import checkpoint_sha256
-
-        key = checkpoint_sha256(model_dir)[:16]
-        art = CACHE_DIR / "artifacts" / f"{model_dir.name}-{key}-{dtype}"
+    options = ExportOptions(dtype=dtype)  # the cache sdar-bench shares: its default configuration
+    art = Path(out).expanduser() if out else artifact_path(model_dir, options)
     if (art / "manifest.json").is_file():
         try:
             load_artifact(art)
@@ -204,7 +200,7 @@ def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
     t0 = time.perf_counter()
     from sdar_export.cli import export
 
-    export(model_dir, art, dtype=dtype, force=True, quiet=False)
+    export(model_dir, art, **options.export_kwargs(), force=True, quiet=False)
     _err(f"      exported in {time.perf_counter() - t0:.1f} s")
     return art
 

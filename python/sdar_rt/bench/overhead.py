@@ -1,6 +1,6 @@
 """Measures the per-step overhead of the C++ -> Python engine crossing and of ORT rebinding.
 
-    python -m sdar_rt.overhead [ARTIFACT_DIR] [--tokens N]
+    python -m sdar_rt.bench.overhead [ARTIFACT_DIR] [--tokens N]
 
 1. A no-op Python engine: Stats.engine_seconds / forwards = the trampoline crossing (GIL
    reacquire, argument conversion) per step.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import _core
+from .. import _core
 
 
 class _NoopEngine(_core.Engine):
@@ -42,7 +42,7 @@ def crossing_overhead(tokens: int = 2000, block_length: int = 4) -> float:
 
 
 def ort_overhead(artifact_dir: str, tokens: int = 96) -> dict:
-    from .generator import Generator
+    from ..generator import Generator
 
     gen = Generator(artifact_dir, threads=1)
     gen.generate(prompt_ids=[1, 2, 3], max_new_tokens=8)  # warm-up
@@ -64,7 +64,7 @@ def ort_overhead(artifact_dir: str, tokens: int = 96) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdar_rt.overhead", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdar_rt.bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", nargs="?", default=None)
     p.add_argument("--tokens", type=int, default=2000)
     a = p.parse_args(argv)

@@ -1,11 +1,14 @@
-"""sdar-bench ``ort-genai`` baseline: onnxruntime-genai's own autoregressive generator, same weights.
+"""The ``ort-genai`` baseline: onnxruntime-genai's own autoregressive generator on the same weights.
 
 The SDAR checkpoint is Qwen3-shaped, so onnxruntime-genai's model builder exports it as a Qwen3 model
-(from a view of the checkpoint whose config.json says ``qwen3``; the weight files are symlinked). The
-export is cached next to sdar-bench's artifacts. Greedy, token ids in and out (no tokenizer), the
-stop ids are the checkpoint's EOS ids, as for sdar_rt. Note: SDAR predicts a masked position's token
-from that position's logits while a causal LM predicts from the previous position's, so the tokens are
-not expected to equal sdar_rt's; this baseline is a cost peer (one forward per generated token).
+(from a view of the checkpoint whose config.json says ``qwen3``; the weight files are symlinked),
+into the artifact cache. At float32 the builder's ``-p fp32``; against a quantized sdar_rt artifact
+the builder's own ``-p int4`` with the artifact's scheme (group size, symmetry, accuracy level, and
+the same LM head and embedding formats), so both sides run the same weight format built by their
+own tools. Greedy, token ids in and out (no tokenizer), the stop ids are the checkpoint's EOS ids,
+as for sdar_rt. SDAR predicts a masked position's token from that position's logits while a causal
+LM predicts from the previous position's, so the tokens are not expected to equal sdar_rt's: this
+baseline is a cost peer (one forward per generated token).
 """
 
 from __future__ import annotations
@@ -18,15 +21,57 @@ import tempfile
 import time
 from pathlib import Path
 
-INSTALL = "pip install onnxruntime-genai onnx-ir onnxscript"
+INSTALL = 'pip install "sdar_rt[bench]"  (onnxruntime-genai, onnx-ir, onnxscript)'
+BUILDER_BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 def missing_reason() -> str | None:
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError:
-        return f"onnxruntime-genai is not installed ({INSTALL})"
+        return f"onnxruntime-genai is not installed: {INSTALL}"
     return None
+
+
+def builder_options(quantization: dict | None) -> tuple[str, list[str]]:
+    """The builder's precision and ``--extra_options`` matching an sdar_rt artifact's quantization
+    (its manifest's section; None for float weights)."""
+    if not quantization:
+        return "fp32", []
+    if quantization.get("weights") != "int4" or quantization.get("format") != "MatMulNBits":
+        raise ValueError(
+            f"the ort-genai baseline builds int4 MatMulNBits models; this artifact's weights are "
+            f"{quantization.get('weights')} in {quantization.get('format')} form"
+        )
+    group = quantization["group_size"]
+    if group not in BUILDER_BLOCK_SIZES:
+        raise ValueError(
+            f"onnxruntime-genai's builder takes group sizes {BUILDER_BLOCK_SIZES}, not {group}; "
+            "export the int4 artifact with one of them (--group-size)"
+        )
+    opts = [
+        f"block_size={group}",
+        f"accuracy_level={quantization.get('accuracy_level') or 0}",
+        f"is_symmetric={'true' if quantization.get('symmetric', True) else 'false'}",
+    ]
+    head = quantization.get("lm_head")
+    if head == "int8":
+        opts.append("matmul_mixed_precision=last_matmul:int8")
+    elif head != "int4":  # the float dtype: keep the builder's LM head out of the quantization too
+        opts.append("nodes_to_exclude=/lm_head/MatMul")
+    if quantization.get("embeddings") == "int4":
+        opts.append("op_types_to_quantize=MatMul/Gather")
+    elif head in ("int4", "int8"):
+        # with tied embeddings the builder would otherwise read the embedding rows from the quantized
+        # head; sdar_rt keeps them in float
+        opts.append("shared_embeddings=false")
+    return "int4", opts
+
+
+def model_tag(quantization: dict | None) -> str:
+    """Part of the cached model's name: every builder option that changes the weights."""
+    precision, opts = builder_options(quantization)
+    return "-".join([precision] + [o.replace("/", "_").replace("=", "") for o in opts])
 
 
 def _qwen3_view(model_dir: Path, where: Path) -> Path:
@@ -46,12 +91,14 @@ def _qwen3_view(model_dir: Path, where: Path) -> Path:
     return view
 
 
-def build(model_dir: Path, out: Path, log=print) -> Path:
-    """Exports ``model_dir`` with onnxruntime-genai's builder (fp32, CPU) into ``out`` (cached)."""
+def build(model_dir: Path, out: Path, quantization: dict | None = None, log=print) -> Path:
+    """Exports ``model_dir`` with onnxruntime-genai's builder (CPU) into ``out`` (kept: a later call
+    with the same ``out`` reuses it)."""
     if (out / "genai_config.json").is_file():
         return out
+    precision, extra = builder_options(quantization)
     out.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building the onnxruntime-genai Qwen3 model of {model_dir} -> {out}")
+    log(f"building the onnxruntime-genai model ({precision}{', ' + ' '.join(extra) if extra else ''})")
     with tempfile.TemporaryDirectory(prefix="sdar-bench-oga-", dir=out.parent) as tmp:
         tmp = Path(tmp)
         view = _qwen3_view(model_dir, tmp)
@@ -64,12 +111,14 @@ def build(model_dir: Path, out: Path, log=print) -> Path:
             "-o",
             str(tmp / "model"),
             "-p",
-            "fp32",
+            precision,
             "-e",
             "cpu",
             "-c",
             str(tmp / "cache"),
         ]
+        if extra:
+            cmd += ["--extra_options", *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not (tmp / "model" / "genai_config.json").is_file():
             tail = (proc.stdout + proc.stderr)[-2000:]
@@ -79,7 +128,7 @@ def build(model_dir: Path, out: Path, log=print) -> Path:
 
 
 class OrtGenaiRunner:
-    """Greedy AR generation with onnxruntime-genai, timed per call."""
+    """Greedy AR generation with onnxruntime-genai, timed per token."""
 
     def __init__(self, model_path: Path, threads: int | None = None):
         import onnxruntime_genai as og
@@ -125,4 +174,7 @@ class OrtGenaiRunner:
             "time_to_first_block": steps[0] if steps else seconds,
             "block_seconds": steps[1:],
             "forwards": len(tokens),
+            # after the first token, whose step also ran the prompt's prefill: one forward per token
+            "decode_seconds": sum(steps[1:]),
+            "decode_tokens": len(steps) - 1 if steps else 0,
         }

@@ -1,4 +1,4 @@
-"""sdar-bench ``reference`` baseline: SDAR decoding written plainly in PyTorch, with a KV cache.
+"""The ``reference`` baseline: SDAR decoding written plainly in PyTorch, with a KV cache.
 
 This is what a user would write from the SDAR paper's ``generate.py``: prefill the whole-block part
 of the prompt once, then for every block run denoising steps over the block attending to the cache,

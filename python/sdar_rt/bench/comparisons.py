@@ -1,0 +1,238 @@
+"""What sdar_rt is compared with, each in alternating rounds (``compare``) on the primary configuration's
+prompts and weights, one comparison's models in memory at a time:
+
+- ``int4``: sdar_rt with int4 weights (``sdar-export --int4``) against the float weights;
+- ``ar``: sdar_rt's own autoregressive mode (the network exported with block length 1 = causal);
+- ``reference``: SDAR decoding in plain PyTorch with a KV cache (tokens must equal sdar_rt's);
+- ``ort-genai``: onnxruntime-genai's AR generator on the same float weights, and with ``--int4``
+  also ``ort-genai-int4``: its int4 model, built by its own builder with the int4 artifact's scheme,
+  against sdar_rt's int4 artifact.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from ..artifact_cache import ExportOptions, cache_root, checkpoint_key
+from .checks import Checks
+from .compare import Contender, alternate, break_even_tpf, ratios
+from .progress import Phases, log
+from .timing import baseline_pass, sdar_pass
+from .weights import token_agreement
+
+BASELINES = ("reference", "ar", "ort-genai")
+
+
+def planned(baselines: list[str], int4: bool) -> list[str]:
+    """The comparisons in the order they run: int4 right after the float sweep, the int4 peer right
+    after the float one."""
+    out = ["int4"] if int4 else []
+    for name in baselines:
+        out.append(name)
+        if name == "ort-genai" and int4:
+            out.append("ort-genai-int4")
+    return out
+
+
+def lowbit(a) -> ExportOptions:
+    return ExportOptions(quantize="int4", group_size=a.group_size or 128, lm_head_bits=a.lm_head_bits)
+
+
+def _weights_label(art) -> str:
+    q = art.quantization
+    if not q:
+        return art.dtype
+    return f"{q['weights']} g{q['group_size']}, LM head {q.get('lm_head', art.dtype)}"
+
+
+def _sdar(a, gen, prompts, kwargs, label: str, follows_limits: bool = False) -> Contender:
+    def warm(limits, on_call):
+        for i in range(a.warmup):
+            kw = kwargs if limits is None else {**kwargs, "max_new_tokens": limits[i % len(prompts)]}
+            gen.generate(prompt_ids=prompts[i % len(prompts)], **kw)
+            on_call()
+
+    return Contender(
+        label,
+        warm,
+        lambda limits, on_call: sdar_pass(gen, prompts, kwargs, limits=limits, on_call=on_call),
+        follows_limits,
+    )
+
+
+def _baseline(a, generate, n: int, label: str, follows_limits: bool) -> Contender:
+    """``generate(i, limit)``: prompt i, at most ``limit`` new tokens (None: the run's max_new_tokens)."""
+
+    def warm(limits, on_call):
+        for i in range(a.warmup):
+            generate(i % n, limits[i % n] if limits else None)
+            on_call()
+
+    def run_pass(limits, on_call):
+        return baseline_pass(lambda i: generate(i, limits[i] if limits else None), n, on_call=on_call)
+
+    return Contender(label, warm, run_pass, follows_limits)
+
+
+def _generator(a, path):
+    from ..generator import Generator
+
+    return Generator(path, engine=a.engine, device=a.device, threads=a.threads)
+
+
+class Runner:
+    """Runs the planned comparisons against the sweep's primary configuration."""
+
+    def __init__(self, a, targets, primary: dict, checks: Checks, phases: Phases):
+        self.a, self.targets, self.primary, self.checks, self.phases = a, targets, primary, checks, phases
+        self.prompts, self.kwargs = primary["prompts"], {**primary["kwargs"], "fused_commit": True}
+        self.config = {**primary["config"], "commit": "fused"}
+
+    def _primary_gen(self, weights: ExportOptions | None = None):
+        return _generator(self.a, self.targets.artifact(self.config["block_length"], 1, weights))
+
+    def _compare(self, first: Contender, second: Contender, bar) -> dict:
+        bar.start(2 * (self.a.warmup + self.a.runs * len(self.prompts)))
+        rounds = alternate(first, second, self.a.runs, bar.advance)
+        out = ratios(rounds)
+        out["_rounds"] = rounds
+        return out
+
+    def run(self, kind: str) -> dict:
+        titles = {
+            "int4": "sdar_rt int4 weights vs float weights",
+            "ar": "sdar_rt vs its AR mode (block length 1)",
+            "reference": "sdar_rt vs the PyTorch reference",
+            "ort-genai": "sdar_rt vs onnxruntime-genai",
+            "ort-genai-int4": "sdar_rt int4 vs onnxruntime-genai int4",
+        }
+        with self.phases.phase(f"{titles[kind]}: {self.a.runs} alternating rounds") as bar:
+            res = getattr(self, "_" + kind.replace("-", "_"))(bar)
+        gc.collect()
+        res["kind"], res["title"] = kind, titles[kind]
+        rounds = res.pop("_rounds", None)
+        if rounds is not None and kind == "reference":
+            self.checks.equal(
+                "reference (PyTorch) vs sdar_rt", rounds.outputs("second"), rounds.outputs("first")
+            )
+            res["tokens_equal"] = True
+        if rounds is not None and kind == "int4":
+            res["agreement"] = token_agreement(rounds.outputs("first"), rounds.outputs("second"))
+        if "first" in res:
+            first, second = res["first"], res["second"]
+            res["tpf"] = first.get("tpf")
+            if kind in ("ar", "ort-genai", "ort-genai-int4"):
+                res["break_even_tpf"] = break_even_tpf(first, second)
+        return res
+
+    def _int4(self, bar) -> dict:
+        q = self._primary_gen(lowbit(self.a))
+        f = self._primary_gen()
+        first = _sdar(self.a, q, self.prompts, self.kwargs, "sdar_rt")
+        second = _sdar(self.a, f, self.prompts, self.kwargs, "sdar_rt")
+        res = self._compare(first, second, bar)
+        res["first"].update(
+            system="sdar_rt",
+            weights=_weights_label(q.artifact),
+            config=self.config,
+            artifact=str(q.artifact.path),
+        )
+        res["second"].update(system="sdar_rt", weights=_weights_label(f.artifact), config=self.config)
+        return res
+
+    def _ar(self, bar) -> dict:
+        gen = self._primary_gen()
+        ar = _generator(self.a, self.targets.artifact(1, 1))
+        ar_kw = {"max_new_tokens": self.a.max_new_tokens, "denoising_steps": 1, "fused_commit": True}
+        res = self._compare(
+            _sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"),
+            _sdar(self.a, ar, self.prompts, ar_kw, "ar", follows_limits=True),
+            bar,
+        )
+        res["first"].update(system="sdar_rt", weights=_weights_label(gen.artifact), config=self.config)
+        res["second"].update(
+            system="ar",
+            weights=_weights_label(ar.artifact),
+            config={
+                "block_length": 1,
+                "steps": 1,
+                "batch": 1,
+                "commit": "fused",
+                "prompt_length": self.config["prompt_length"],
+            },
+        )
+        return res
+
+    def _reference(self, bar) -> dict:
+        from .reference import ReferenceDecoder
+
+        gen = self._primary_gen()
+        art, kw = gen.artifact, self.kwargs
+        ref = ReferenceDecoder(
+            self.targets.need_weights("reference"),
+            block_length=art.block_length,
+            mask_id=art.mask_id,
+            eos_ids=art.eos_ids,
+            threads=self.a.threads,
+        )
+
+        def generate(i, _limit):
+            return ref.generate(
+                self.prompts[i],
+                max_new_tokens=kw["max_new_tokens"],
+                denoising_steps=kw["denoising_steps"],
+                remasking=kw["remasking"],
+                threshold=kw["threshold"],
+            )
+
+        res = self._compare(
+            _sdar(self.a, gen, self.prompts, kw, "sdar_rt"),
+            _baseline(self.a, generate, len(self.prompts), "reference", False),
+            bar,
+        )
+        res["first"].update(system="sdar_rt", weights=_weights_label(art), config=self.config)
+        res["second"].update(
+            system="reference", weights="float32", config={**self.config, "commit": "separate"}
+        )
+        return res
+
+    def _ort_genai(self, bar, weights: ExportOptions | None = None) -> dict:
+        from . import ortgenai
+
+        reason = ortgenai.missing_reason()
+        if reason:
+            log(f"skipped: {reason}")
+            return {"skipped": reason}
+        import onnxruntime_genai
+
+        gen = self._primary_gen(weights)
+        quant = gen.artifact.quantization
+        model_dir = self.targets.need_weights("ort-genai")
+        out = (
+            cache_root() / "ort-genai" / f"{model_dir.name}-{checkpoint_key(model_dir)}-"
+            f"oga{onnxruntime_genai.__version__}-{ortgenai.model_tag(quant)}"
+        )
+        runner = ortgenai.OrtGenaiRunner(
+            ortgenai.build(model_dir, out, quant, log=log), threads=self.a.threads
+        )
+
+        def generate(i, limit):
+            return runner.generate(self.prompts[i], max_new_tokens=limit or self.a.max_new_tokens)
+
+        res = self._compare(
+            _sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"),
+            _baseline(self.a, generate, len(self.prompts), "ort-genai", True),
+            bar,
+        )
+        label = _weights_label(gen.artifact)
+        res["first"].update(system="sdar_rt", weights=label, config=self.config)
+        res["second"].update(
+            system="ort-genai",
+            weights=label if quant else "float32",
+            config={"block_length": 1, "steps": 1, "batch": 1, "prompt_length": self.config["prompt_length"]},
+            note="causal LM (next-token logits): its tokens are not compared with sdar_rt's",
+        )
+        return res
+
+    def _ort_genai_int4(self, bar) -> dict:
+        return self._ort_genai(bar, lowbit(self.a))
