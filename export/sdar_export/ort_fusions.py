@@ -24,7 +24,17 @@ a Transpose rewired to read the present (so the FusedMatMul is written here).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+
+
+def _wiring(m) -> tuple[dict, dict, Counter, set]:
+    """(initializers by name, producing node by output name, readers per name, graph outputs)."""
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    readers = Counter(x for n in m.graph.node for x in n.input)
+    return inits, producer, readers, {o.name for o in m.graph.output}
 
 
 def _weightless_copy(m):
@@ -92,15 +102,9 @@ def fold_attention_scale(m) -> int:
     Mul is dropped. Returns how many. Exact up to one float32 rounding of gamma * s."""
     from onnx import helper, numpy_helper
 
-    inits = {t.name: t for t in m.graph.initializer}
+    inits, producer, readers, outputs = _wiring(m)
     constants = {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in m.graph.node
                  if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in m.graph.node:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
-    outputs = {o.name for o in m.graph.output}
     alias: dict[str, str] = {}
     folded: set[str] = set()       # outputs of the norms already scaled
     for node in m.graph.node:
@@ -145,13 +149,7 @@ def collapse_reshape_chains(m) -> int:
     dim. Returns how many inner Reshapes were bypassed (left for dead-node removal)."""
     from onnx import helper, numpy_helper
 
-    inits = {t.name: t for t in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in m.graph.node:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
-    outputs = {o.name for o in m.graph.output}
+    inits, producer, readers, outputs = _wiring(m)
 
     def plain(n) -> bool:
         return (n.op_type == "Reshape" and n.domain in ("", "ai.onnx") and n.input[1] in inits
@@ -209,14 +207,10 @@ def read_new_kv_like_past(m) -> int:
     from onnx import helper
 
     nodes = list(m.graph.node)
-    outputs = {o.name for o in m.graph.output}
+    _, _, readers, outputs = _wiring(m)
     presents = {n.input[0]: n for n in nodes if n.op_type == "Transpose" and n.output[0] in outputs
                 and n.output[0].startswith("present_") and _perm(n) is not None}
     transposed = {n.output[0]: n for n in nodes if n.op_type == "Transpose" and n.input[0] in presents}
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
     replaced = 0
     for i, node in enumerate(nodes):
         t = transposed.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None

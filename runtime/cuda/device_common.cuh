@@ -63,54 +63,39 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// Block-wide reductions; every thread of the block must call them; all get the result.
-template <int THREADS>
-__device__ ArgMax block_argmax(ArgMax x) {
+// Block-wide reduction of one value per thread by the warp reduction `Warp`, whose neutral
+// element is `identity`: every thread of the block must call it; all get the result. Each
+// instantiation has its own shared memory, and the closing barrier lets the next call reuse it.
+template <int THREADS, typename T, T (*Warp)(T)>
+__device__ T block_reduce(T x, T identity) {
   static_assert(THREADS % 32 == 0 && THREADS <= 1024, "whole warps");
-  __shared__ ArgMax warps[THREADS / 32];
-  __shared__ ArgMax result;
-  x = warp_argmax(x);
+  __shared__ T warps[THREADS / 32];
+  __shared__ T result;
+  x = Warp(x);
   if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = x;
   __syncthreads();
   if (threadIdx.x < 32) {
-    ArgMax y = threadIdx.x < THREADS / 32 ? warps[threadIdx.x] : ArgMax{-INFINITY, INT_MAX};
-    y = warp_argmax(y);
+    T y = threadIdx.x < THREADS / 32 ? warps[threadIdx.x] : identity;
+    y = Warp(y);
     if (threadIdx.x == 0) result = y;
   }
   __syncthreads();
   return result;
+}
+
+template <int THREADS>
+__device__ ArgMax block_argmax(ArgMax x) {
+  return block_reduce<THREADS, ArgMax, warp_argmax>(x, ArgMax{-INFINITY, INT_MAX});
 }
 
 template <int THREADS>
 __device__ double block_sum(double x) {
-  __shared__ double warps[THREADS / 32];
-  __shared__ double result;
-  x = warp_sum(x);
-  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = x;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    double y = threadIdx.x < THREADS / 32 ? warps[threadIdx.x] : 0.0;
-    y = warp_sum(y);
-    if (threadIdx.x == 0) result = y;
-  }
-  __syncthreads();
-  return result;
+  return block_reduce<THREADS, double, warp_sum>(x, 0.0);
 }
 
 template <int THREADS>
 __device__ float block_max(float x) {
-  __shared__ float warps[THREADS / 32];
-  __shared__ float result;
-  x = warp_max(x);
-  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = x;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float y = threadIdx.x < THREADS / 32 ? warps[threadIdx.x] : -INFINITY;
-    y = warp_max(y);
-    if (threadIdx.x == 0) result = y;
-  }
-  __syncthreads();
-  return result;
+  return block_reduce<THREADS, float, warp_max>(x, -INFINITY);
 }
 
 }  // namespace sdar::cuda::detail

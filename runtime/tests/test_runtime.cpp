@@ -10,20 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "errors.h"
 #include "generator.h"
 #include "philox.h"
 
 namespace {
-
-int failures = 0;
-#define CHECK(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                    \
-    }                                                                \
-  } while (0)
 
 // Logits favour token (position * 7 + sum of the block's ids) % (V - 1); writes K rows = ids.
 class ToyEngine final : public sdar::Engine {
@@ -189,6 +181,6 @@ int main() {
   const auto again = plain_gen.generate(prompt, config);
   CHECK(again.rows[0].tokens == full.rows[0].tokens && plain_engine->calls == full_calls);
 
-  if (failures == 0) std::puts("sdar_runtime tests passed");
-  return failures == 0 ? 0 : 1;
+  if (sdar::testing::failure_count() == 0) std::puts("sdar_runtime tests passed");
+  return sdar::testing::failure_count() == 0 ? 0 : 1;
 }

@@ -7,18 +7,10 @@
 #include <limits>
 #include <vector>
 
+#include "check.h"
 #include "step_rules.h"
 
 namespace {
-
-int failures = 0;
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      std::fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                            \
-    }                                                                        \
-  } while (0)
 
 using sdar::rules::kLowConfidenceDynamic;
 using sdar::rules::kLowConfidenceStatic;
@@ -88,6 +80,6 @@ int main() {
   CHECK((choose(all, {nan, 0.2, nan, 0.1}, kLowConfidenceStatic, 0.9, 3) == std::vector<int>{0, 1, 3}));
   CHECK((choose(all, {nan, nan, nan, nan}, kLowConfidenceDynamic, 0.5, 1) == std::vector<int>{0}));
 
-  if (failures == 0) std::puts("step_rules tests passed");
-  return failures == 0 ? 0 : 1;
+  if (sdar::testing::failure_count() == 0) std::puts("step_rules tests passed");
+  return sdar::testing::failure_count() == 0 ? 0 : 1;
 }
