@@ -1,0 +1,175 @@
+// NEON kernels (AArch64: the Jetson's CPU; NEON is part of every AArch64 CPU, so no runtime check).
+// Same tiling idea as the AVX2 kernels in a simpler form: each weight row is decoded once per
+// call and applied to up to 8 rows of x while it is in registers.
+#include <arm_neon.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace sdar::cpu {
+namespace {
+
+constexpr int kRowsPerPass = 8;
+
+int row_end(const MatmulArgs& a, int panel_end) {
+  const int end = panel_end * kPanel;
+  return end < a.w.rows ? end : a.w.rows;
+}
+
+float weight_scale(const PackedMatrix& w, int n, int g) {
+  return w.scales[(static_cast<std::size_t>(n / kPanel) * w.groups() + g) * kPanel + n % kPanel];
+}
+
+float zero_scale(const PackedMatrix& w, int n, int g) {
+  if (w.symmetric) return weight_scale(w, n, g) * symmetric_zero_point(w.format);
+  return w.zero_scales[(static_cast<std::size_t>(n / kPanel) * w.groups() + g) * kPanel + n % kPanel];
+}
+
+void f32_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
+  const int K = a.w.cols;
+  const int steps = (K + kF32Step - 1) / kF32Step;
+  const int full = K / kF32Step;
+  for (int n = panel_begin * kPanel; n < row_end(a, panel_end); ++n) {
+    // Row n's 8 floats of step s: ((panel * steps + s) * 8 + n % 8) * 8.
+    const float* wr = static_cast<const float*>(a.w.data) +
+                      (static_cast<std::size_t>(n / kPanel) * steps * kPanel + n % kPanel) * kF32Step;
+    for (int m0 = 0; m0 < a.rows; m0 += kRowsPerPass) {
+      const int mt = a.rows - m0 < kRowsPerPass ? a.rows - m0 : kRowsPerPass;
+      float32x4_t acc[kRowsPerPass];
+      for (auto& v : acc) v = vdupq_n_f32(0.0f);
+      for (int s = 0; s < full; ++s) {
+        const float* ws = wr + static_cast<std::size_t>(s) * kPanel * kF32Step;
+        const float32x4_t w0 = vld1q_f32(ws);
+        const float32x4_t w1 = vld1q_f32(ws + 4);
+        for (int m = 0; m < mt; ++m) {
+          const float* xm = a.x + static_cast<std::size_t>(m0 + m) * a.ldx + s * kF32Step;
+          acc[m] = vfmaq_f32(vfmaq_f32(acc[m], w0, vld1q_f32(xm)), w1, vld1q_f32(xm + 4));
+        }
+      }
+      for (int m = 0; m < mt; ++m) {
+        const float* xr = a.x + static_cast<std::size_t>(m0 + m) * a.ldx;
+        float sum = vaddvq_f32(acc[m]);
+        const float* ws = wr + static_cast<std::size_t>(full) * kPanel * kF32Step;
+        for (int k = full * kF32Step; k < K; ++k) sum = std::fma(ws[k % kF32Step], xr[k], sum);
+        a.y[static_cast<std::size_t>(m0 + m) * a.ldy + n] = sum;
+      }
+    }
+  }
+}
+
+// Dot of 32 codes (0..15 or 0..255 as u8, in order) with 32 signed activation codes.
+inline int32x4_t dot32(uint8x16_t w_lo, uint8x16_t w_hi, const std::int8_t* x, int32x4_t acc) {
+  const int8x16_t x0 = vld1q_s8(x);
+  const int8x16_t x1 = vld1q_s8(x + 16);
+  // u8 codes widened to int16 (exact for 0..255), times the int8 activations widened likewise.
+  const int16x8_t w0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(w_lo)));
+  const int16x8_t w1 = vreinterpretq_s16_u16(vmovl_high_u8(w_lo));
+  const int16x8_t w2 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(w_hi)));
+  const int16x8_t w3 = vreinterpretq_s16_u16(vmovl_high_u8(w_hi));
+  acc = vmlal_s16(acc, vget_low_s16(w0), vget_low_s16(vmovl_s8(vget_low_s8(x0))));
+  acc = vmlal_high_s16(acc, w0, vmovl_s8(vget_low_s8(x0)));
+  acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(vmovl_high_s8(x0)));
+  acc = vmlal_high_s16(acc, w1, vmovl_high_s8(x0));
+  acc = vmlal_s16(acc, vget_low_s16(w2), vget_low_s16(vmovl_s8(vget_low_s8(x1))));
+  acc = vmlal_high_s16(acc, w2, vmovl_s8(vget_low_s8(x1)));
+  acc = vmlal_s16(acc, vget_low_s16(w3), vget_low_s16(vmovl_high_s8(x1)));
+  acc = vmlal_high_s16(acc, w3, vmovl_high_s8(x1));
+  return acc;
+}
+
+void quantized_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
+  const PackedMatrix& w = a.w;
+  const int K = w.cols;
+  const int block = a.a.block;
+  const int cap = a.a.row_capacity;
+  const bool q4 = w.format == WeightFormat::Q4;
+  const std::size_t row_bytes = q4 ? kChunk / 2 : kChunk;  // one row's part of a chunk
+  const uint8x16_t low4 = vdupq_n_u8(0x0F);
+  for (int n = panel_begin * kPanel; n < row_end(a, panel_end); ++n) {
+    // Row n's part of chunk c: ((panel * chunks + c) * 8 + n % 8) * row_bytes.
+    const std::uint8_t* wr = static_cast<const std::uint8_t*>(w.data) +
+                             (static_cast<std::size_t>(n / kPanel) * (K / kChunk) * kPanel + n % kPanel) * row_bytes;
+    for (int m0 = 0; m0 < a.rows; m0 += kRowsPerPass) {
+      const int mt = a.rows - m0 < kRowsPerPass ? a.rows - m0 : kRowsPerPass;
+      float acc[kRowsPerPass] = {};
+      for (int b = 0; b < K / block; ++b) {
+        int32x4_t dots[kRowsPerPass];
+        for (auto& v : dots) v = vdupq_n_s32(0);
+        for (int k = b * block; k < (b + 1) * block; k += kChunk) {
+          uint8x16_t w_lo;
+          uint8x16_t w_hi;
+          const std::uint8_t* cw = wr + static_cast<std::size_t>(k / kChunk) * kPanel * row_bytes;
+          if (q4) {
+            const uint8x16_t packed = vld1q_u8(cw);
+            w_lo = vandq_u8(packed, low4);
+            w_hi = vshrq_n_u8(packed, 4);
+          } else {
+            w_lo = vld1q_u8(cw);
+            w_hi = vld1q_u8(cw + 16);
+          }
+          // Activation chunk k / 32 of row m: ((k / 32) * cap + m) * 32 (kernels.h, QuantizedRows).
+          const std::int8_t* xc = a.a.q + static_cast<std::size_t>(k / kChunk) * cap * kChunk;
+          for (int m = 0; m < mt; ++m) dots[m] = dot32(w_lo, w_hi, xc + static_cast<std::size_t>(m0 + m) * kChunk, dots[m]);
+        }
+        const int g = b * block / w.group;
+        const float sw = weight_scale(w, n, g);
+        const float zs = zero_scale(w, n, g);
+        for (int m = 0; m < mt; ++m) {
+          const std::size_t ai = static_cast<std::size_t>(b) * cap + m0 + m;
+          acc[m] = std::fma(static_cast<float>(vaddvq_s32(dots[m])), sw * a.a.scales[ai], acc[m]);
+          acc[m] = std::fma(-zs, a.a.sums[ai], acc[m]);
+        }
+      }
+      for (int m = 0; m < mt; ++m) a.y[static_cast<std::size_t>(m0 + m) * a.ldy + n] = acc[m];
+    }
+  }
+}
+
+void quantize_kernel(const float* x, int rows, int ldx, int cols, int block, int row_capacity, std::int8_t* q,
+                     std::int16_t* q16, float* scales, float* sums) {
+  const int blocks = cols / block;
+  const std::size_t cap = row_capacity;
+  for (int m = 0; m < row_capacity; ++m) {
+    const float* xr = x + static_cast<std::size_t>(m < rows ? m : 0) * ldx;
+    for (int b = 0; b < blocks; ++b) {
+      const std::size_t si = static_cast<std::size_t>(b) * row_capacity + m;
+      float amax = 0.0f;
+      if (m < rows) {
+        float32x4_t vmax = vdupq_n_f32(0.0f);
+        for (int k = b * block; k < (b + 1) * block; k += 4) vmax = vmaxq_f32(vmax, vabsq_f32(vld1q_f32(xr + k)));
+        amax = vmaxvq_f32(vmax);
+      }
+      const float scale = amax / 127.0f;
+      const float32x4_t inv = vdupq_n_f32(amax > 0.0f ? 127.0f / amax : 0.0f);
+      int32x4_t sum = vdupq_n_s32(0);
+      for (int k = b * block; k < (b + 1) * block; k += 8) {
+        int32x4_t c0 = vdupq_n_s32(0);
+        int32x4_t c1 = vdupq_n_s32(0);
+        if (m < rows) {
+          c0 = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xr + k), inv));  // round to nearest, ties to even
+          c1 = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xr + k + 4), inv));
+        }
+        const int16x8_t c16 = vcombine_s16(vqmovn_s32(c0), vqmovn_s32(c1));
+        const std::size_t at = (k / kChunk * cap + m) * kChunk + k % kChunk;  // chunk-major (QuantizedRows)
+        vst1_s8(q + at, vqmovn_s16(c16));
+        if (q16 != nullptr) vst1q_s16(q16 + at, c16);
+        sum = vaddq_s32(sum, vaddq_s32(c0, c1));
+      }
+      scales[si] = scale;
+      sums[si] = scale * static_cast<float>(vaddvq_s32(sum));
+    }
+  }
+}
+
+}  // namespace
+
+const KernelTable* neon_kernels() {
+  // Float activations against quantized weights only serve export validation: the portable kernel.
+  static const KernelTable table{"neon", f32_kernel, quantized_kernel, scalar_kernels().dequantized, quantize_kernel, false, false};
+  return &table;
+}
+
+}  // namespace sdar::cpu

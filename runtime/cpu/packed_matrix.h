@@ -1,0 +1,61 @@
+// Weight matrices in the native CPU engine's packed layouts, as sdar-export writes them
+// (export/sdar_export/cpu_weights.py) and the kernels read them straight from the mapped file.
+// No function bodies here: the kernel sources, compiled with AVX2 flags, include this header, and
+// an inline function emitted there could be the copy the linker keeps for every caller.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sdar::cpu {
+
+// Output rows are handled in panels of 8: one vector of results, and the unit of work the thread
+// pool hands out. Rows are padded to a whole panel in the file (zero weights and scales).
+constexpr int kPanel = 8;
+// Quantized weights come in chunks of 32 along K; float32 weights in steps of 8.
+constexpr int kChunk = 32;
+constexpr int kF32Step = 8;
+
+// Layouts: the 8 rows of a panel are interleaved at chunk (step) granularity, so a kernel reading
+// one chunk of every row of a panel reads one contiguous run, and a panel is one contiguous range:
+//   Q4:  [panels][cols / 32][8 rows][16 bytes]: byte j of a row's chunk holds weight j in its low
+//        nibble and weight j + 16 in its high nibble (one load, a shift and a mask give 32 in order);
+//   Q8:  [panels][cols / 32][8 rows][32 bytes];
+//   F32: [panels][ceil(cols / 8)][8 rows][8 floats], K padded with zeros to a multiple of 8.
+enum class WeightFormat : int {
+  F32 = 0,  // float32 weights
+  Q4 = 1,   // unsigned 4-bit codes u in [0, 16): w = (u - z) * scale
+  Q8 = 2,   // unsigned 8-bit codes u in [0, 256): w = (u - z) * scale
+};
+
+const char* weight_format_name(WeightFormat format);
+
+// A view of one packed matrix W [rows, cols] (a Linear's weight: y = x W^T).
+// Quantized formats: one scale per `group` consecutive K elements of a row. Scales and
+// zero_scales are stored per panel and group, [rows_padded / 8][cols / group][8], so the 8 rows of
+// a panel read one vector per group. symmetric: the zero point is 2^(bits-1) (8 or 128);
+// otherwise zero_scales holds zero_point * scale per row and group.
+struct PackedMatrix {
+  WeightFormat format = WeightFormat::F32;
+  int rows = 0;
+  int cols = 0;
+  int group = 0;
+  bool symmetric = true;
+  const void* data = nullptr;
+  const float* scales = nullptr;
+  const float* zero_scales = nullptr;
+
+  int panels() const;
+  int groups() const;
+  // Bytes of the data, scales and zero_scales arrays, for bounds checks against the file.
+  std::size_t data_bytes() const;
+  std::size_t scale_bytes() const;
+  std::size_t zero_scale_bytes() const;
+  // Throws InvalidArgument naming the problem (shape, group, missing arrays).
+  void validate(const char* name) const;
+};
+
+// The symmetric zero point of a format: 2^(bits-1).
+float symmetric_zero_point(WeightFormat format);
+
+}  // namespace sdar::cpu
