@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from sdar_rt import _core
 
 cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
@@ -128,7 +127,8 @@ def test_bad_matrices_and_inputs_are_refused():
     with pytest.raises(ValueError, match="needs scales"):
         _core.CpuMatrix("q4", 8, 64, packed.data, None, None, 32, True)
     with pytest.raises(ValueError, match="group size 48"):
-        _core.CpuMatrix("q4", 8, 96, np.zeros((1, 3, 8, 16), np.uint8), np.zeros((1, 2, 8), np.float32), None, 48, True)
+        _core.CpuMatrix("q4", 8, 96, np.zeros((1, 3, 8, 16), np.uint8), np.zeros((1, 2, 8), np.float32), None,
+                        48, True)
     with pytest.raises(ValueError, match="needs zero_scales"):
         _core.CpuMatrix("q4", 8, 64, packed.data, packed.scales, None, 32, False)
     with pytest.raises(ValueError, match="weight format"):

@@ -68,7 +68,9 @@ def test_device_and_engine_arguments(art):
         Generator(art, device="gpu")
     with pytest.raises(ValueError, match="device='cuda'"):
         Generator(art, engine="trt", device="cpu")
-    gen = Generator(art, threads=1)  # auto without TensorRT plans: ONNX Runtime, host loop
+    gen = Generator(art, threads=1)  # auto without TensorRT plans: the CPU engine's weights are there
+    assert gen.device == "cpu" and type(gen.engine).__name__ == "CpuEngine"
+    gen = Generator(art, engine="ort", threads=1)  # ONNX Runtime, host loop
     assert gen.device == "cpu" and type(gen.engine).__name__ == "OrtEngine"
     if not tensorrt_available():
         with pytest.raises(RuntimeError, match="TensorRT.*engine='ort'"):

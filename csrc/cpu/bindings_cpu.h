@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/cpu_engine.h"
 #include "cpu/cpu_features.h"
+#include "cpu/cpu_model.h"
 #include "cpu/matmul.h"
 #include "cpu/thread_pool.h"
 #include "errors.h"
@@ -44,6 +46,7 @@ class ArrayMatrix {
     view_.cols = cols;
     view_.group = group;
     view_.symmetric = symmetric;
+    view_.validate_shape("array");
     data_ = keep(data, view_.data_bytes(), "data");
     view_.data = data_.data();
     if (view_.format != WeightFormat::F32) {
@@ -151,6 +154,70 @@ class MatmulRunner {
   volatile std::uint64_t sink_ = 0;
 };
 
+inline TensorEntry tensor_entry(const std::string& name, const py::dict& d) {
+  TensorEntry e;
+  e.name = name;
+  const auto get_range = [&](const char* key, std::uint64_t& offset, std::uint64_t& bytes) {
+    if (!d.contains(key) || d[key].is_none()) return;
+    const auto r = d[key].cast<std::vector<std::uint64_t>>();
+    if (r.size() != 2) throw InvalidArgument("tensor '" + name + "': " + key + " must be [offset, bytes]");
+    offset = r[0];
+    bytes = r[1];
+  };
+  try {
+    e.kind = d["kind"].cast<std::string>();
+    e.rows = d["rows"].cast<int>();
+    e.cols = d.contains("cols") ? d["cols"].cast<int>() : 0;
+    e.group = d.contains("group") && !d["group"].is_none() ? d["group"].cast<int>() : 0;
+    e.symmetric = d.contains("symmetric") ? d["symmetric"].cast<bool>() : true;
+  } catch (const py::error_already_set&) {
+    throw InvalidArgument("tensor '" + name + "': entry needs kind, rows (and cols for a matrix)");
+  } catch (const py::cast_error&) {
+    throw InvalidArgument("tensor '" + name + "': kind, rows, cols, group or symmetric has the wrong type");
+  }
+  get_range("data", e.data_offset, e.data_bytes);
+  get_range("scales", e.scales_offset, e.scales_bytes);
+  get_range("zero_scales", e.zero_scales_offset, e.zero_scales_bytes);
+  return e;
+}
+
+// Binds a CPU engine to numpy buffers (export validation and tests, without a Generator).
+inline void bind_arrays(CpuEngine& engine, const py::array_t<std::int64_t, py::array::c_style>& ids,
+                        const py::array_t<float, py::array::c_style>& logits, const std::vector<py::array>& keys,
+                        const std::vector<py::array>& values, int block_length) {
+  if (keys.empty() || keys.size() != values.size()) throw InvalidArgument("bind_arrays: one key and value cache per layer");
+  const auto& k0 = keys[0];
+  if (k0.ndim() != 4 || ids.ndim() != 2 || logits.ndim() != 3) {
+    throw InvalidArgument("bind_arrays: ids [B, T], logits [B, L, V], caches [S, B, KVH, D]");
+  }
+  EngineBindings b;
+  b.input_ids = reinterpret_cast<std::uintptr_t>(ids.data());
+  b.ids_capacity = static_cast<int>(ids.shape(1));
+  b.logits = reinterpret_cast<std::uintptr_t>(logits.data());
+  b.batch = static_cast<int>(ids.shape(0));
+  b.max_context = static_cast<int>(k0.shape(0));
+  b.num_kv_heads = static_cast<int>(k0.shape(2));
+  b.head_dim = static_cast<int>(k0.shape(3));
+  b.num_layers = static_cast<int>(keys.size());
+  b.block_length = block_length;
+  b.vocab_size = static_cast<int>(logits.shape(2));
+  b.row_bytes = static_cast<std::size_t>(b.batch) * b.num_kv_heads * b.head_dim * sizeof(float);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    for (const py::array* a : {&keys[i], &values[i]}) {
+      if (!py::isinstance<py::array_t<float>>(*a) || !(a->flags() & py::array::c_style) || a->ndim() != 4 ||
+          a->shape(0) != k0.shape(0) || a->shape(1) != b.batch || a->shape(2) != b.num_kv_heads || a->shape(3) != b.head_dim) {
+        throw InvalidArgument("bind_arrays: every cache must be a C-contiguous float32 [S, B, KVH, D] array like the first");
+      }
+    }
+    b.key_cache.push_back(reinterpret_cast<std::uintptr_t>(keys[i].data()));
+    b.value_cache.push_back(reinterpret_cast<std::uintptr_t>(values[i].data()));
+  }
+  if (logits.shape(0) != b.batch || logits.shape(1) != block_length) {
+    throw InvalidArgument("bind_arrays: logits must be [B, block_length, V]");
+  }
+  engine.bind(b);
+}
+
 inline void bind_cpu(py::module_& m) {
   m.def("cpu_kernels_available", &available_kernels,
         "CPU kernel tables this build has and this CPU can run, fastest first.");
@@ -169,6 +236,52 @@ inline void bind_cpu(py::module_& m) {
       .def("read_seconds", &MatmulRunner::read_seconds, py::arg("array"))
       .def_property_readonly("kernels", &MatmulRunner::kernels)
       .def_property_readonly("threads", &MatmulRunner::threads);
+
+  py::class_<CpuModel, std::shared_ptr<CpuModel>>(m, "CpuModel")
+      .def(py::init([](const std::string& path, const py::dict& dims, const py::dict& tensors) {
+             CpuModelDims d;
+             try {
+               d.hidden_size = dims["hidden_size"].cast<int>();
+               d.intermediate_size = dims["intermediate_size"].cast<int>();
+               d.num_heads = dims["num_heads"].cast<int>();
+               d.num_kv_heads = dims["num_kv_heads"].cast<int>();
+               d.head_dim = dims["head_dim"].cast<int>();
+               d.num_layers = dims["num_layers"].cast<int>();
+               d.vocab_size = dims["vocab_size"].cast<int>();
+               d.rms_norm_eps = dims["rms_norm_eps"].cast<float>();
+             } catch (const py::error_already_set&) {
+               throw InvalidArgument(path + ": the CPU engine's model dimensions are incomplete; re-export the artifact");
+             }
+             std::vector<TensorEntry> entries;
+             for (const auto& item : tensors) {
+               entries.push_back(tensor_entry(item.first.cast<std::string>(), item.second.cast<py::dict>()));
+             }
+             return std::make_shared<CpuModel>(std::make_shared<MappedFile>(path), d, entries);
+           }),
+           py::arg("path"), py::arg("dims"), py::arg("tensors"),
+           "The packed weights of an artifact (memory-mapped) with the model's dimensions; checks every tensor.");
+
+  py::class_<CpuEngine, Engine, std::shared_ptr<CpuEngine>>(m, "CpuEngine")
+      .def(py::init([](std::shared_ptr<CpuModel> model, int threads, const std::string& kernels,
+                       const std::string& activations) {
+             CpuEngineOptions o;
+             o.threads = threads;
+             o.kernels = kernels;
+             o.activations = parse_activations(activations);
+             return std::make_shared<CpuEngine>(std::move(model), o);
+           }),
+           py::arg("model"), py::arg("threads") = 1, py::arg("kernels") = "auto", py::arg("activations") = "int8",
+           "The native CPU engine over a CpuModel (activations: 'int8' for quantized weights, as ONNX Runtime's "
+           "accuracy level 4, or 'float').")
+      .def("run", &CpuEngine::run, py::arg("kind"), py::arg("past_len"), py::arg("tokens"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("bind_arrays", &bind_arrays, py::arg("input_ids"), py::arg("logits"), py::arg("key_caches"),
+           py::arg("value_caches"), py::arg("block_length"),
+           "Binds to numpy buffers (keep them alive): ids [B, T] int64, logits [B, L, V] float32, caches [S, B, KVH, D].")
+      .def_property_readonly("kernels", &CpuEngine::kernels)
+      .def_property_readonly("threads", &CpuEngine::threads)
+      .def_property_readonly("runs", &CpuEngine::runs)
+      .def_property_readonly("seconds", &CpuEngine::seconds);
 }
 
 }  // namespace sdar::cpu

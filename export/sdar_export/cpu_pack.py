@@ -98,7 +98,8 @@ def pack_q4_codes(u: np.ndarray) -> np.ndarray:
     return _interleave((c[:, :, 0, :] | (c[:, :, 1, :] << 4)).reshape(n, k // 2), CHUNK // 2)
 
 
-def pack_codes(u: np.ndarray, bits: int, scale: np.ndarray, zero_point: np.ndarray | None, group: int) -> PackedArrays:
+def pack_codes(u: np.ndarray, bits: int, scale: np.ndarray, zero_point: np.ndarray | None,
+               group: int) -> PackedArrays:
     """Unsigned codes ``u`` [N, K] with ``w = (u - z) * scale``; ``scale`` and ``zero_point`` [N, K / group].
 
     ``zero_point`` None: symmetric (the implicit ``2^(bits-1)``).

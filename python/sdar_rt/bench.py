@@ -155,8 +155,9 @@ def _parser() -> argparse.ArgumentParser:
         help="export max context (default: exporter's; 1024 with --shape)",
     )
     p.add_argument("--fp16", action="store_true", help="export in float16")
-    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"],
-                   help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans)")
+    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt", "cpu"],
+                   help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans, else the "
+                        "native CPU engine when the artifact has its weights, else ONNX Runtime)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="where sdar_rt's decoding loop runs (default: cuda for TensorRT, else cpu)")
     p.add_argument("--memory-calls", type=int, default=0, help="generate calls for a memory-flatness run")

@@ -67,6 +67,15 @@ using PanelKernel = void (*)(const MatmulArgs& args, int panel_begin, int panel_
 using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int block, int row_capacity,
                                 std::int8_t* q, std::int16_t* q16, float* scales, float* sums);
 
+// Vector primitives of the rest of a step (attention, SwiGLU, RMSNorm).
+struct VectorKernels {
+  float (*dot)(const float* a, const float* b, int n);
+  void (*axpy)(float a, const float* x, float* y, int n);                     // y += a * x
+  float (*exp_sum)(float* v, int n, float shift);                            // v = exp(v - shift); the sum
+  void (*silu_mul)(const float* gate, const float* up, float* out, int n);   // gate * sigmoid(gate) * up
+  float (*sum_squares)(const float* x, int n);
+};
+
 struct KernelTable {
   const char* name;          // "avx512vnni", "avx2", "neon", "scalar"
   PanelKernel f32;           // F32 weights, float activations
@@ -75,10 +84,12 @@ struct KernelTable {
   QuantizeKernel quantize;
   bool wants_q16;            // its Q8 kernel reads QuantizedRows::q16
   bool wants_panel_x;        // its float-activation kernels read MatmulArgs::xp
+  VectorKernels vec;
 };
 
 // Portable C++; every build has it.
 const KernelTable& scalar_kernels();
+const VectorKernels& portable_vector_kernels();
 // nullptr when the build has no such kernels (other architecture or compiler); they must only be
 // used on a CPU that has the instruction set (see cpu_features.h).
 const KernelTable* avx512vnni_kernels();

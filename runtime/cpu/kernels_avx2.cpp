@@ -5,7 +5,8 @@
 namespace sdar::cpu {
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table{"avx2", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, true, true};
+  static const KernelTable table{"avx2", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, true, true,
+                                 kVectorKernels};
   return &table;
 }
 

@@ -167,8 +167,10 @@ void quantize_kernel(const float* x, int rows, int ldx, int cols, int block, int
 }  // namespace
 
 const KernelTable* neon_kernels() {
-  // Float activations against quantized weights only serve export validation: the portable kernel.
-  static const KernelTable table{"neon", f32_kernel, quantized_kernel, scalar_kernels().dequantized, quantize_kernel, false, false};
+  // Float activations against quantized weights only serve export validation, and the vector
+  // primitives are a small share of a step: the portable ones.
+  static const KernelTable table{"neon", f32_kernel, quantized_kernel, scalar_kernels().dequantized, quantize_kernel,
+                                 false, false, portable_vector_kernels()};
   return &table;
 }
 

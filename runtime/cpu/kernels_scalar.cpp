@@ -133,9 +133,41 @@ void quantize_kernel(const float* x, int rows, int ldx, int cols, int block, int
   }
 }
 
-const KernelTable kScalar{"scalar", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, false};
+float dot(const float* a, const float* b, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s = std::fma(a[i], b[i], s);
+  return s;
+}
+
+void axpy(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+}
+
+float exp_sum(float* v, int n, float shift) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    v[i] = std::exp(v[i] - shift);
+    s += v[i];
+  }
+  return s;
+}
+
+void silu_mul(const float* gate, const float* up, float* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+float sum_squares(const float* x, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s = std::fma(x[i], x[i], s);
+  return s;
+}
+
+const KernelTable kScalar{"scalar",  f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, false,
+                          VectorKernels{dot, axpy, exp_sum, silu_mul, sum_squares}};
 
 }  // namespace
+
+const VectorKernels& portable_vector_kernels() { return kScalar.vec; }
 
 const KernelTable& scalar_kernels() { return kScalar; }
 

@@ -38,17 +38,23 @@ std::size_t PackedMatrix::scale_bytes() const {
 
 std::size_t PackedMatrix::zero_scale_bytes() const { return symmetric ? 0 : scale_bytes(); }
 
-void PackedMatrix::validate(const char* name) const {
+void PackedMatrix::validate_shape(const char* name) const {
   const std::string who = std::string("weight '") + name + "' (" + weight_format_name(format) + ")";
   if (rows <= 0 || cols <= 0) {
     throw InvalidArgument(who + ": shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "] is empty");
   }
-  if (data == nullptr) throw InvalidArgument(who + ": no data");
   if (format == WeightFormat::F32) return;
   if (group <= 0 || group % kChunk != 0 || cols % group != 0) {
     throw InvalidArgument(who + ": group size " + std::to_string(group) + " must be a multiple of " +
                           std::to_string(kChunk) + " that divides the input dimension " + std::to_string(cols));
   }
+}
+
+void PackedMatrix::validate(const char* name) const {
+  validate_shape(name);
+  const std::string who = std::string("weight '") + name + "' (" + weight_format_name(format) + ")";
+  if (data == nullptr) throw InvalidArgument(who + ": no data");
+  if (format == WeightFormat::F32) return;
   if (scales == nullptr) throw InvalidArgument(who + ": no scales");
   if (!symmetric && zero_scales == nullptr) throw InvalidArgument(who + ": asymmetric but no zero points");
 }

@@ -51,7 +51,9 @@ struct PackedMatrix {
   std::size_t data_bytes() const;
   std::size_t scale_bytes() const;
   std::size_t zero_scale_bytes() const;
-  // Throws InvalidArgument naming the problem (shape, group, missing arrays).
+  // Throws InvalidArgument naming the problem: validate_shape the shape and group size,
+  // validate those and the arrays.
+  void validate_shape(const char* name) const;
   void validate(const char* name) const;
 };
 
