@@ -281,7 +281,20 @@ inline void bind_cpu(py::module_& m) {
       .def_property_readonly("kernels", &CpuEngine::kernels)
       .def_property_readonly("threads", &CpuEngine::threads)
       .def_property_readonly("runs", &CpuEngine::runs)
-      .def_property_readonly("seconds", &CpuEngine::seconds);
+      .def_property_readonly("seconds", &CpuEngine::seconds)
+      .def(
+          "profile",
+          [](const CpuEngine& e) {
+            py::dict d;
+            d["runs"] = e.runs();
+            d["seconds"] = e.seconds();
+            for (int p = 0; p < static_cast<int>(Phase::Count); ++p) {
+              d[phase_name(static_cast<Phase>(p))] = e.phase_seconds(static_cast<Phase>(p));
+            }
+            return d;
+          },
+          "Seconds inside run() (summed over runs), and their split by phase: each matmul by weight, "
+          "attention, and the rest (embedding, norms, RoPE, SwiGLU, residuals).");
 }
 
 }  // namespace sdar::cpu

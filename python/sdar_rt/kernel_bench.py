@@ -79,7 +79,13 @@ def _ort_session(fmt: str, count: int, n: int, k: int, block: int, threads: int,
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+# Idle time before each timed call: ONNX Runtime's workers keep spinning for a while after a run
+# (as ours do, shorter), and a spinning thread of the other side would take a core from the call.
+SETTLE_SECONDS = 0.05
+
+
 def _timed(fn) -> float:
+    time.sleep(SETTLE_SECONDS)
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t

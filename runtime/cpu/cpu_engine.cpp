@@ -11,6 +11,26 @@
 
 namespace sdar::cpu {
 
+const char* phase_name(Phase phase) {
+  switch (phase) {
+    case Phase::Qkv: return "qkv";
+    case Phase::Attention: return "attention";
+    case Phase::O: return "o_proj";
+    case Phase::GateUp: return "gate_up";
+    case Phase::Down: return "down";
+    case Phase::LmHead: return "lm_head";
+    case Phase::Other: return "other";
+    case Phase::Count: break;
+  }
+  return "unknown";
+}
+
+void CpuEngine::lap(Phase phase) {
+  const auto now = std::chrono::steady_clock::now();
+  phase_seconds_[static_cast<int>(phase)] += std::chrono::duration<double>(now - mark_).count();
+  mark_ = now;
+}
+
 CpuEngine::CpuEngine(std::shared_ptr<const CpuModel> model, const CpuEngineOptions& options)
     : model_(std::move(model)),
       activations_(options.activations),
@@ -98,6 +118,7 @@ void CpuEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
                       " cached rows does not fit the bindings");
   }
   const auto start = std::chrono::steady_clock::now();
+  mark_ = start;
   const CpuModelDims& d = model_->dims();
   const int rows = b_.batch * tokens;
   const auto* ids = reinterpret_cast<const std::int64_t*>(b_.input_ids);
@@ -112,6 +133,7 @@ void CpuEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
   });
   for (int l = 0; l < d.num_layers; ++l) forward_layer(l, past_len, tokens);
   if (kind != GraphKind::Prefill) head(tokens);
+  lap(Phase::Other);
   seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ++runs_;
 }
@@ -136,7 +158,9 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
     rms_norm(vec_, x_.data() + static_cast<std::size_t>(r) * H, w.input_norm, h_.data() + static_cast<std::size_t>(r) * H, H,
              d.rms_norm_eps);
   });
+  lap(Phase::Other);
   matmul_(w.qkv, h_.data(), rows, H, qkv_.data(), qkv_cols, activations_);
+  lap(Phase::Qkv);
   for_rows(rows, qkv_cols, [&](int r) {
     const int b = r / tokens;
     const int t = r % tokens;
@@ -161,11 +185,14 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   shape.kv_heads = d.num_kv_heads;
   shape.head_dim = D;
   shape.past_len = past_len;
+  lap(Phase::Other);
   pool_.parallel_for(b_.batch * d.num_kv_heads, [&](int task) {
     attend(vec_, shape, task / d.num_kv_heads, task % d.num_kv_heads, h_.data(), key_cache, value_cache, attn_.data(),
            scores_.data() + static_cast<std::size_t>(task) * b_.max_context);
   });
+  lap(Phase::Attention);
   matmul_(w.o, attn_.data(), rows, q_cols, proj_.data(), H, activations_);
+  lap(Phase::O);
   for_rows(rows, H, [&](int r) {
     float* x = x_.data() + static_cast<std::size_t>(r) * H;
     const float* p = proj_.data() + static_cast<std::size_t>(r) * H;
@@ -174,12 +201,16 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   });
 
   // MLP block: gate and up in one matmul -> SiLU(gate) * up -> down -> residual.
+  lap(Phase::Other);
   matmul_(w.gate_up, h_.data(), rows, H, gate_up_.data(), 2 * I, activations_);
+  lap(Phase::GateUp);
   for_rows(rows, 2 * I, [&](int r) {
     const float* gu = gate_up_.data() + static_cast<std::size_t>(r) * 2 * I;
     vec_.silu_mul(gu, gu + I, act_.data() + static_cast<std::size_t>(r) * I, I);
   });
+  lap(Phase::Other);
   matmul_(w.down, act_.data(), rows, I, proj_.data(), H, activations_);
+  lap(Phase::Down);
   for_rows(rows, H, [&](int r) {
     float* x = x_.data() + static_cast<std::size_t>(r) * H;
     const float* p = proj_.data() + static_cast<std::size_t>(r) * H;
@@ -199,7 +230,9 @@ void CpuEngine::head(int tokens) {
     rms_norm(vec_, x_.data() + (static_cast<std::size_t>(b) * tokens + t) * H, model_->final_norm(),
              h_.data() + static_cast<std::size_t>(r) * H, H, d.rms_norm_eps);
   }
+  lap(Phase::Other);
   matmul_(model_->lm_head(), h_.data(), rows, H, reinterpret_cast<float*>(b_.logits), d.vocab_size, activations_);
+  lap(Phase::LmHead);
 }
 
 }  // namespace sdar::cpu

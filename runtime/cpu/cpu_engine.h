@@ -4,6 +4,8 @@
 // bind(); a step runs entirely in C++ on the engine's thread pool.
 #pragma once
 
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,6 +17,11 @@
 #include "thread_pool.h"
 
 namespace sdar::cpu {
+
+// Where the engine's time goes, summed over runs (seconds): each matmul by weight, attention, and
+// the rest of a step (embedding, norms, RoPE, SwiGLU, residuals).
+enum class Phase { Qkv, Attention, O, GateUp, Down, LmHead, Other, Count };
+const char* phase_name(Phase phase);
 
 struct CpuEngineOptions {
   int threads = 1;                            // workers including the calling thread
@@ -35,6 +42,7 @@ class CpuEngine final : public Engine {
   int threads() const { return pool_.size(); }
   long runs() const { return runs_; }
   double seconds() const { return seconds_; }
+  double phase_seconds(Phase phase) const { return phase_seconds_[static_cast<int>(phase)]; }
 
  private:
   void forward_layer(int layer, std::int64_t past_len, int tokens);
@@ -63,6 +71,9 @@ class CpuEngine final : public Engine {
   std::vector<float> sin_;
   long runs_ = 0;
   double seconds_ = 0.0;
+  std::array<double, static_cast<int>(Phase::Count)> phase_seconds_{};
+  std::chrono::steady_clock::time_point mark_;
+  void lap(Phase phase);  // adds the time since the last lap to `phase`
 };
 
 }  // namespace sdar::cpu
