@@ -112,8 +112,8 @@ def test_packing_layout():
     assert list(data[0, 0, 0, :3]) == [0 | (0 << 4), 1 | (1 << 4), 2 | (2 << 4)]
     assert (data[0, 1, 1] == 0x55).all() and not data[0, 0, 1].any() and not data[0, :, 2:].any()
     f = cpu_pack.pack_f32(np.arange(20, dtype=np.float32).reshape(2, 10))
-    assert f.data.shape == (1, 2, 8, 8) and f.data[0, 1, 0, 1] == 9.0 and f.data[0, 1, 1, 0] == 18.0
-    assert not f.data[0, 1, :2, 2:].any()             # K padded with zeros
+    assert f.data.shape == (1, 10, 8)                 # [panels, K, 8 rows]: k-major
+    assert f.data[0, 9, 0] == 9.0 and f.data[0, 8, 1] == 18.0 and not f.data[0, :, 2:].any()
     np.testing.assert_array_equal(cpu_pack.dequantize(f), np.arange(20, dtype=np.float32).reshape(2, 10))
     scale = np.arange(2, dtype=np.float32).reshape(1, 2)      # [N=1, G=2]
     lay = cpu_pack.panel_layout(scale)

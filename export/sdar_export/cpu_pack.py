@@ -6,7 +6,8 @@ file (``runtime/cpu/packed_matrix.h``):
 * rows (output features) are padded with zeros to a multiple of ``PANEL`` = 8, and the 8 rows of a
   panel are interleaved per chunk of K, so a kernel reading one chunk of all 8 rows reads one
   contiguous run and a whole panel is one contiguous range;
-* ``f32``: float32 ``[rows_padded / 8, ceil(K / 8), 8 rows, 8]`` (K padded with zeros);
+* ``f32``: float32 ``[rows_padded / 8, K, 8 rows]``: k-major panels (the 8 weights of a column of a
+  panel together);
 * ``q4``: unsigned 4-bit codes ``u`` with ``w = (u - z) * scale``, ``[rows_padded / 8, K / 32, 8 rows, 16]``
   bytes: byte ``j`` of a row's 32-weight chunk holds weight ``j`` in its low nibble and weight ``j + 16``
   in its high nibble (one load, a shift and a mask give the chunk in order);
@@ -24,7 +25,6 @@ import numpy as np
 
 PANEL = 8
 CHUNK = 32
-F32_STEP = 8
 
 
 @dataclass
@@ -83,11 +83,10 @@ def _deinterleave(a: np.ndarray, rows: int) -> np.ndarray:
 def pack_f32(w: np.ndarray) -> PackedArrays:
     """A float weight [N, K] (any float dtype; stored as float32)."""
     w = np.asarray(w, dtype=np.float32)
-    n, k = w.shape
-    kp = (k + F32_STEP - 1) // F32_STEP * F32_STEP
-    padded = np.zeros((padded_rows(n), kp), dtype=np.float32)
-    padded[:n, :k] = w
-    return PackedArrays("f32", n, k, _interleave(padded, F32_STEP))
+    rows, k = w.shape
+    padded = _pad_rows(w)
+    data = np.ascontiguousarray(padded.reshape(-1, PANEL, k).transpose(0, 2, 1))
+    return PackedArrays("f32", rows, k, data)
 
 
 def pack_q4_codes(u: np.ndarray) -> np.ndarray:
@@ -131,7 +130,7 @@ def dequantize(p: PackedArrays) -> np.ndarray:
     """The float32 [N, K] weights a packed matrix holds (tests)."""
     n, k = p.rows, p.cols
     if p.format == "f32":
-        return _deinterleave(p.data, n)[:, :k].copy()
+        return p.data.transpose(0, 2, 1).reshape(-1, k)[:n].copy()
     if p.format == "q4":
         c = _deinterleave(p.data, n).reshape(n, k // CHUNK, CHUNK // 2)
         u = np.concatenate([c & 0x0F, c >> 4], axis=2).reshape(n, k).astype(np.float32)

@@ -186,10 +186,18 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   shape.head_dim = D;
   shape.past_len = past_len;
   lap(Phase::Other);
-  pool_.parallel_for(b_.batch * d.num_kv_heads, [&](int task) {
+  const int attention_tasks = b_.batch * d.num_kv_heads;
+  const auto attend_task = [&](int task) {
     attend(vec_, shape, task / d.num_kv_heads, task % d.num_kv_heads, h_.data(), key_cache, value_cache, attn_.data(),
            scores_.data() + static_cast<std::size_t>(task) * b_.max_context);
-  });
+  };
+  // A short context is a few microseconds of work: handing it to the pool would cost more.
+  const double attention_macs = 2.0 * rows * d.num_heads * static_cast<double>(past_len + tokens) * D;
+  if (attention_macs < 4e6) {
+    for (int task = 0; task < attention_tasks; ++task) attend_task(task);
+  } else {
+    pool_.parallel_for(attention_tasks, attend_task);
+  }
   lap(Phase::Attention);
   matmul_(w.o, attn_.data(), rows, q_cols, proj_.data(), H, activations_);
   lap(Phase::O);

@@ -28,33 +28,33 @@ float zero_scale(const PackedMatrix& w, int n, int g) {
   return w.zero_scales[(static_cast<std::size_t>(n / kPanel) * w.groups() + g) * kPanel + n % kPanel];
 }
 
+// Outer products over the k-major panel: for each k, the 8 weights of column k times x[m][k], into
+// 8 outputs per row of x (two 4-lane vectors).
 void f32_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
   const int K = a.w.cols;
-  const int steps = (K + kF32Step - 1) / kF32Step;
-  const int full = K / kF32Step;
-  for (int n = panel_begin * kPanel; n < row_end(a, panel_end); ++n) {
-    // Row n's 8 floats of step s: ((panel * steps + s) * 8 + n % 8) * 8.
-    const float* wr = static_cast<const float*>(a.w.data) +
-                      (static_cast<std::size_t>(n / kPanel) * steps * kPanel + n % kPanel) * kF32Step;
+  for (int p = panel_begin; p < panel_end; ++p) {
+    const float* wp = static_cast<const float*>(a.w.data) + static_cast<std::size_t>(p) * K * kPanel;
     for (int m0 = 0; m0 < a.rows; m0 += kRowsPerPass) {
       const int mt = a.rows - m0 < kRowsPerPass ? a.rows - m0 : kRowsPerPass;
-      float32x4_t acc[kRowsPerPass];
-      for (auto& v : acc) v = vdupq_n_f32(0.0f);
-      for (int s = 0; s < full; ++s) {
-        const float* ws = wr + static_cast<std::size_t>(s) * kPanel * kF32Step;
-        const float32x4_t w0 = vld1q_f32(ws);
-        const float32x4_t w1 = vld1q_f32(ws + 4);
+      float32x4_t lo[kRowsPerPass];
+      float32x4_t hi[kRowsPerPass];
+      for (int m = 0; m < kRowsPerPass; ++m) lo[m] = hi[m] = vdupq_n_f32(0.0f);
+      for (int k = 0; k < K; ++k) {
+        const float32x4_t w0 = vld1q_f32(wp + static_cast<std::size_t>(k) * kPanel);
+        const float32x4_t w1 = vld1q_f32(wp + static_cast<std::size_t>(k) * kPanel + 4);
         for (int m = 0; m < mt; ++m) {
-          const float* xm = a.x + static_cast<std::size_t>(m0 + m) * a.ldx + s * kF32Step;
-          acc[m] = vfmaq_f32(vfmaq_f32(acc[m], w0, vld1q_f32(xm)), w1, vld1q_f32(xm + 4));
+          const float xv = a.x[static_cast<std::size_t>(m0 + m) * a.ldx + k];
+          lo[m] = vfmaq_n_f32(lo[m], w0, xv);
+          hi[m] = vfmaq_n_f32(hi[m], w1, xv);
         }
       }
+      const int n = a.w.rows - p * kPanel < kPanel ? a.w.rows - p * kPanel : kPanel;
       for (int m = 0; m < mt; ++m) {
-        const float* xr = a.x + static_cast<std::size_t>(m0 + m) * a.ldx;
-        float sum = vaddvq_f32(acc[m]);
-        const float* ws = wr + static_cast<std::size_t>(full) * kPanel * kF32Step;
-        for (int k = full * kF32Step; k < K; ++k) sum = std::fma(ws[k % kF32Step], xr[k], sum);
-        a.y[static_cast<std::size_t>(m0 + m) * a.ldy + n] = sum;
+        float out[8];
+        vst1q_f32(out, lo[m]);
+        vst1q_f32(out + 4, hi[m]);
+        float* y = a.y + static_cast<std::size_t>(m0 + m) * a.ldy + p * kPanel;
+        for (int j = 0; j < n; ++j) y[j] = out[j];
       }
     }
   }

@@ -24,9 +24,8 @@ int weight_code(const PackedMatrix& w, int n, int k) {
 }
 
 float f32_weight(const PackedMatrix& w, int n, int k) {
-  const int steps = (w.cols + kF32Step - 1) / kF32Step;
-  const std::size_t at = ((static_cast<std::size_t>(n / kPanel) * steps + k / kF32Step) * kPanel + n % kPanel) * kF32Step;
-  return static_cast<const float*>(w.data)[at + k % kF32Step];
+  const std::size_t at = (static_cast<std::size_t>(n / kPanel) * w.cols + k) * kPanel + n % kPanel;
+  return static_cast<const float*>(w.data)[at];
 }
 
 std::size_t panel_index(const PackedMatrix& w, int n, int g) {

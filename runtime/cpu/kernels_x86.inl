@@ -86,25 +86,44 @@ inline PanelScales panel_scales(const PackedMatrix& w, int panel, int groups) {
 
 // ---------------------------------------------------------------- float32 weights
 
+// Outer products: for each k, the panel's 8 weights of column k (one vector) times x[m][k]
+// broadcast, into acc[m] (8 outputs of row m). Fewer than 8 rows keep 8 accumulators anyway by
+// splitting k into 8 / MT interleaved phases (summed at the end): 8 independent FMA chains hide the
+// FMA latency. The panel is read once, front to back.
 template <int MT>
 void f32_tile(const MatmulArgs& a, int panel, const MTile& t) {
-  constexpr int R = 8 / MT;
-  const int steps = (a.w.cols + kF32Step - 1) / kF32Step;
+  constexpr int PHASES = 8 / MT;
+  const int K = a.w.cols;
   const std::size_t cap = a.row_capacity;
-  const float* wp = static_cast<const float*>(a.w.data) + static_cast<std::size_t>(panel) * steps * kPanel * kF32Step;
+  const float* wp = static_cast<const float*>(a.w.data) + static_cast<std::size_t>(panel) * K * kPanel;
   const float* xp = a.xp + static_cast<std::size_t>(t.first) * kF32Step;
-  for (int r0 = 0; r0 < kPanel; r0 += R) {
-    __m256 acc[8];
-    for (auto& v : acc) v = _mm256_setzero_ps();
-    for (int s = 0; s < steps; ++s) {
-      const float* ws = wp + (static_cast<std::size_t>(s) * kPanel + r0) * kF32Step;
-      const float* xs = xp + s * cap * kF32Step;
-      for (int r = 0; r < R; ++r) {
-        const __m256 w = _mm256_loadu_ps(ws + r * kF32Step);
-        for (int m = 0; m < MT; ++m) acc[r * MT + m] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs + m * kF32Step), acc[r * MT + m]);
+  __m256 acc[8];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  const int full = K / kF32Step;
+  for (int s = 0; s < full; ++s) {
+    const float* ws = wp + static_cast<std::size_t>(s) * kF32Step * kPanel;
+    const float* xs = xp + s * cap * kF32Step;
+    for (int l = 0; l < kF32Step; ++l) {
+      const __m256 w = _mm256_loadu_ps(ws + l * kPanel);
+      for (int m = 0; m < MT; ++m) {
+        __m256& a_ = acc[m * PHASES + l % PHASES];
+        a_ = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xs + m * kF32Step + l), a_);
       }
     }
-    store_lanes<MT>(a, reduce8(acc), panel, r0, t);
+  }
+  for (int k = full * kF32Step; k < K; ++k) {  // the last, partial step of x
+    const __m256 w = _mm256_loadu_ps(wp + static_cast<std::size_t>(k) * kPanel);
+    const float* xs = xp + (k / kF32Step) * cap * kF32Step + k % kF32Step;
+    for (int m = 0; m < MT; ++m) acc[m * PHASES] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xs + m * kF32Step), acc[m * PHASES]);
+  }
+  alignas(32) float out[8];
+  for (int m = 0; m < MT && t.first + m < a.rows; ++m) {
+    __m256 sum = acc[m * PHASES];
+    for (int p = 1; p < PHASES; ++p) sum = _mm256_add_ps(sum, acc[m * PHASES + p]);
+    _mm256_store_ps(out, sum);
+    float* y = a.y + static_cast<std::size_t>(t.first + m) * a.ldy + panel * kPanel;
+    const int n = a.w.rows - panel * kPanel < kPanel ? a.w.rows - panel * kPanel : kPanel;
+    for (int j = 0; j < n; ++j) y[j] = out[j];
   }
 }
 

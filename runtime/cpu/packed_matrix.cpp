@@ -24,7 +24,7 @@ float symmetric_zero_point(WeightFormat format) { return format == WeightFormat:
 std::size_t PackedMatrix::data_bytes() const {
   const std::size_t padded = static_cast<std::size_t>(panels()) * kPanel;
   switch (format) {
-    case WeightFormat::F32: return padded * ((cols + kF32Step - 1) / kF32Step * kF32Step) * sizeof(float);
+    case WeightFormat::F32: return padded * cols * sizeof(float);
     case WeightFormat::Q4: return padded * cols / 2;
     case WeightFormat::Q8: return padded * cols;
   }

@@ -12,16 +12,18 @@ namespace sdar::cpu {
 // Output rows are handled in panels of 8: one vector of results, and the unit of work the thread
 // pool hands out. Rows are padded to a whole panel in the file (zero weights and scales).
 constexpr int kPanel = 8;
-// Quantized weights come in chunks of 32 along K; float32 weights in steps of 8.
+// Quantized weights come in chunks of 32 along K; float activations are read in steps of 8.
 constexpr int kChunk = 32;
 constexpr int kF32Step = 8;
 
-// Layouts: the 8 rows of a panel are interleaved at chunk (step) granularity, so a kernel reading
-// one chunk of every row of a panel reads one contiguous run, and a panel is one contiguous range:
-//   Q4:  [panels][cols / 32][8 rows][16 bytes]: byte j of a row's chunk holds weight j in its low
-//        nibble and weight j + 16 in its high nibble (one load, a shift and a mask give 32 in order);
+// Layouts: a panel is one contiguous range, read front to back whatever the number of rows of x:
+//   Q4:  [panels][cols / 32][8 rows][16 bytes]: the 8 rows interleaved per chunk of 32; byte j of a
+//        row's chunk holds weight j in its low nibble and weight j + 16 in its high nibble (one
+//        load, a shift and a mask give the 32 in order). The integer kernels dot a chunk of a row
+//        with a chunk of x;
 //   Q8:  [panels][cols / 32][8 rows][32 bytes];
-//   F32: [panels][ceil(cols / 8)][8 rows][8 floats], K padded with zeros to a multiple of 8.
+//   F32: [panels][cols][8 rows]: k-major, the 8 weights of column k of a panel are one vector, so
+//        the float kernel multiplies it by x[m][k] broadcast (an outer product, no horizontal sums).
 enum class WeightFormat : int {
   F32 = 0,  // float32 weights
   Q4 = 1,   // unsigned 4-bit codes u in [0, 16): w = (u - z) * scale

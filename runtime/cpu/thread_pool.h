@@ -38,8 +38,8 @@ class ThreadPool {
   // run() over a callable: f(i) for i in [0, tasks).
   template <class F>
   void parallel_for(int tasks, F&& f) {
-    using Fn = std::remove_reference_t<F>;
-    run(tasks, [](void* c, int i) { (*static_cast<Fn*>(c))(i); }, &f);
+    using Fn = std::remove_reference_t<F>;  // may be const: only called, never modified through the pointer
+    run(tasks, [](void* c, int i) { (*static_cast<Fn*>(c))(i); }, const_cast<void*>(static_cast<const void*>(&f)));
   }
 
  private:

@@ -16,12 +16,8 @@ void matrix_row(const PackedMatrix& m, int row, float* out) {
   const std::size_t panel = static_cast<std::size_t>(row / kPanel);
   const int r = row % kPanel;
   if (m.format == WeightFormat::F32) {
-    const int steps = (K + kF32Step - 1) / kF32Step;
-    const float* base = static_cast<const float*>(m.data) + (panel * steps * kPanel + r) * kF32Step;
-    for (int s = 0; s < steps; ++s) {
-      const int n = K - s * kF32Step < kF32Step ? K - s * kF32Step : kF32Step;
-      std::memcpy(out + s * kF32Step, base + static_cast<std::size_t>(s) * kPanel * kF32Step, n * sizeof(float));
-    }
+    const float* base = static_cast<const float*>(m.data) + panel * K * kPanel + r;
+    for (int k = 0; k < K; ++k) out[k] = base[static_cast<std::size_t>(k) * kPanel];
     return;
   }
   const bool q4 = m.format == WeightFormat::Q4;

@@ -50,12 +50,11 @@ TestMatrix make_matrix(WeightFormat format, int rows, int cols, int group, bool 
   t.dense.assign(static_cast<std::size_t>(rows) * cols, 0.0);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   if (format == WeightFormat::F32) {
-    const int steps = (cols + 7) / 8;
-    t.floats.assign(static_cast<std::size_t>(padded) * steps * 8, 0.0f);
+    t.floats.assign(static_cast<std::size_t>(padded) * cols, 0.0f);
     for (int n = 0; n < rows; ++n) {
       for (int k = 0; k < cols; ++k) {
         const float v = normal(rng);
-        t.floats[((static_cast<std::size_t>(n / kPanel) * steps + k / 8) * kPanel + n % kPanel) * 8 + k % 8] = v;
+        t.floats[(static_cast<std::size_t>(n / kPanel) * cols + k) * kPanel + n % kPanel] = v;
         t.dense[static_cast<std::size_t>(n) * cols + k] = v;
       }
     }
