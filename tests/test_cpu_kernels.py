@@ -102,15 +102,16 @@ def test_int8_activation_rounding_is_what_the_bound_allows():
 
 
 def test_packing_layout():
-    """Panels of 8 rows interleaved per chunk; byte j of a row's 32-weight chunk: weight j in the low
-    nibble, weight j + 16 in the high nibble."""
-    u = np.zeros((2, 64), dtype=np.uint8)
+    """Panels of 8 rows interleaved per unit of 32 bytes; byte j of a row's 64-weight unit: weight j in
+    the low nibble, weight j + 32 in the high nibble; K padded to whole units."""
+    u = np.zeros((2, 96), dtype=np.uint8)
     u[0, :32] = np.arange(32) % 16
-    u[1, 32:] = 5
+    u[0, 32:64] = 3
+    u[1, 64:] = 5
     data = cpu_pack.pack_q4_codes(u)
-    assert data.shape == (1, 2, 8, 16)               # [panels, chunks, 8 rows, 16 bytes]
-    assert list(data[0, 0, 0, :3]) == [0 | (0 << 4), 1 | (1 << 4), 2 | (2 << 4)]
-    assert (data[0, 1, 1] == 0x55).all() and not data[0, 0, 1].any() and not data[0, :, 2:].any()
+    assert data.shape == (1, 2, 8, 32)               # [panels, units, 8 rows, 32 bytes]
+    assert list(data[0, 0, 0, :3]) == [0 | (3 << 4), 1 | (3 << 4), 2 | (3 << 4)]
+    assert (data[0, 1, 1] == 0x05).all() and not data[0, 0, 1].any() and not data[0, :, 2:].any()
     f = cpu_pack.pack_f32(np.arange(20, dtype=np.float32).reshape(2, 10))
     assert f.data.shape == (1, 10, 8)                 # [panels, K, 8 rows]: k-major
     assert f.data[0, 9, 0] == 9.0 and f.data[0, 8, 1] == 18.0 and not f.data[0, :, 2:].any()

@@ -8,9 +8,10 @@ file (``runtime/cpu/packed_matrix.h``):
   contiguous run and a whole panel is one contiguous range;
 * ``f32``: float32 ``[rows_padded / 8, K, 8 rows]``: k-major panels (the 8 weights of a column of a
   panel together);
-* ``q4``: unsigned 4-bit codes ``u`` with ``w = (u - z) * scale``, ``[rows_padded / 8, K / 32, 8 rows, 16]``
-  bytes: byte ``j`` of a row's 32-weight chunk holds weight ``j`` in its low nibble and weight ``j + 16``
-  in its high nibble (one load, a shift and a mask give the chunk in order);
+* ``q4``: unsigned 4-bit codes ``u`` with ``w = (u - z) * scale``, ``[rows_padded / 8, ceil(K / 64), 8 rows,
+  32]`` bytes: byte ``j`` of a row's 64-weight unit holds weight ``j`` in its low nibble and weight
+  ``j + 32`` in its high nibble (a load and a mask give the first 32 weights in order, a shift and a
+  mask the next 32); K is padded with zero codes to a multiple of 64;
 * ``q8``: unsigned 8-bit codes, ``[rows_padded / 8, K / 32, 8 rows, 32]`` bytes;
 * scales (and for asymmetric weights ``zero_scales`` = zero point * scale) per 8-row panel and group:
   ``[rows_padded / 8, K / group, 8]`` float32. Symmetric weights have the implicit zero point
@@ -90,11 +91,13 @@ def pack_f32(w: np.ndarray) -> PackedArrays:
 
 
 def pack_q4_codes(u: np.ndarray) -> np.ndarray:
-    """Unsigned 4-bit codes [N, K] (K a multiple of 32) -> [N_padded / 8, K / 32, 8, 16] bytes."""
+    """Unsigned 4-bit codes [N, K] (K a multiple of 32) -> [N_padded / 8, ceil(K / 64), 8, 32] bytes."""
     u = _pad_rows(np.asarray(u, dtype=np.uint8))
     n, k = u.shape
-    c = u.reshape(n, k // CHUNK, 2, CHUNK // 2)
-    return _interleave((c[:, :, 0, :] | (c[:, :, 1, :] << 4)).reshape(n, k // 2), CHUNK // 2)
+    k64 = -(-k // (2 * CHUNK)) * 2 * CHUNK
+    u = np.concatenate([u, np.zeros((n, k64 - k), np.uint8)], axis=1) if k64 != k else u
+    c = u.reshape(n, k64 // (2 * CHUNK), 2, CHUNK)
+    return _interleave((c[:, :, 0, :] | (c[:, :, 1, :] << 4)).reshape(n, k64 // 2), CHUNK)
 
 
 def pack_codes(u: np.ndarray, bits: int, scale: np.ndarray, zero_point: np.ndarray | None,
@@ -132,8 +135,8 @@ def dequantize(p: PackedArrays) -> np.ndarray:
     if p.format == "f32":
         return p.data.transpose(0, 2, 1).reshape(-1, k)[:n].copy()
     if p.format == "q4":
-        c = _deinterleave(p.data, n).reshape(n, k // CHUNK, CHUNK // 2)
-        u = np.concatenate([c & 0x0F, c >> 4], axis=2).reshape(n, k).astype(np.float32)
+        c = _deinterleave(p.data, n).reshape(n, -1, CHUNK)
+        u = np.concatenate([c & 0x0F, c >> 4], axis=2).reshape(n, -1)[:, :k].astype(np.float32)
     else:
         u = _deinterleave(p.data, n).astype(np.float32)
     g = k // p.group

@@ -33,11 +33,12 @@ struct MTile {
   int width = 1;
 };
 
-// int8 activations, as the quantize kernel writes them. Chunk-major, so the rows of a tile are at
-// fixed offsets from one pointer: the codes of chunk c (32 values) of row m are at (c * cap + m) * 32.
+// int8 activations, as a table's quantize kernel writes them for its own kernels. Run-major, so
+// the rows of a tile are at fixed offsets from one pointer: runs of R codes (R = 32, or 64 for the
+// AVX-512 VNNI table) of row m at ((c / R) * cap + m) * R, c the first code of the run.
 struct QuantizedRows {
-  const std::int8_t* q = nullptr;     // [cols / 32][row_capacity][32] codes in [-127, 127]; rows >= M are zero
-  const std::int16_t* q16 = nullptr;  // the same codes as int16 (tables with wants_q16), else null
+  const std::int8_t* q = nullptr;     // [ceil(cols / R)][row_capacity][R] codes in [-127, 127]; rows >= M are zero
+  const std::int16_t* q16 = nullptr;  // the codes as int16 in runs of 32 (tables with wants_q16), else null
   const float* scales = nullptr;      // [cols / block][row_capacity]: max|x| / 127 of the block
   const float* sums = nullptr;        // [cols / block][row_capacity]: scale * sum of the block's codes
   int row_capacity = 0;               // a multiple of 8, >= M

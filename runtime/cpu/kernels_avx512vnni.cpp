@@ -2,6 +2,11 @@
 // compiled with AVX2, FMA and AVX-512 F/BW/VL/VNNI flags; used only when the CPU reports all of them.
 // 256-bit vectors keep the AVX2 kernels' tiling; vpdpbusd replaces the multiply-add chain.
 #define SDAR_X86_VNNI 1
+// GCC's own AVX-512 insert / extract / shuffle intrinsics start from an undefined vector and trip
+// -Wmaybe-uninitialized inside its header (a false positive: every lane is written).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "kernels_x86.inl"
 
 namespace sdar::cpu {

@@ -86,12 +86,13 @@ void quantized_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
   const int block = a.a.block;
   const int cap = a.a.row_capacity;
   const bool q4 = w.format == WeightFormat::Q4;
-  const std::size_t row_bytes = q4 ? kChunk / 2 : kChunk;  // one row's part of a chunk
+  // Units of 32 bytes per row (packed_matrix.h): 64 weights as nibbles (Q4) or 32 bytes (Q8).
+  const std::size_t units = q4 ? (K + 2 * kChunk - 1) / (2 * kChunk) : K / kChunk;
   const uint8x16_t low4 = vdupq_n_u8(0x0F);
   for (int n = panel_begin * kPanel; n < row_end(a, panel_end); ++n) {
-    // Row n's part of chunk c: ((panel * chunks + c) * 8 + n % 8) * row_bytes.
+    // Row n's part of unit u: ((panel * units + u) * 8 + n % 8) * 32.
     const std::uint8_t* wr = static_cast<const std::uint8_t*>(w.data) +
-                             (static_cast<std::size_t>(n / kPanel) * (K / kChunk) * kPanel + n % kPanel) * row_bytes;
+                             (static_cast<std::size_t>(n / kPanel) * units * kPanel + n % kPanel) * 32;
     for (int m0 = 0; m0 < a.rows; m0 += kRowsPerPass) {
       const int mt = a.rows - m0 < kRowsPerPass ? a.rows - m0 : kRowsPerPass;
       float acc[kRowsPerPass] = {};
@@ -101,12 +102,15 @@ void quantized_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
         for (int k = b * block; k < (b + 1) * block; k += kChunk) {
           uint8x16_t w_lo;
           uint8x16_t w_hi;
-          const std::uint8_t* cw = wr + static_cast<std::size_t>(k / kChunk) * kPanel * row_bytes;
           if (q4) {
-            const uint8x16_t packed = vld1q_u8(cw);
-            w_lo = vandq_u8(packed, low4);
-            w_hi = vshrq_n_u8(packed, 4);
+            const std::uint8_t* cw = wr + static_cast<std::size_t>(k / (2 * kChunk)) * kPanel * 32;
+            const uint8x16_t b0 = vld1q_u8(cw);
+            const uint8x16_t b1 = vld1q_u8(cw + 16);
+            const bool high = (k / kChunk) % 2 != 0;  // the odd chunk of a unit: the high nibbles
+            w_lo = high ? vshrq_n_u8(b0, 4) : vandq_u8(b0, low4);
+            w_hi = high ? vshrq_n_u8(b1, 4) : vandq_u8(b1, low4);
           } else {
+            const std::uint8_t* cw = wr + static_cast<std::size_t>(k / kChunk) * kPanel * 32;
             w_lo = vld1q_u8(cw);
             w_hi = vld1q_u8(cw + 16);
           }

@@ -10,17 +10,17 @@
 namespace sdar::cpu {
 namespace {
 
-// Byte offset of row n's part of chunk c (the layouts of packed_matrix.h).
-std::size_t chunk_row_offset(const PackedMatrix& w, int n, int c) {
-  const std::size_t row_bytes = w.format == WeightFormat::Q4 ? kChunk / 2 : kChunk;
-  return ((static_cast<std::size_t>(n / kPanel) * (w.cols / kChunk) + c) * kPanel + n % kPanel) * row_bytes;
+// Byte offset of row n's part of unit u (32 bytes; the layouts of packed_matrix.h).
+std::size_t unit_row_offset(const PackedMatrix& w, int n, int u) {
+  const int units = w.format == WeightFormat::Q4 ? (w.cols + 2 * kChunk - 1) / (2 * kChunk) : w.cols / kChunk;
+  return ((static_cast<std::size_t>(n / kPanel) * units + u) * kPanel + n % kPanel) * 32;
 }
 
 int weight_code(const PackedMatrix& w, int n, int k) {
-  const auto* data = static_cast<const std::uint8_t*>(w.data) + chunk_row_offset(w, n, k / kChunk);
-  if (w.format == WeightFormat::Q8) return data[k % kChunk];
-  const std::uint8_t byte = data[k % 16];
-  return (k % kChunk) < 16 ? (byte & 0x0F) : (byte >> 4);
+  const auto* data = static_cast<const std::uint8_t*>(w.data);
+  if (w.format == WeightFormat::Q8) return data[unit_row_offset(w, n, k / kChunk) + k % kChunk];
+  const std::uint8_t byte = data[unit_row_offset(w, n, k / (2 * kChunk)) + k % kChunk];
+  return (k % (2 * kChunk)) < kChunk ? (byte & 0x0F) : (byte >> 4);
 }
 
 float f32_weight(const PackedMatrix& w, int n, int k) {

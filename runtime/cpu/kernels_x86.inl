@@ -22,6 +22,23 @@
 namespace sdar::cpu {
 namespace {
 
+// This table's layout of the int8 activation codes (QuantizedRows::q; only its own kernels read
+// them): runs of kXRun codes per row, [K / kXRun][cap][kXRun]. The VNNI kernels multiply 64 codes
+// per instruction (512-bit vpdpbusd, twice the work of a 256-bit one for the same issue slot), so
+// they keep chunk pairs together; the AVX2 kernels work per chunk of 32.
+#if SDAR_X86_VNNI
+constexpr int kXRun = 2 * kChunk;
+#else
+constexpr int kXRun = kChunk;
+#endif
+constexpr int kChunksPerRun = kXRun / kChunk;
+constexpr std::size_t kPrefetchBytes = 4096;
+
+// Offset of chunk c of row m, relative to chunk 0 of row 0.
+inline std::size_t x_chunk(int c, int m, std::size_t cap) {
+  return (static_cast<std::size_t>(c / kChunksPerRun) * cap + m) * kXRun + (c % kChunksPerRun) * kChunk;
+}
+
 // Horizontal sums of 8 vectors: lane j of the result is the sum of v[j]'s lanes.
 inline __m256i reduce8(const __m256i* v) {
   const __m256i a = _mm256_hadd_epi32(v[0], v[1]);
@@ -129,39 +146,75 @@ void f32_tile(const MatmulArgs& a, int panel, const MTile& t) {
 
 // ---------------------------------------------------------------- quantized weights, int8 activations
 
-// 32 weight codes of one row's chunk as u8, in order.
+// Bytes of one panel of a quantized matrix (32 bytes per row per unit; see packed_matrix.h).
 template <WeightFormat F>
-inline __m256i load_codes(const std::uint8_t* chunk_row) {
+inline std::size_t panel_units(int K) {
+  return F == WeightFormat::Q4 ? static_cast<std::size_t>((K + 2 * kChunk - 1) / (2 * kChunk)) : K / kChunk;
+}
+
+inline const std::uint8_t* unit_row(const std::uint8_t* panel_base, std::size_t unit, int row) {
+  return panel_base + (unit * kPanel + row) * 32;
+}
+
+// The 32 codes (u8, in order) of chunk c of a panel row.
+template <WeightFormat F>
+inline __m256i chunk_codes(const std::uint8_t* panel_base, int c, int row) {
   if constexpr (F == WeightFormat::Q4) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk_row));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(panel_base, c / 2, row)));
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    return c % 2 == 0 ? _mm256_and_si256(bytes, low4) : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
   } else {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk_row));
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(panel_base, c, row)));
   }
 }
 
-template <WeightFormat F>
-constexpr int chunk_row_bytes() { return F == WeightFormat::Q4 ? kChunk / 2 : kChunk; }
-
 // Integer dot products of one block of CHUNKS chunks: s32[r * MT + m] (lanes: partial sums) =
-// sum over the block of code(r0 + r, k) * x(m, k). `w`: the block's first chunk of the panel's
-// row 0; `x` / `x16`: the block's first chunk of the tile's first row.
+// sum over the block of code(r0 + r, k) * x(m, k). `w`: the panel's codes; `chunk0`: the block's
+// first chunk; `x`: the block's first chunk of the tile's first row (x_chunk layout; its first chunk
+// starts a run unless CHUNKS is 1); `x16`: the same as int16, chunk-major (AVX2 Q8).
 template <WeightFormat F, int MT, int CHUNKS>
-inline void block_dots(const std::uint8_t* w, int r0, const std::int8_t* x, const std::int16_t* x16, std::size_t cap,
-                       __m256i (&s32)[8]) {
+inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int8_t* x, const std::int16_t* x16,
+                       std::size_t cap, __m256i (&s32)[8]) {
   constexpr int R = 8 / MT;
-  constexpr int row_bytes = chunk_row_bytes<F>();
   (void)x16;
   // Each row's codes are unpacked once, then applied to every row of x (the block's codes of one
   // row stay in registers; the accumulators of one x row live only while it is summed).
 #if SDAR_X86_VNNI
+  if constexpr (CHUNKS % 2 == 0) {
+    // 512-bit: two chunks per vpdpbusd, the codes in the activations' order (chunk c, then c + 1).
+    constexpr int PAIRS = CHUNKS / 2;
+    for (int r = 0; r < R; ++r) {
+      __m512i codes[PAIRS];
+      for (int p = 0; p < PAIRS; ++p) {
+        const int c = chunk0 + 2 * p;  // even: a block of 2 or 4 chunks starts a run
+        if constexpr (F == WeightFormat::Q4) {
+          // One run of 64 codes: its 32 bytes, then the same shifted: [low nibbles | high nibbles].
+          const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c / 2, r0 + r)));
+          codes[p] = _mm512_and_si512(_mm512_inserti64x4(_mm512_zextsi256_si512(bytes), _mm256_srli_epi16(bytes, 4), 1),
+                                      _mm512_set1_epi8(0x0F));
+        } else {
+          codes[p] = _mm512_inserti64x4(
+              _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c, r0 + r)))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c + 1, r0 + r))), 1);
+        }
+      }
+      for (int m = 0; m < MT; ++m) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int p = 0; p < PAIRS; ++p) {
+          acc = _mm512_dpbusd_epi32(acc, codes[p], _mm512_loadu_si512(x + x_chunk(2 * p, m, cap)));
+        }
+        s32[r * MT + m] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+      }
+    }
+    return;
+  }
   for (int r = 0; r < R; ++r) {
     __m256i codes[CHUNKS];
-    for (int c = 0; c < CHUNKS; ++c) codes[c] = load_codes<F>(w + (c * kPanel + r0 + r) * row_bytes);
+    for (int c = 0; c < CHUNKS; ++c) codes[c] = chunk_codes<F>(w, chunk0 + c, r0 + r);
     for (int m = 0; m < MT; ++m) {
       __m256i acc = _mm256_setzero_si256();
       for (int c = 0; c < CHUNKS; ++c) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c * cap * kChunk + m * kChunk));
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + x_chunk(c, m, cap)));
         acc = _mm256_dpbusd_epi32(acc, codes[c], xv);
       }
       s32[r * MT + m] = acc;
@@ -172,11 +225,11 @@ inline void block_dots(const std::uint8_t* w, int r0, const std::int8_t* x, cons
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < R; ++r) {
       __m256i codes[CHUNKS];
-      for (int c = 0; c < CHUNKS; ++c) codes[c] = load_codes<F>(w + (c * kPanel + r0 + r) * row_bytes);
+      for (int c = 0; c < CHUNKS; ++c) codes[c] = chunk_codes<F>(w, chunk0 + c, r0 + r);
       for (int m = 0; m < MT; ++m) {
         __m256i acc = _mm256_setzero_si256();
         for (int c = 0; c < CHUNKS; ++c) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c * cap * kChunk + m * kChunk));
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + x_chunk(c, m, cap)));
           acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(codes[c], xv));
         }
         s32[r * MT + m] = _mm256_madd_epi16(acc, ones);
@@ -187,7 +240,7 @@ inline void block_dots(const std::uint8_t* w, int r0, const std::int8_t* x, cons
     for (int c = 0; c < CHUNKS; ++c) {
       const std::int16_t* xc = x16 + c * cap * kChunk;
       for (int r = 0; r < R; ++r) {
-        const std::uint8_t* cw = w + (c * kPanel + r0 + r) * row_bytes;
+        const std::uint8_t* cw = unit_row(w, chunk0 + c, r0 + r);
         const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cw)));
         const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cw + 16)));
         for (int m = 0; m < MT; ++m) {
@@ -205,46 +258,59 @@ inline void block_dots(const std::uint8_t* w, int r0, const std::int8_t* x, cons
 template <WeightFormat F, int MT, int CHUNKS>
 void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   constexpr int R = 8 / MT;
-  constexpr int row_bytes = chunk_row_bytes<F>();
   constexpr int block = CHUNKS * kChunk;
   const int K = a.w.cols;
   const int groups = K / a.w.group;
   const int blocks_per_group = a.w.group / block;
   const std::size_t cap = a.a.row_capacity;
-  const auto* wp = static_cast<const std::uint8_t*>(a.w.data) + static_cast<std::size_t>(panel) * (K / kChunk) * kPanel * row_bytes;
+  const auto* wp = static_cast<const std::uint8_t*>(a.w.data) + static_cast<std::size_t>(panel) * panel_units<F>(K) * kPanel * 32;
   const PanelScales ps = panel_scales(a.w, panel, groups);
-  const std::int8_t* xq = a.a.q + static_cast<std::size_t>(t.first) * kChunk;
   const std::int16_t* xq16 = a.a.q16 != nullptr ? a.a.q16 + static_cast<std::size_t>(t.first) * kChunk : nullptr;
-  for (int r0 = 0; r0 < kPanel; r0 += R) {
-    const __m256i rows = panel_row_lanes<MT>(r0);
-    __m256 acc = _mm256_setzero_ps();
-    for (int g = 0; g < groups; ++g) {
-      const __m256 sw = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ps.scales + static_cast<std::size_t>(g) * kPanel), rows);
-      const __m256 zs = ps.zero_scales != nullptr
-                            ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(ps.zero_scales + static_cast<std::size_t>(g) * kPanel), rows)
-                            : _mm256_mul_ps(sw, ps.zero_point);
-      for (int bg = 0; bg < blocks_per_group; ++bg) {
-        const int b = g * blocks_per_group + bg;
-        const std::size_t chunk0 = static_cast<std::size_t>(b) * CHUNKS;
+  // Block by block, each block's codes of all 8 rows in turn (the passes of R rows), so the panel is
+  // read front to back once: with the passes outermost each would read DRAM with a stride.
+  constexpr int PASSES = kPanel / R;
+  __m256 acc[PASSES];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    const __m256 sw_all = _mm256_loadu_ps(ps.scales + static_cast<std::size_t>(g) * kPanel);
+    const __m256 zs_all = ps.zero_scales != nullptr ? _mm256_loadu_ps(ps.zero_scales + static_cast<std::size_t>(g) * kPanel)
+                                                    : _mm256_mul_ps(sw_all, ps.zero_point);
+    for (int bg = 0; bg < blocks_per_group; ++bg) {
+      const int b = g * blocks_per_group + bg;
+      const std::size_t chunk0 = static_cast<std::size_t>(b) * CHUNKS;
+      const __m256 sx = x_row_lanes<MT>(a.a.scales + static_cast<std::size_t>(b) * cap + t.first);
+      const __m256 sums = x_row_lanes<MT>(a.a.sums + static_cast<std::size_t>(b) * cap + t.first);
+      if (t.first == 0) {
+        // The weights a few blocks ahead (past this panel too: the thread's panels are contiguous),
+        // so DRAM is kept busy while this block is computed. Prefetches never fault.
+        const char* ahead = reinterpret_cast<const char*>(wp) + chunk0 * kPanel * 32 / (F == WeightFormat::Q4 ? 2 : 1) +
+                            kPrefetchBytes;
+        for (int line = 0; line < CHUNKS * kPanel * 32 / (F == WeightFormat::Q4 ? 2 : 1); line += 64) {
+          _mm_prefetch(ahead + line, _MM_HINT_T0);
+        }
+      }
+      for (int pass = 0; pass < PASSES; ++pass) {
+        const __m256i rows = panel_row_lanes<MT>(pass * R);
+        const __m256 sw = _mm256_permutevar8x32_ps(sw_all, rows);
+        const __m256 zs = _mm256_permutevar8x32_ps(zs_all, rows);
         __m256i s32[8];
-        block_dots<F, MT, CHUNKS>(wp + chunk0 * kPanel * row_bytes, r0, xq + chunk0 * cap * kChunk,
+        block_dots<F, MT, CHUNKS>(wp, static_cast<int>(chunk0), pass * R,
+                                  a.a.q + x_chunk(static_cast<int>(chunk0), t.first, cap),
                                   xq16 != nullptr ? xq16 + chunk0 * cap * kChunk : nullptr, cap, s32);
-        const __m256 sx = x_row_lanes<MT>(a.a.scales + static_cast<std::size_t>(b) * cap + t.first);
-        const __m256 sums = x_row_lanes<MT>(a.a.sums + static_cast<std::size_t>(b) * cap + t.first);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(s32)), _mm256_mul_ps(sw, sx), acc);
-        acc = _mm256_fnmadd_ps(zs, sums, acc);
+        acc[pass] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(s32)), _mm256_mul_ps(sw, sx), acc[pass]);
+        acc[pass] = _mm256_fnmadd_ps(zs, sums, acc[pass]);
       }
     }
-    store_lanes<MT>(a, acc, panel, r0, t);
   }
+  for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
 
 // ---------------------------------------------------------------- quantized weights, float activations
 
-// The 32 weights of one row's chunk as floats: (u - z) * scale = u * scale - zs.
+// The 32 weights of chunk c of a panel row as floats: (u - z) * scale = u * scale - zs.
 template <WeightFormat F>
-inline void dequantize_chunk(const std::uint8_t* chunk_row, __m256 scale, __m256 zs, __m256 (&out)[4]) {
-  const __m256i codes = load_codes<F>(chunk_row);
+inline void dequantize_chunk(const std::uint8_t* panel_base, int c, int row, __m256 scale, __m256 zs, __m256 (&out)[4]) {
+  const __m256i codes = chunk_codes<F>(panel_base, c, row);
   const __m128i lo = _mm256_castsi256_si128(codes);
   const __m128i hi = _mm256_extracti128_si256(codes, 1);
   const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
@@ -254,12 +320,11 @@ inline void dequantize_chunk(const std::uint8_t* chunk_row, __m256 scale, __m256
 template <WeightFormat F, int MT>
 void dequantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   constexpr int R = 8 / MT;
-  constexpr int row_bytes = chunk_row_bytes<F>();
   const int K = a.w.cols;
   const int groups = K / a.w.group;
   const int chunks = a.w.group / kChunk;
   const std::size_t cap = a.row_capacity;
-  const auto* wp = static_cast<const std::uint8_t*>(a.w.data) + static_cast<std::size_t>(panel) * (K / kChunk) * kPanel * row_bytes;
+  const auto* wp = static_cast<const std::uint8_t*>(a.w.data) + static_cast<std::size_t>(panel) * panel_units<F>(K) * kPanel * 32;
   const PanelScales ps = panel_scales(a.w, panel, groups);
   const float* xp = a.xp + static_cast<std::size_t>(t.first) * kF32Step;
   for (int r0 = 0; r0 < kPanel; r0 += R) {
@@ -273,7 +338,7 @@ void dequantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
                                                     : _mm256_mul_ps(scale, ps.zero_point);
         for (int c = g * chunks; c < (g + 1) * chunks; ++c) {
           __m256 wv[4];
-          dequantize_chunk<F>(wp + ((static_cast<std::size_t>(c) * kPanel) + r0 + r) * row_bytes, scale, zs, wv);
+          dequantize_chunk<F>(wp, c, r0 + r, scale, zs, wv);
           for (int i = 0; i < 4; ++i) {
             const float* xs = xp + (static_cast<std::size_t>(c) * 4 + i) * cap * kF32Step;
             for (int m = 0; m < MT; ++m) acc[r * MT + m] = _mm256_fmadd_ps(wv[i], _mm256_loadu_ps(xs + m * kF32Step), acc[r * MT + m]);
@@ -365,12 +430,11 @@ void quantize_kernel(const float* x, int rows, int ldx, int cols, int block, int
   const __m256i ones = _mm256_set1_epi16(1);
   const std::size_t cap = row_capacity;
   for (int m = 0; m < row_capacity; ++m) {
-    // Chunk c of row m at (c * cap + m) * 32: qr[c * cap * 32 + j].
-    std::int8_t* qr = q + static_cast<std::size_t>(m) * kChunk;
+    // Codes of chunk c of row m at x_chunk(c, m, cap); the int16 copy chunk-major, (c * cap + m) * 32.
     std::int16_t* q16r = q16 != nullptr ? q16 + static_cast<std::size_t>(m) * kChunk : nullptr;
     if (m >= rows) {  // padding rows of the last tile: zero codes and scales
       for (int k = 0; k < cols; k += kChunk) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + k / kChunk * cap * kChunk), _mm256_setzero_si256());
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + x_chunk(k / kChunk, m, cap)), _mm256_setzero_si256());
         if (q16r != nullptr) {
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(q16r + k / kChunk * cap * kChunk), _mm256_setzero_si256());
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(q16r + k / kChunk * cap * kChunk + 16), _mm256_setzero_si256());
@@ -399,7 +463,7 @@ void quantize_kernel(const float* x, int rows, int ldx, int cols, int block, int
         const __m256i codes =
             _mm256_permutevar8x32_epi32(_mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3)), order);
         const std::size_t at = k / kChunk * cap * kChunk;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + at), codes);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + x_chunk(k / kChunk, m, cap)), codes);
         const __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(codes));
         const __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(codes, 1));
         if (q16r != nullptr) {

@@ -52,7 +52,7 @@ void Matmul::reserve(int max_rows, int max_cols) {
   const std::size_t cap = static_cast<std::size_t>(round_up(max_rows_, 8));
   tiles_.assign(cap / 4 + 1, MTile{});
   if (kernels_.wants_panel_x) xp_.assign(cap * ((max_cols_ + kF32Step - 1) / kF32Step * kF32Step), 0.0f);
-  q_.assign(cap * max_cols_, 0);
+  q_.assign(cap * static_cast<std::size_t>(round_up(max_cols_, 64)), 0);  // runs of up to 64 codes
   if (kernels_.wants_q16) q16_.assign(cap * max_cols_, 0);
   scales_.assign(cap * (max_cols_ / 32 + 1), 0.0f);
   sums_.assign(scales_.size(), 0.0f);

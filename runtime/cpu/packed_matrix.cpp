@@ -25,7 +25,7 @@ std::size_t PackedMatrix::data_bytes() const {
   const std::size_t padded = static_cast<std::size_t>(panels()) * kPanel;
   switch (format) {
     case WeightFormat::F32: return padded * cols * sizeof(float);
-    case WeightFormat::Q4: return padded * cols / 2;
+    case WeightFormat::Q4: return padded * ((cols + 2 * kChunk - 1) / (2 * kChunk)) * 32;
     case WeightFormat::Q8: return padded * cols;
   }
   return 0;

@@ -16,11 +16,12 @@ constexpr int kPanel = 8;
 constexpr int kChunk = 32;
 constexpr int kF32Step = 8;
 
-// Layouts: a panel is one contiguous range, read front to back whatever the number of rows of x:
-//   Q4:  [panels][cols / 32][8 rows][16 bytes]: the 8 rows interleaved per chunk of 32; byte j of a
-//        row's chunk holds weight j in its low nibble and weight j + 16 in its high nibble (one
-//        load, a shift and a mask give the 32 in order). The integer kernels dot a chunk of a row
-//        with a chunk of x;
+// Layouts: a panel is one contiguous range, read front to back whatever the number of rows of x;
+// quantized rows are interleaved per unit of 32 bytes:
+//   Q4:  [panels][ceil(cols / 64)][8 rows][32 bytes]: a unit holds 64 weights, byte j weight j in
+//        its low nibble and weight j + 32 in its high nibble (one load and a mask give chunk 2u of
+//        32 weights in order, a shift and a mask chunk 2u + 1; a 512-bit register holds both);
+//        with cols an odd number of chunks, the last unit's high nibbles are zero;
 //   Q8:  [panels][cols / 32][8 rows][32 bytes];
 //   F32: [panels][cols][8 rows]: k-major, the 8 weights of column k of a panel are one vector, so
 //        the float kernel multiplies it by x[m][k] broadcast (an outer product, no horizontal sums).

@@ -20,15 +20,17 @@ void matrix_row(const PackedMatrix& m, int row, float* out) {
     for (int k = 0; k < K; ++k) out[k] = base[static_cast<std::size_t>(k) * kPanel];
     return;
   }
+  // Units of 32 bytes per row (packed_matrix.h): 64 weights as nibbles (Q4) or 32 bytes (Q8).
   const bool q4 = m.format == WeightFormat::Q4;
-  const std::size_t row_bytes = q4 ? kChunk / 2 : kChunk;
-  const int chunks = K / kChunk;
+  const int unit_weights = q4 ? 2 * kChunk : kChunk;
+  const std::size_t units = static_cast<std::size_t>((K + unit_weights - 1) / unit_weights);
   const int groups = K / m.group;
-  const auto* base = static_cast<const std::uint8_t*>(m.data) + (panel * chunks * kPanel + r) * row_bytes;
+  const auto* base = static_cast<const std::uint8_t*>(m.data) + (panel * units * kPanel + r) * 32;
   const float zp = symmetric_zero_point(m.format);
   for (int k = 0; k < K; ++k) {
-    const std::uint8_t* chunk = base + static_cast<std::size_t>(k / kChunk) * kPanel * row_bytes;
-    const int code = q4 ? ((k % kChunk) < 16 ? chunk[k % 16] & 0x0F : chunk[k % 16] >> 4) : chunk[k % kChunk];
+    const std::uint8_t* unit = base + static_cast<std::size_t>(k / unit_weights) * kPanel * 32;
+    const int j = k % unit_weights;
+    const int code = q4 ? (j < kChunk ? unit[j] & 0x0F : unit[j - kChunk] >> 4) : unit[j];
     const std::size_t si = (panel * groups + k / m.group) * kPanel + r;
     const float s = m.scales[si];
     const float zs = m.symmetric ? s * zp : m.zero_scales[si];

@@ -66,7 +66,8 @@ TestMatrix make_matrix(WeightFormat format, int rows, int cols, int group, bool 
   const int groups = cols / group;
   std::uniform_int_distribution<int> code(0, levels - 1);
   std::uniform_real_distribution<float> scale(0.001f, 0.05f);
-  t.bytes.assign(static_cast<std::size_t>(padded) * cols * bits / 8, 0);
+  const int units = bits == 4 ? (cols + 63) / 64 : cols / 32;  // 32 bytes per row per unit
+  t.bytes.assign(static_cast<std::size_t>(padded) * units * 32, 0);
   t.scales.assign(static_cast<std::size_t>(panels) * groups * kPanel, 0.0f);
   t.zero_scales.assign(t.scales.size(), 0.0f);
   for (int n = 0; n < rows; ++n) {
@@ -78,12 +79,13 @@ TestMatrix make_matrix(WeightFormat format, int rows, int cols, int group, bool 
       t.zero_scales[si] = static_cast<float>(z) * s;
       for (int k = g * group; k < (g + 1) * group; ++k) {
         const int u = code(rng);
-        const std::size_t chunk_row = (static_cast<std::size_t>(n / kPanel) * (cols / 32) + k / 32) * kPanel + n % kPanel;
+        const int unit_weights = bits == 4 ? 64 : 32;
+        const std::size_t unit_row = (static_cast<std::size_t>(n / kPanel) * units + k / unit_weights) * kPanel + n % kPanel;
         if (bits == 8) {
-          t.bytes[chunk_row * 32 + k % 32] = static_cast<std::uint8_t>(u);
+          t.bytes[unit_row * 32 + k % 32] = static_cast<std::uint8_t>(u);
         } else {
-          std::uint8_t& b = t.bytes[chunk_row * 16 + k % 16];
-          b = static_cast<std::uint8_t>(k % 32 < 16 ? (b & 0xF0) | u : (b & 0x0F) | (u << 4));
+          std::uint8_t& b = t.bytes[unit_row * 32 + k % 32];
+          b = static_cast<std::uint8_t>(k % 64 < 32 ? (b & 0xF0) | u : (b & 0x0F) | (u << 4));
         }
         t.dense[static_cast<std::size_t>(n) * cols + k] = static_cast<double>(u - z) * s;
       }
