@@ -117,9 +117,16 @@ void f32_tile(const MatmulArgs& a, int panel, const MTile& t) {
   __m256 acc[8];
   for (auto& v : acc) v = _mm256_setzero_ps();
   const int full = K / kF32Step;
+  const bool prefetch = t.first == 0;  // the first tile streams the panel; the others find it in cache
   for (int s = 0; s < full; ++s) {
     const float* ws = wp + static_cast<std::size_t>(s) * kF32Step * kPanel;
     const float* xs = xp + s * cap * kF32Step;
+    if (prefetch) {
+      // A few KB ahead (past this panel too: the thread's panels are contiguous; prefetches never
+      // fault), so DRAM streams while this step computes.
+      const char* ahead = reinterpret_cast<const char*>(ws) + kPrefetchBytes;
+      for (int line = 0; line < kF32Step * kPanel * 4; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    }
     for (int l = 0; l < kF32Step; ++l) {
       const __m256 w = _mm256_loadu_ps(ws + l * kPanel);
       for (int m = 0; m < MT; ++m) {
