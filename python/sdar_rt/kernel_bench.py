@@ -10,8 +10,9 @@ K inputs, N outputs; 84 of 1024 x 3072 hold 264M weights, the MLP-sized matmuls 
     ONNX Runtime's ``com.microsoft.MatMulNBits`` at accuracy level 4 (int8 activations too);
   * ``q8``: int8 weights in the same blocks, against MatMulNBits with 8 bits;
   * ``f32``: float32 weights against ONNX Runtime's MatMul.
-Both sides run the same shapes, with random weights (speed does not depend on the values), with the
-same thread count; the two are timed alternately so that both see the same load on a shared host.
+ONNX Runtime's side is built with the ``onnx`` package (the export extra). Both sides run the same
+shapes, with random weights (speed does not depend on the values), with the same thread count; the two
+are timed alternately so that both see the same load on a shared host.
 Reported per M: median milliseconds over ``--repeats`` rounds, the ratio to M = 1 (the cost of the
 extra rows), ours / ONNX Runtime, GMAC/s and the weights' bytes per second, plus a memory-read probe
 (the same number of bytes read by the same threads): the floor a weight-streaming kernel cannot
