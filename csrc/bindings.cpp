@@ -12,6 +12,7 @@
 
 #include "build_config.h"
 #include "cancellation.h"
+#include "cpu/bindings_cpu.h"  // the native CPU engine and its kernels
 #include "errors.h"
 #include "generator.h"
 #include "host_backend.h"
@@ -367,6 +368,7 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("logits"), py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
       py::arg("u") = 0.0, "One draw of the core's sampler: (token, confidence).");
+  sdar::cpu::bind_cpu(m);
 #ifdef SDAR_HAVE_CUDA
   sdar::cuda::bind_cuda(m);
 #endif

@@ -59,6 +59,8 @@ def baseline_run(tiny, bench):
             *ARGV,
             "--runs",
             "2",
+            "--engine",
+            "ort",  # ort_seconds: ONNX Runtime's share of the engine time is reported
             "--baselines",
             "reference,ar",
             "--json",

@@ -70,7 +70,9 @@ def test_device_and_engine_arguments(art):
         Generator(art, device="gpu")
     with pytest.raises(ValueError, match="device='cuda'"):
         Generator(art, engine="trt", device="cpu")
-    gen = Generator(art, threads=1)  # auto without TensorRT plans: ONNX Runtime, host loop
+    gen = Generator(art, threads=1)  # auto without TensorRT plans: the CPU engine's weights are there
+    assert gen.device == "cpu" and type(gen.engine).__name__ == "CpuEngine"
+    gen = Generator(art, engine="ort", threads=1)  # ONNX Runtime, host loop
     assert gen.device == "cpu" and type(gen.engine).__name__ == "OrtEngine"
     # ONNX Runtime would copy the KV cache to the GPU and back every step: refused, with the way out
     for engine in ("ort", "auto"):

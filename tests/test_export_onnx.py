@@ -52,7 +52,7 @@ def test_artifact_layout_and_manifest(artifact, ckpt):
     assert names == sorted(["manifest.json", "prefill.onnx", "decode.onnx", "fused.onnx", "step.onnx",
                             "trt.onnx",
                             "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                            "config.json"])
+                            "config.json", "cpu_weights.bin"])
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
     m = json.loads((out / "manifest.json").read_text())
     sdar_rt_artifact = pytest.importorskip("sdar_rt.artifact")

@@ -141,7 +141,7 @@ def test_engine_runs_every_kind_on_one_session(art):
     from sdar_rt import Generator, _core
 
     _, a = art
-    gen = Generator(a, threads=1)
+    gen = Generator(a, engine="ort", threads=1)
     graphs = gen.engine._graphs
     assert gen.engine.shared_session and gen.engine.has_fused
     assert set(graphs) == {_core.GraphKind.Prefill, _core.GraphKind.Decode, _core.GraphKind.Fused}
@@ -154,7 +154,7 @@ def test_step_graph_tokens_equal_three_graph_engine(art, three_graph_art, fused)
     from sdar_rt import Generator
 
     _, a = art
-    one, three = Generator(a, threads=1), Generator(three_graph_art, threads=1)
+    one, three = Generator(a, engine="ort", threads=1), Generator(three_graph_art, engine="ort", threads=1)
     assert one.engine.shared_session and not three.engine.shared_session
     prompts = [[5, 9, 11, 3, 7, 2, 8, 1, 4], [3, 4]]
     kw = dict(max_new_tokens=21, remasking="low_confidence_static", denoising_steps=2, fused_commit=fused)

@@ -127,7 +127,8 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
            quantize: str | None = None, group_size: int | None = None, symmetric: bool = True,
            quant_format: str | None = None, quantize_embeddings: bool = False, quantize_lm_head: bool = False,
            accuracy_level: int | None = None, awq: bool = False, calibration: str | Path | None = None,
-           lm_head_bits: int | None = None, verbose: bool = False, _summary: dict | None = None,
+           lm_head_bits: int | None = None, cpu_engine: bool = True, verbose: bool = False,
+           _summary: dict | None = None,
            _external_data_threshold: int | None = None) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path.
 
@@ -138,6 +139,8 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
     sdar_export.quantize for the scheme and the graph forms, ``quant_format`` MatMulNBits | QDQ).
     ``awq``: activation-aware scales (sdar_export.awq) calibrated on ``calibration`` (a file, one
     prompt per line; None: a built-in set) before the RTN step.
+    ``cpu_engine``: also write the native CPU engine's packed weights when it can run the export
+    (sdar_export.cpu_weights).
     Output on stderr: the stages as they run and a summary (files, times, worst validation error per
     graph); ``verbose`` adds every output's validation error, ``quiet`` prints nothing.
     """
@@ -282,11 +285,20 @@ def export(model_dir, out_dir=None, *, dtype: str = "float32", block_length: int
                 for line in format_report(reports).splitlines():
                     st.detail(line)
                 validation = {k: r.errors for k, r in reports.items()}
+            cpu_section = None
+            if cpu_engine:
+                from .cpu_weights import export_cpu_weights  # noqa: PLC0415
+                from .validate import TOLERANCES  # noqa: PLC0415
+                cpu_tol = tolerance or TOLERANCES["float32"]
+                cpu_section = export_cpu_weights(model, plan, stage, dtype, scheme, block_length, max_context,
+                                                 batch, not skip_validate, cpu_tol, st)
             for f in COPIED_FILES:
                 if (model_dir / f).exists():
                     shutil.copy2(model_dir / f, stage / f)
             manifest = build_manifest(ck, model, graphs, block_length, max_context, batch, dtype, compute,
                                       prefill_chunk, validation, tol, opset)
+            if cpu_section is not None:
+                manifest["cpu_engine"] = cpu_section
             if plan is not None:
                 from .quantize import manifest_section  # noqa: PLC0415
                 manifest["quantization"] = manifest_section(plan, dtype, qcounts.get("decode", {}))
@@ -479,6 +491,9 @@ def parser() -> argparse.ArgumentParser:
                    help="validation tolerance: max|ort - torch| <= ATOL + RTOL * max|torch| "
                         "(default per dtype, see sdar_export.validate)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    p.add_argument("--no-cpu-engine", dest="cpu_engine", action="store_false",
+                   help="leave out the native CPU engine's weight file (written by default for dense "
+                        "float32 / --int4 / --int8 exports)")
     q = p.add_argument_group("weight-only quantization (sdar_export.quantize)")
     qb = q.add_mutually_exclusive_group()
     qb.add_argument("--int4", action="store_true", help="4-bit weights, groups of --group-size (default 128)")
@@ -524,7 +539,7 @@ def main(argv=None) -> int:
                      symmetric=a.symmetric, quant_format=a.quant_format,
                      quantize_embeddings=a.quantize_embeddings, quantize_lm_head=a.quantize_lm_head,
                      accuracy_level=a.accuracy_level, awq=a.awq, calibration=a.calibration,
-                     lm_head_bits=a.lm_head_bits, verbose=a.verbose)
+                     lm_head_bits=a.lm_head_bits, cpu_engine=a.cpu_engine, verbose=a.verbose)
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

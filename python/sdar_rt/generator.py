@@ -52,14 +52,16 @@ class _CallHooks:
 class Generator:
     """Loads an artifact directory and generates text with the SDAR decoding rules.
 
-    ``engine``: "auto" (TensorRT when built and the artifact has TensorRT engines, else ONNX
-    Runtime), "ort", "trt", or a ``sdar_rt._core.Engine`` instance.
+    ``engine``: "auto" (TensorRT when built and the artifact has TensorRT engines; else on the host
+    the native CPU engine when the artifact has its weights; else ONNX Runtime), "cpu", "ort",
+    "trt", or a ``sdar_rt._core.Engine`` instance.
     ``device``: "cpu", "cuda" or None (TensorRT: "cuda"; otherwise "cpu"). With TensorRT (and
     with a custom engine and device="cuda") the whole decoding loop runs on the GPU: KV cache and
     logits in device memory, unmasking by CUDA kernels, one 4-byte host read per denoising step.
-    ONNX Runtime runs the host loop only (device="cuda" with it is refused: it would copy the KV
-    cache every step).
-    ``threads``: ONNX Runtime intra-op threads (None: its default).
+    ONNX Runtime and the native CPU engine run the host loop only (device="cuda" with ONNX Runtime
+    is refused: it would copy the KV cache every step).
+    ``threads``: the engine's threads (ONNX Runtime's intra-op threads; the CPU engine's pool).
+    None: ONNX Runtime's default; for the CPU engine the physical cores this process may use.
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class Generator:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if isinstance(engine, _core.Engine):
             return engine, device or "cpu"  # a custom engine gets the buffers of the device asked for
-        if engine not in ("auto", "ort", "trt"):
-            raise ValueError(f"engine must be 'auto', 'ort', 'trt' or an Engine instance, got {engine!r}")
+        if engine not in ("auto", "ort", "trt", "cpu"):
+            raise ValueError(
+                f"engine must be 'auto', 'ort', 'trt', 'cpu' or an Engine instance, got {engine!r}"
+            )
         from .trt_engine import make_trt_engine, tensorrt_available, trt_plans
 
         # auto: TensorRT when this build has it and the artifact carries plans for it
@@ -122,6 +126,14 @@ class Generator:
             if device == "cpu":
                 raise ValueError("engine='trt' runs on the GPU: use device='cuda' (or leave device unset)")
             return make_trt_engine(self.artifact), "cuda"
+        from .cpu_engine import make_cpu_engine, unavailable_reason
+
+        # then, on the host, the native CPU engine when the artifact has its weights
+        auto_cpu = engine == "auto" and device != "cuda" and unavailable_reason(self.artifact) is None
+        if engine == "cpu" or auto_cpu:
+            if device == "cuda":
+                raise ValueError("engine='cpu' runs on the host: use device='cpu' (or leave device unset)")
+            return make_cpu_engine(self.artifact, threads=threads), "cpu"
         from .ort_engine import OrtEngine
 
         # ONNX Runtime binds the host loop's buffers (it refuses device='cuda')

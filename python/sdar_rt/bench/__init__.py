@@ -14,11 +14,12 @@ One module per job:
   with (int4 vs float weights, its AR mode, ``reference``, ``ortgenai``); ``weights``: token
   agreement between two weight formats;
 - ``machine``, ``summary``, ``tables``, ``plot``, ``progress``: what the user reads;
-- ``overhead``: ``python -m sdar_rt.bench.overhead``, the per-step cost of the C++ -> Python crossing.
+- ``overhead``: ``python -m sdar_rt.bench.overhead``, the per-step cost of the C++ -> Python crossing;
+- ``kernels``: ``python -m sdar_rt.bench.kernels``, the CPU engine's matmul kernels against ONNX
+  Runtime's MatMulNBits, and whole forwards of the CPU engine against the ONNX Runtime engine.
 
-A stand-alone measurement (a kernel micro-benchmark, say) goes here as its own module with a
-``main`` for ``python -m sdar_rt.bench.NAME``, next to ``overhead``. Nothing in the runtime imports
-this package.
+A stand-alone measurement goes here as its own module with a ``main`` for
+``python -m sdar_rt.bench.NAME``. Nothing in the runtime imports this package.
 """
 
 from .cli import main

@@ -98,8 +98,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine",
         default="auto",
-        choices=["auto", "ort", "trt"],
-        help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans)",
+        choices=["auto", "ort", "trt", "cpu"],
+        help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans, else the native CPU "
+        "engine when the artifact has its weights, else ONNX Runtime)",
     )
     p.add_argument(
         "--device",

@@ -1,0 +1,100 @@
+// The matmul kernels of the native CPU engine, one table per instruction set.
+//
+// y[M, N] = x[M, K] W^T for a PackedMatrix W, M small (the rows of one step: 1 for AR decoding, L
+// for a block, 2L for a fused step). Each kernel call covers a range of 8-row panels of W for all
+// M rows, so each weight is read from memory once per call whatever M is: the rows of x are
+// processed in tiles of 1, 2, 4 or 8 (MTile) while the panel's weights are hot in cache, and the
+// 8 results of a tile x panel-slice form one vector.
+//
+// Quantized weights run against int8 activations (one scale per block of `block` <= 128 values of
+// a row: the scheme ONNX Runtime's MatMulNBits uses at accuracy level 4): integer dot products per
+// block, then y += scale_w * scale_x * dot - zero_point * scale_w * scale_x * sum(codes). Every
+// kernel table does that float arithmetic in the same order with fused multiply-adds, so all of
+// them return bit-identical results for quantized weights. The `dequantized` kernels compute with
+// float activations instead (the weights expanded to (u - z) * scale): export validation uses them
+// to check the packing at the float tolerance.
+//
+// Kernel sources are compiled with their instruction set's flags, so they include nothing but
+// this header and the intrinsics headers: no inline code from the C++ library can be emitted there
+// with instructions the running CPU may lack.
+#pragma once
+
+#include <cstdint>
+
+#include "packed_matrix.h"
+
+namespace sdar::cpu {
+
+// A run of rows of x handled together: rows [first, first + width), width 1, 2, 4 or 8. Rows of a
+// tile past the matrix's M are computed on zero padding (or, reading x itself, repeat a valid row)
+// and never stored.
+struct MTile {
+  int first = 0;
+  int width = 1;
+};
+
+// int8 activations, as a table's quantize kernel writes them for its own kernels. Run-major, so
+// the rows of a tile are at fixed offsets from one pointer: runs of R codes (R = 32, or 64 for the
+// AVX-512 VNNI table) of row m at ((c / R) * cap + m) * R, c the first code of the run.
+struct QuantizedRows {
+  const std::int8_t* q = nullptr;     // [ceil(cols / R)][row_capacity][R] codes in [-127, 127]; rows >= M are zero
+  const std::int16_t* q16 = nullptr;  // the codes as int16 in runs of 32 (tables with wants_q16), else null
+  const float* scales = nullptr;      // [cols / block][row_capacity]: max|x| / 127 of the block
+  const float* sums = nullptr;        // [cols / block][row_capacity]: scale * sum of the block's codes
+  int row_capacity = 0;               // a multiple of 8, >= M
+  int block = 0;                      // values per activation scale: a multiple of 32 dividing the weight group
+};
+
+struct MatmulArgs {
+  PackedMatrix w;
+  const float* x = nullptr;   // float activations [M][ldx]
+  int ldx = 0;
+  // The float activations by steps of 8 (tables with wants_panel_x): [ceil(cols / 8)][row_capacity][8],
+  // step s of row m at (s * cap + m) * 8, zero past M and past cols.
+  const float* xp = nullptr;
+  int row_capacity = 0;
+  QuantizedRows a;            // int8 activations (quantized kernels)
+  const MTile* tiles = nullptr;
+  int num_tiles = 0;
+  int rows = 0;               // M
+  float* y = nullptr;         // [M][ldy]; columns [0, w.rows) are written
+  int ldy = 0;
+};
+
+// Computes the output columns of panels [panel_begin, panel_end) for every row.
+using PanelKernel = void (*)(const MatmulArgs& args, int panel_begin, int panel_end);
+// Quantizes x [rows][ldx] (cols values per row) into int8 codes per block, in the layout of
+// QuantizedRows (rows [rows, row_capacity) zero); q16 may be null.
+using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int block, int row_capacity,
+                                std::int8_t* q, std::int16_t* q16, float* scales, float* sums);
+
+// Vector primitives of the rest of a step (attention, SwiGLU, RMSNorm).
+struct VectorKernels {
+  float (*dot)(const float* a, const float* b, int n);
+  void (*axpy)(float a, const float* x, float* y, int n);                     // y += a * x
+  float (*exp_sum)(float* v, int n, float shift);                            // v = exp(v - shift); the sum
+  void (*silu_mul)(const float* gate, const float* up, float* out, int n);   // gate * sigmoid(gate) * up
+  float (*sum_squares)(const float* x, int n);
+};
+
+struct KernelTable {
+  const char* name;          // "avx512vnni", "avx2", "neon", "scalar"
+  PanelKernel f32;           // F32 weights, float activations
+  PanelKernel quantized;     // Q4 / Q8 weights, int8 activations
+  PanelKernel dequantized;   // Q4 / Q8 weights, float activations
+  QuantizeKernel quantize;
+  bool wants_q16;            // its Q8 kernel reads QuantizedRows::q16
+  bool wants_panel_x;        // its float-activation kernels read MatmulArgs::xp
+  VectorKernels vec;
+};
+
+// Portable C++; every build has it.
+const KernelTable& scalar_kernels();
+const VectorKernels& portable_vector_kernels();
+// nullptr when the build has no such kernels (other architecture or compiler); they must only be
+// used on a CPU that has the instruction set (see cpu_features.h).
+const KernelTable* avx512vnni_kernels();
+const KernelTable* avx2_kernels();
+const KernelTable* neon_kernels();
+
+}  // namespace sdar::cpu

@@ -1,0 +1,48 @@
+// y = x W^T over a kernel table and a thread pool: quantizes the activations once (quantized
+// weights), splits W's panels over the pool, and runs every row of x against each panel.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace sdar::cpu {
+
+// What quantized weights multiply: int8 activations per block (fast; ONNX Runtime's accuracy
+// level 4), or the float activations against the dequantized weights (exact; export validation).
+enum class Activations { Int8, Float };
+
+// Activation block of a quantized matrix: the weight group, at most 128 values (the int16 sums of
+// the AVX2 4-bit kernel hold 4 chunks of 32).
+int activation_block(const PackedMatrix& w);
+
+class Matmul {
+ public:
+  Matmul(const KernelTable& kernels, ThreadPool& pool);
+
+  // Sizes the workspace for up to max_rows rows of up to max_cols values; the only allocation.
+  void reserve(int max_rows, int max_cols);
+
+  // y[rows][ldy] (columns [0, w.rows)) = x[rows][ldx] (w.cols values) times W^T.
+  void operator()(const PackedMatrix& w, const float* x, int rows, int ldx, float* y, int ldy,
+                  Activations activations = Activations::Int8);
+
+  const KernelTable& kernels() const { return kernels_; }
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  const KernelTable& kernels_;
+  ThreadPool& pool_;
+  int max_rows_ = 0;
+  int max_cols_ = 0;
+  std::vector<MTile> tiles_;
+  std::vector<float> xp_;
+  std::vector<std::int8_t> q_;
+  std::vector<std::int16_t> q16_;
+  std::vector<float> scales_;
+  std::vector<float> sums_;
+};
+
+}  // namespace sdar::cpu

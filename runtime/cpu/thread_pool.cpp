@@ -1,0 +1,92 @@
+#include "thread_pool.h"
+
+#include <chrono>
+
+namespace sdar::cpu {
+namespace {
+
+// How long an idle worker polls for the next job before sleeping: longer than the gap between
+// two matmuls of a step (norms, RoPE, attention on the caller), far shorter than between steps.
+constexpr auto kSpin = std::chrono::microseconds(300);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  const int extra = threads > 1 ? threads - 1 : 0;
+  workers_.reserve(extra);
+  for (int i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true);
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::work() {
+  for (int i = next_task_.fetch_add(1); i < tasks_; i = next_task_.fetch_add(1)) fn_(context_, i);
+}
+
+void ThreadPool::run(int tasks, TaskFn fn, void* context) {
+  if (tasks <= 0) return;
+  if (workers_.empty() || tasks == 1) {
+    for (int i = 0; i < tasks; ++i) fn(context, i);
+    return;
+  }
+  {
+    // No worker is inside (the previous run waited for them), so the fields are ours to set.
+    const std::lock_guard<std::mutex> lock(mutex_);
+    tasks_ = tasks;
+    fn_ = fn;
+    context_ = context;
+    next_task_.store(0);
+    open_.store(true);
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  work();
+  // Every task is claimed: close the job, then wait for the workers that joined it to finish
+  // theirs. A worker that arrives later sees it closed and leaves the fields alone.
+  open_.store(false);
+  while (inside_.load() != 0) cpu_relax();
+}
+
+void ThreadPool::worker_loop() {
+  std::uint64_t seen = generation_.load();
+  for (;;) {
+    std::uint64_t now = generation_.load();
+    if (now == seen) {
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      while ((now = generation_.load()) == seen && !stop_.load() && std::chrono::steady_clock::now() < until) {
+        for (int i = 0; i < 64; ++i) cpu_relax();
+      }
+      if (now == seen && !stop_.load()) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        // stop_ too: a thread that starts after the destructor's wake-up must not wait for another.
+        wake_.wait(lock, [&] { return generation_.load() != seen || stop_.load(); });
+        now = generation_.load();
+      }
+    }
+    seen = now;
+    if (stop_.load()) return;
+    // Join: announce first, then check the job is still open and still the one seen (sequentially
+    // consistent: either the caller's wait sees this worker inside, or this worker sees it closed).
+    inside_.fetch_add(1);
+    if (open_.load() && generation_.load() == seen) work();
+    inside_.fetch_sub(1);
+  }
+}
+
+}  // namespace sdar::cpu

@@ -1,0 +1,212 @@
+// The CPU engine's matmul kernels against a double-precision reference, per kernel table this
+// machine can run (ctest -R sdar_cpu_kernels; also run for AArch64 under qemu, see README).
+//
+// Tolerances: float activations: 2e-6 * sum|w x| (float32 accumulation of up to 1536 products).
+// int8 activations: each activation is rounded to a multiple of its block scale s = max|x| / 127,
+// an error of at most s / 2, so |y - y_ref| <= sum over blocks of (s_b / 2) * sum_b |w| (plus the
+// float slack above). Quantized results must also be bit-identical across kernel tables.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "matmul.h"
+#include "thread_pool.h"
+
+namespace {
+
+using sdar::cpu::kPanel;
+using sdar::cpu::PackedMatrix;
+using sdar::cpu::WeightFormat;
+
+int failures = 0;
+#define CHECK(cond, ...)                                        \
+  do {                                                          \
+    if (!(cond)) {                                              \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                        \
+      std::fprintf(stderr, "\n");                               \
+      ++failures;                                               \
+    }                                                           \
+  } while (0)
+
+// A random matrix in a packed format, with its dequantized weights in double.
+struct TestMatrix {
+  PackedMatrix view;
+  std::vector<std::uint8_t> bytes;
+  std::vector<float> floats;  // F32 data
+  std::vector<float> scales;
+  std::vector<float> zero_scales;
+  std::vector<double> dense;  // [rows][cols]
+};
+
+TestMatrix make_matrix(WeightFormat format, int rows, int cols, int group, bool symmetric, std::mt19937& rng) {
+  TestMatrix t;
+  const int panels = (rows + kPanel - 1) / kPanel;
+  const int padded = panels * kPanel;
+  t.dense.assign(static_cast<std::size_t>(rows) * cols, 0.0);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  if (format == WeightFormat::F32) {
+    t.floats.assign(static_cast<std::size_t>(padded) * cols, 0.0f);
+    for (int n = 0; n < rows; ++n) {
+      for (int k = 0; k < cols; ++k) {
+        const float v = normal(rng);
+        t.floats[(static_cast<std::size_t>(n / kPanel) * cols + k) * kPanel + n % kPanel] = v;
+        t.dense[static_cast<std::size_t>(n) * cols + k] = v;
+      }
+    }
+    t.view = PackedMatrix{format, rows, cols, 0, true, t.floats.data(), nullptr, nullptr};
+    return t;
+  }
+  const int bits = format == WeightFormat::Q4 ? 4 : 8;
+  const int levels = 1 << bits;
+  const int groups = cols / group;
+  std::uniform_int_distribution<int> code(0, levels - 1);
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  const int units = bits == 4 ? (cols + 63) / 64 : cols / 32;  // 32 bytes per row per unit
+  t.bytes.assign(static_cast<std::size_t>(padded) * units * 32, 0);
+  t.scales.assign(static_cast<std::size_t>(panels) * groups * kPanel, 0.0f);
+  t.zero_scales.assign(t.scales.size(), 0.0f);
+  for (int n = 0; n < rows; ++n) {
+    for (int g = 0; g < groups; ++g) {
+      const float s = scale(rng);
+      const int z = symmetric ? levels / 2 : code(rng);
+      const std::size_t si = (static_cast<std::size_t>(n / kPanel) * groups + g) * kPanel + n % kPanel;
+      t.scales[si] = s;
+      t.zero_scales[si] = static_cast<float>(z) * s;
+      for (int k = g * group; k < (g + 1) * group; ++k) {
+        const int u = code(rng);
+        const int unit_weights = bits == 4 ? 64 : 32;
+        const std::size_t unit_row = (static_cast<std::size_t>(n / kPanel) * units + k / unit_weights) * kPanel + n % kPanel;
+        if (bits == 8) {
+          t.bytes[unit_row * 32 + k % 32] = static_cast<std::uint8_t>(u);
+        } else {
+          std::uint8_t& b = t.bytes[unit_row * 32 + k % 32];
+          b = static_cast<std::uint8_t>(k % 64 < 32 ? (b & 0xF0) | u : (b & 0x0F) | (u << 4));
+        }
+        t.dense[static_cast<std::size_t>(n) * cols + k] = static_cast<double>(u - z) * s;
+      }
+    }
+  }
+  t.view = PackedMatrix{format, rows, cols, group, symmetric, t.bytes.data(), t.scales.data(),
+                        symmetric ? nullptr : t.zero_scales.data()};
+  return t;
+}
+
+// |y - y_ref| bounds per output: float slack, and the int8 activation rounding bound.
+void check(const TestMatrix& t, const std::vector<float>& x, int rows, const std::vector<float>& y, bool int8,
+           int block, const std::string& what) {
+  const int N = t.view.rows;
+  const int K = t.view.cols;
+  int bad = 0;
+  for (int m = 0; m < rows; ++m) {
+    for (int n = 0; n < N; ++n) {
+      double ref = 0.0;
+      double mag = 0.0;
+      double rounding = 0.0;
+      for (int b = 0; b < (int8 ? K / block : 0); ++b) {
+        double amax = 0.0;
+        double wsum = 0.0;
+        for (int k = b * block; k < (b + 1) * block; ++k) {
+          amax = std::fmax(amax, std::fabs(x[static_cast<std::size_t>(m) * K + k]));
+          wsum += std::fabs(t.dense[static_cast<std::size_t>(n) * K + k]);
+        }
+        rounding += amax / 127.0 / 2.0 * wsum;
+      }
+      for (int k = 0; k < K; ++k) {
+        const double p = t.dense[static_cast<std::size_t>(n) * K + k] * x[static_cast<std::size_t>(m) * K + k];
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const double err = std::fabs(y[static_cast<std::size_t>(m) * N + n] - ref);
+      const double tol = 2e-6 * mag + rounding * 1.0001 + 1e-30;
+      if (!(err <= tol) && bad++ < 3) {
+        CHECK(err <= tol, "%s: y[%d][%d] = %.9g, reference %.9g (tolerance %.3g)", what.c_str(), m, n,
+              y[static_cast<std::size_t>(m) * N + n], ref, tol);
+      }
+    }
+  }
+}
+
+void test_matmul(const sdar::cpu::KernelTable& kernels, int threads, std::mt19937& rng) {
+  sdar::cpu::ThreadPool pool(threads);
+  sdar::cpu::Matmul matmul(kernels, pool);
+  const sdar::cpu::KernelTable& scalar = sdar::cpu::scalar_kernels();
+  sdar::cpu::ThreadPool scalar_pool(1);
+  sdar::cpu::Matmul reference(scalar, scalar_pool);
+  matmul.reserve(16, 1536);
+  reference.reserve(16, 1536);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Shape { WeightFormat format; int rows; int cols; int group; bool symmetric; };
+  const Shape shapes[] = {
+      {WeightFormat::F32, 37, 100, 0, true},   {WeightFormat::F32, 8, 64, 0, true},
+      {WeightFormat::Q4, 37, 256, 32, true},   {WeightFormat::Q4, 24, 256, 64, false},
+      {WeightFormat::Q4, 17, 384, 128, true},  {WeightFormat::Q4, 9, 1536, 256, false},
+      {WeightFormat::Q8, 37, 256, 32, true},   {WeightFormat::Q8, 16, 512, 128, false},
+      {WeightFormat::Q8, 5, 1024, 1024, true},
+  };
+  for (const Shape& s : shapes) {
+    const TestMatrix t = make_matrix(s.format, s.rows, s.cols, s.group, s.symmetric, rng);
+    for (int rows = 1; rows <= 16; ++rows) {
+      std::vector<float> x(static_cast<std::size_t>(rows) * s.cols);
+      for (auto& v : x) v = normal(rng);
+      x[0] = 0.0f;  // a zero next to ordinary values
+      std::vector<float> y(static_cast<std::size_t>(rows) * s.rows, NAN);
+      const std::string what = std::string(kernels.name) + " " + sdar::cpu::weight_format_name(s.format) + " " +
+                               std::to_string(s.rows) + "x" + std::to_string(s.cols) + " g" + std::to_string(s.group) +
+                               (s.symmetric ? " sym" : " asym") + " M=" + std::to_string(rows) + " threads=" +
+                               std::to_string(threads);
+      matmul(t.view, x.data(), rows, s.cols, y.data(), s.rows);
+      const bool quantized = s.format != WeightFormat::F32;
+      const int block = quantized ? sdar::cpu::activation_block(t.view) : 0;
+      check(t, x, rows, y, quantized, block, what);
+      if (quantized) {
+        std::vector<float> y_ref(y.size(), NAN);
+        reference(t.view, x.data(), rows, s.cols, y_ref.data(), s.rows);
+        int differ = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) differ += y[i] != y_ref[i];
+        CHECK(differ == 0, "%s: %d outputs differ from the scalar kernels' bit for bit", what.c_str(), differ);
+        std::vector<float> y_float(y.size(), NAN);
+        matmul(t.view, x.data(), rows, s.cols, y_float.data(), s.rows, sdar::cpu::Activations::Float);
+        check(t, x, rows, y_float, false, 0, what + " float activations");
+      }
+    }
+  }
+}
+
+void test_thread_pool() {
+  for (int i = 0; i < 50; ++i) sdar::cpu::ThreadPool short_lived(3);  // destroyed before its threads start
+
+  sdar::cpu::ThreadPool pool(3);
+  for (int round = 0; round < 200; ++round) {
+    const int tasks = 1 + round % 37;
+    std::vector<int> hits(tasks, 0);
+    pool.parallel_for(tasks, [&](int i) { ++hits[i]; });
+    int wrong = 0;
+    for (int h : hits) wrong += h != 1;
+    CHECK(wrong == 0, "round %d: %d tasks not run exactly once", round, wrong);
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_thread_pool();
+  std::mt19937 rng(1234);
+  for (const std::string& name : sdar::cpu::available_kernels()) {
+    std::printf("kernels: %s\n", name.c_str());
+    for (int threads : {1, 2}) test_matmul(sdar::cpu::select_kernels(name), threads, rng);
+  }
+  bool refused = false;
+  try {
+    sdar::cpu::select_kernels("sse9");
+  } catch (const std::exception&) {
+    refused = true;
+  }
+  CHECK(refused, "an unknown kernel name must be refused");
+  if (failures == 0) std::printf("all CPU kernel checks passed\n");
+  return failures == 0 ? 0 : 1;
+}
