@@ -206,7 +206,8 @@ def main(argv=None) -> int:
     try:
         args.k, args.n = (int(v) for v in args.shape.lower().split("x"))
     except ValueError:
-        print(f"sdar_rt.bench.kernels: --shape must be KxN, e.g. 1024x3072, got {args.shape!r}", file=sys.stderr)
+        print(f"sdar_rt.bench.kernels: --shape must be KxN, e.g. 1024x3072, got {args.shape!r}",
+              file=sys.stderr)
         return 2
     if args.k % args.block or args.block % 32:
         print(f"sdar_rt.bench.kernels: --block {args.block} must be a multiple of 32 dividing K = {args.k}",
