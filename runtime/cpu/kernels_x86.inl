@@ -175,9 +175,6 @@ inline __m256i chunk_codes(const std::uint8_t* panel_base, int c, int row) {
   }
 }
 
-#if SDAR_X86_VNNI
-#include "quantized_vnni.inl"
-#else
 // Integer dot products of one block of CHUNKS chunks: s32[r * MT + m] (lanes: partial sums) =
 // sum over the block of code(r0 + r, k) * x(m, k). `w`: the panel's codes; `chunk0`: the block's
 // first chunk; `x`: the block's first chunk of the tile's first row (x_chunk layout; its first chunk
@@ -189,6 +186,48 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
   (void)x16;
   // Each row's codes are unpacked once, then applied to every row of x (the block's codes of one
   // row stay in registers; the accumulators of one x row live only while it is summed).
+#if SDAR_X86_VNNI
+  if constexpr (CHUNKS % 2 == 0) {
+    // 512-bit: two chunks per vpdpbusd, the codes in the activations' order (chunk c, then c + 1).
+    constexpr int PAIRS = CHUNKS / 2;
+    for (int r = 0; r < R; ++r) {
+      __m512i codes[PAIRS];
+      for (int p = 0; p < PAIRS; ++p) {
+        const int c = chunk0 + 2 * p;  // even: a block of 2 or 4 chunks starts a run
+        if constexpr (F == WeightFormat::Q4) {
+          // One run of 64 codes: its 32 bytes, then the same shifted: [low nibbles | high nibbles].
+          const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c / 2, r0 + r)));
+          codes[p] = _mm512_and_si512(_mm512_inserti64x4(_mm512_zextsi256_si512(bytes), _mm256_srli_epi16(bytes, 4), 1),
+                                      _mm512_set1_epi8(0x0F));
+        } else {
+          codes[p] = _mm512_inserti64x4(
+              _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c, r0 + r)))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_row(w, c + 1, r0 + r))), 1);
+        }
+      }
+      for (int m = 0; m < MT; ++m) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int p = 0; p < PAIRS; ++p) {
+          acc = _mm512_dpbusd_epi32(acc, codes[p], _mm512_loadu_si512(x + x_chunk(2 * p, m, cap)));
+        }
+        s32[r * MT + m] = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+      }
+    }
+    return;
+  }
+  for (int r = 0; r < R; ++r) {
+    __m256i codes[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) codes[c] = chunk_codes<F>(w, chunk0 + c, r0 + r);
+    for (int m = 0; m < MT; ++m) {
+      __m256i acc = _mm256_setzero_si256();
+      for (int c = 0; c < CHUNKS; ++c) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + x_chunk(c, m, cap)));
+        acc = _mm256_dpbusd_epi32(acc, codes[c], xv);
+      }
+      s32[r * MT + m] = acc;
+    }
+  }
+#else
   if constexpr (F == WeightFormat::Q4) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = 0; r < R; ++r) {
@@ -220,6 +259,7 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
       }
     }
   }
+#endif
 }
 
 template <WeightFormat F, int MT, int CHUNKS>
@@ -271,7 +311,10 @@ void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   }
   for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
-#endif  // SDAR_X86_VNNI
+
+#if SDAR_X86_VNNI
+#include "quantized_vnni.inl"
+#endif
 
 // ---------------------------------------------------------------- quantized weights, float activations
 
@@ -338,12 +381,10 @@ void run_tiles(const MatmulArgs& a, int panel_begin, int panel_end) {
 struct F32Tile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { f32_tile<MT>(a, p, t); }
 };
-#if !SDAR_X86_VNNI
 template <WeightFormat F, int CHUNKS>
 struct QuantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { quantized_tile<F, MT, CHUNKS>(a, p, t); }
 };
-#endif
 template <WeightFormat F>
 struct DequantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { dequantized_tile<F, MT>(a, p, t); }
@@ -353,16 +394,23 @@ void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_tiles<F32Tile>(a, pb,
 
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
-  switch (a.a.block / kChunk) {  // activation blocks are 32, 64 or 128 values (matmul.cpp)
 #if SDAR_X86_VNNI
-    case 1: quantized_pairs<F, 1>(a, pb, pe); break;
-    case 2: quantized_pairs<F, 2>(a, pb, pe); break;
-    default: quantized_pairs<F, 4>(a, pb, pe); break;
-#else
+  // From 4 rows on, the transposed kernel (one lane per output row) wins: its register transpose of
+  // the codes is paid once per block for all rows. For 1 or 2 rows the transpose costs more than
+  // the horizontal sums it saves, and the per-row kernel is faster. Both are exact in the integer
+  // sums and run the same float steps, so the choice never changes a result.
+  if (a.rows >= kTransposedMinRows) {
+    switch (a.a.block / kChunk) {
+      case 1: quantized_pairs<F, 1>(a, pb, pe); return;
+      case 2: quantized_pairs<F, 2>(a, pb, pe); return;
+      default: quantized_pairs<F, 4>(a, pb, pe); return;
+    }
+  }
+#endif
+  switch (a.a.block / kChunk) {  // activation blocks are 32, 64 or 128 values (matmul.cpp)
     case 1: run_tiles<QuantizedTile<F, 1>>(a, pb, pe); break;
     case 2: run_tiles<QuantizedTile<F, 2>>(a, pb, pe); break;
     default: run_tiles<QuantizedTile<F, 4>>(a, pb, pe); break;
-#endif
   }
 }
 

@@ -1,5 +1,5 @@
-// Quantized weights x int8 activations on AVX-512 VNNI (included by kernels_x86.inl when
-// SDAR_X86_VNNI is 1; uses its helpers).
+// Quantized weights x int8 activations on AVX-512 VNNI, for 4 or more rows of x (included by
+// kernels_x86.inl when SDAR_X86_VNNI is 1; uses its helpers; quantized_format picks it).
 //
 // One 512-bit lane per output row, two panels (16 rows) at a time: the codes are transposed in
 // registers so that lane r of a vector holds 4 consecutive codes of row r, and vpdpbusd multiplies
@@ -10,53 +10,56 @@
 // block are the ones every table runs, so the results stay bit-identical to the other tables.
 //
 // The transpose: a unit (Q4: 64 codes of a row in 32 bytes; Q8: a chunk of 32 codes) of 16 rows is
-// 8 vectors of 2 rows x 8 dwords; three rounds of two-source dword permutes (8 each) turn them into
-// 8 vectors of 16 rows x 1 dword. Q4 codes stay packed through the transpose (half the permutes):
-// a dword holds codes k..k+3 in its low nibbles and k+32..k+35 in its high ones. The low nibbles are
-// masked out as they are; the high ones are masked in place, so their products come out 16 times too
-// large and are shifted back once per block (exact: the sum is a multiple of 16, and at most
-// 16 * 15 * 127 * 128 per block, far from overflowing).
+// 8 vectors of 2 rows x 8 dwords; two rounds of in-lane unpacks and one of 128-bit lane shuffles
+// turn them into 8 vectors of 16 rows x 1 dword. Q4 codes stay packed through the transpose (half
+// the shuffles): a dword holds codes k..k+3 in its low nibbles and k+32..k+35 in its high ones. The
+// low nibbles are masked out as they are; the high ones are masked in place, so their products come
+// out 16 times too large and are shifted back once per block (exact: the sum is a multiple of 16,
+// and at most 16 * 15 * 127 * 128 per block, far from overflowing).
 
-// Lane tables of the three permute rounds (sources a = lanes 0-15, b = 16-31):
-//   round 1: 2 rows x 8 dwords (two vectors) -> 4 rows x 4 dwords, lane dw * 4 + row;
-//   round 2: 4 rows x 4 dwords (two)          -> 8 rows x 2 dwords, lane dw * 8 + row;
-//   round 3: 8 rows x 2 dwords (two)          -> 16 rows x 1 dword, lane row.
-// Each round has two tables: the lower and the upper half of the dwords.
-struct TransposeLanes {
-  __m512i r1[2], r2[2], r3[2];
-};
+// The fewest rows of x for which quantized_format picks this kernel: with 1 or 2 rows the
+// transpose costs more than the horizontal sums it saves.
+constexpr int kTransposedMinRows = 4;
 
-inline TransposeLanes transpose_lanes() {
-  TransposeLanes t;
-  t.r1[0] = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
-  t.r1[1] = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
-  t.r2[0] = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  t.r2[1] = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  t.r3[0] = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  t.r3[1] = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  return t;
+// The 256 bytes of one unit of panel a (rows 0-7) and of panel b (rows 8-15) -> out[d], one dword
+// (4 codes) of each of the 16 rows: dword d of its 32 bytes. In-lane unpacks do the first two rounds
+// (they issue beside vpdpbusd; a two-source permute competes with it for its pipe); after them a
+// 128-bit lane holds one dword of 4 even or 4 odd rows, and the last round picks 128-bit lanes.
+// So the lanes of out[d] hold the rows in the order kRowOfLane (the scales are read in that order,
+// the results stored back in row order).
+inline void transpose_unit(const std::uint8_t* a, const std::uint8_t* b, __m512i (&out)[8]) {
+  __m512i half[2][4];  // [panel][d]: 128-bit lanes (even rows dword d, even d + 4, odd d, odd d + 4)
+  for (int p = 0; p < 2; ++p) {
+    const std::uint8_t* src = p == 0 ? a : b;
+    // in[i]: rows 2i, 2i + 1 of the panel, 128-bit lanes (row 2i dwords 0-3, 4-7, row 2i + 1 0-3, 4-7).
+    const __m512i in0 = _mm512_loadu_si512(src);
+    const __m512i in1 = _mm512_loadu_si512(src + 64);
+    const __m512i in2 = _mm512_loadu_si512(src + 128);
+    const __m512i in3 = _mm512_loadu_si512(src + 192);
+    const __m512i lo01 = _mm512_unpacklo_epi32(in0, in1);  // rows (0, 2) x dwords 0, 1 per lane
+    const __m512i hi01 = _mm512_unpackhi_epi32(in0, in1);  // dwords 2, 3
+    const __m512i lo23 = _mm512_unpacklo_epi32(in2, in3);  // rows (4, 6)
+    const __m512i hi23 = _mm512_unpackhi_epi32(in2, in3);
+    half[p][0] = _mm512_unpacklo_epi64(lo01, lo23);  // rows (0, 2, 4, 6) x dword 0
+    half[p][1] = _mm512_unpackhi_epi64(lo01, lo23);
+    half[p][2] = _mm512_unpacklo_epi64(hi01, hi23);
+    half[p][3] = _mm512_unpackhi_epi64(hi01, hi23);
+  }
+  for (int d = 0; d < 4; ++d) {
+    out[d] = _mm512_shuffle_i64x2(half[0][d], half[1][d], 0x88);      // 128-bit lanes 0, 2 of each
+    out[d + 4] = _mm512_shuffle_i64x2(half[0][d], half[1][d], 0xDD);  // lanes 1, 3
+  }
 }
 
-// The 256 bytes of one unit of panel a (rows 0-7) and of panel b (rows 8-15) -> out[d], lane r =
-// dword d of row r's 32 bytes.
-inline void transpose_unit(const std::uint8_t* a, const std::uint8_t* b, const TransposeLanes& t, __m512i (&out)[8]) {
-  __m512i in[8];
-  for (int i = 0; i < 4; ++i) {
-    in[i] = _mm512_loadu_si512(a + 64 * i);
-    in[4 + i] = _mm512_loadu_si512(b + 64 * i);
-  }
-  __m512i q[8];  // round 1: q[2 * quad + half], rows 4 quad.., dwords 4 half..
-  for (int quad = 0; quad < 4; ++quad) {
-    for (int h = 0; h < 2; ++h) q[2 * quad + h] = _mm512_permutex2var_epi32(in[2 * quad], t.r1[h], in[2 * quad + 1]);
-  }
-  __m512i o[8];  // round 2: o[4 * octet + pair], rows 8 octet.., dwords 2 pair..
-  for (int octet = 0; octet < 2; ++octet) {
-    for (int pair = 0; pair < 4; ++pair) {
-      o[4 * octet + pair] = _mm512_permutex2var_epi32(q[4 * octet + pair / 2], t.r2[pair % 2], q[4 * octet + 2 + pair / 2]);
-    }
-  }
-  for (int d = 0; d < 8; ++d) out[d] = _mm512_permutex2var_epi32(o[d / 2], t.r3[d % 2], o[4 + d / 2]);
-}
+// How far ahead of each of its two streams the first tile prefetches.
+#ifndef SDAR_PAIR_PREFETCH
+#define SDAR_PAIR_PREFETCH 2048
+#endif
+constexpr std::size_t kPairPrefetchBytes = SDAR_PAIR_PREFETCH;
+
+// Lane j of a transposed vector holds row kRowOfLane[j] of the two panels; kLaneOfRow inverts it.
+inline __m512i row_of_lane() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
+inline __m512i lane_of_row() { return _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15); }
 
 inline __m512i broadcast_x4(const std::int8_t* p) {
   std::int32_t v;
@@ -157,25 +160,30 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
   const float* za = a.w.symmetric ? nullptr : a.w.zero_scales + static_cast<std::size_t>(pa) * groups * kPanel;
   const float* zb = a.w.symmetric ? nullptr : a.w.zero_scales + static_cast<std::size_t>(pb) * groups * kPanel;
   const __m512 zero_point = _mm512_set1_ps(kQ4 ? 8.0f : 128.0f);
-  const TransposeLanes lanes = transpose_lanes();
+  const __m512i row_order = row_of_lane();
   const std::int8_t* xq = a.a.q + static_cast<std::size_t>(t.first) * kXRun;
   const bool prefetch = t.first == 0;  // the first tile streams the panels; the others find them in cache
-  const auto pair16 = [](const float* lo, const float* hi) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(lo))),
-                                               _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
+  // The 8 values of panel a then the 8 of panel b, in the lane order of the transposed codes.
+  const auto pair16 = [row_order](const float* lo, const float* hi) {
+    const __m512 rows = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(lo))),
+                                                            _mm256_castps_pd(_mm256_loadu_ps(hi)), 1));
+    return _mm512_permutexvar_ps(row_order, rows);
   };
   // Transposes unit u (Q4: chunks 2u, 2u + 1; Q8: chunk u) of both panels.
   const auto load_unit = [&](int u, __m512i(&codes)[8]) {
     const std::size_t at = static_cast<std::size_t>(u) * kUnitBytes;
     if (prefetch) {
-      // A few KB ahead in both panels (past them too: a thread's panels are contiguous), so DRAM
-      // streams while this unit is computed. Prefetches never fault.
+      // A few KB ahead in both panels, so DRAM streams while this unit is computed; past the end of
+      // a panel, the same distance into the next pair's panel (a thread's panels are contiguous).
+      // Prefetches never fault.
+      const std::size_t ahead = at + kPairPrefetchBytes < panel_bytes ? at + kPairPrefetchBytes
+                                                                      : at + kPairPrefetchBytes + panel_bytes;
       for (std::size_t line = 0; line < kUnitBytes; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(wa + at + line) + kPrefetchBytes, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(wb + at + line) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wa + ahead + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wb + ahead + line), _MM_HINT_T0);
       }
     }
-    transpose_unit(wa + at, wb + at, lanes, codes);
+    transpose_unit(wa + at, wb + at, codes);
   };
   // x rows of the tile at chunk c (x_chunk layout).
   const auto x_at = [&](int c) { return xq + (static_cast<std::size_t>(c / 2) * cap) * kXRun + (c % 2) * kChunk; };
@@ -226,7 +234,8 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
   const int valid = a.w.rows - n0 < width ? a.w.rows - n0 : width;
   const __mmask16 keep = static_cast<__mmask16>((1u << valid) - 1u);
   for (int m = 0; m < MT && t.first + m < a.rows; ++m) {
-    _mm512_mask_storeu_ps(a.y + static_cast<std::size_t>(t.first + m) * a.ldy + n0, keep, acc[m]);
+    _mm512_mask_storeu_ps(a.y + static_cast<std::size_t>(t.first + m) * a.ldy + n0, keep,
+                          _mm512_permutexvar_ps(lane_of_row(), acc[m]));
   }
 }
 
