@@ -312,6 +312,10 @@ void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
 
+#if SDAR_X86_VNNI
+#include "quantized_vnni.inl"
+#endif
+
 // ---------------------------------------------------------------- quantized weights, float activations
 
 // The 32 weights of chunk c of a panel row as floats: (u - z) * scale = u * scale - zs.
@@ -390,6 +394,19 @@ void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_tiles<F32Tile>(a, pb,
 
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
+#if SDAR_X86_VNNI
+  // From 4 rows on, the transposed kernel (one lane per output row) wins: its register transpose of
+  // the codes is paid once per block for all rows. For 1 or 2 rows the transpose costs more than
+  // the horizontal sums it saves, and the per-row kernel is faster. Both are exact in the integer
+  // sums and run the same float steps, so the choice never changes a result.
+  if (a.rows >= kTransposedMinRows) {
+    switch (a.a.block / kChunk) {
+      case 1: quantized_pairs<F, 1>(a, pb, pe); return;
+      case 2: quantized_pairs<F, 2>(a, pb, pe); return;
+      default: quantized_pairs<F, 4>(a, pb, pe); return;
+    }
+  }
+#endif
   switch (a.a.block / kChunk) {  // activation blocks are 32, 64 or 128 values (matmul.cpp)
     case 1: run_tiles<QuantizedTile<F, 1>>(a, pb, pe); break;
     case 2: run_tiles<QuantizedTile<F, 2>>(a, pb, pe); break;

@@ -1,7 +1,7 @@
 """Small-M matmul micro-benchmark: the native CPU engine's kernels against ONNX Runtime's.
 
     python -m sdar_rt.bench.kernels [--threads 2] [--matrices 84] [--shape 1024x3072] [--rows 1 2 4 8 16]
-                                   [--formats q4] [--repeats 7] [--json OUT]
+                                   [--formats q4] [--repeats 7] [--kernels auto] [--json OUT]
     python -m sdar_rt.bench.kernels --artifact ART [ART ...] [--past 32] [--threads 2] [--repeats 7]
 
 Each format multiplies M rows of activations by ``--matrices`` weight matrices of ``--shape`` (K x N:
@@ -16,7 +16,8 @@ are timed alternately so that both see the same load on a shared host.
 Reported per M: median milliseconds over ``--repeats`` rounds, the ratio to M = 1 (the cost of the
 extra rows), ours / ONNX Runtime, GMAC/s and the weights' bytes per second, plus a memory-read probe
 (the same number of bytes read by the same threads): the floor a weight-streaming kernel cannot
-beat. The host's load average is recorded at the start and the end.
+beat. The host's load average is recorded at the start and the end. ``--kernels`` picks our kernel
+table (default: the best this CPU runs; e.g. ``avx2`` on an AVX-512 machine to time the other table).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def bench_format(fmt: str, args, rng) -> dict:
     ours, nbytes = zip(*(_ours(fmt, n, k, args.block, rng) for _ in range(args.matrices)), strict=True)
     ours = list(ours)
     weight_bytes = sum(nbytes)
-    runner = _core.CpuMatmul(threads=args.threads)
+    runner = _core.CpuMatmul(threads=args.threads, kernels=args.kernels)
     sess = _ort_session(fmt, args.matrices, n, k, args.block, args.threads, rng)
     probe = np.ones(weight_bytes // 8, dtype=np.uint64)
     rows_out = []
@@ -132,9 +133,12 @@ def bench_format(fmt: str, args, rng) -> dict:
 
 def bench_forward(path: str, args) -> dict:
     """Median ms per forward of both engines on one artifact (see the module docstring)."""
+    from ..artifact import load_artifact
+    from ..cpu_engine import make_cpu_engine
     from ..generator import Generator
 
-    gens = {"cpu": Generator(path, engine="cpu", threads=args.threads),
+    cpu = make_cpu_engine(load_artifact(path), threads=args.threads, kernels=args.kernels)
+    gens = {"cpu": Generator(path, engine=cpu),
             "ort": Generator(path, engine="ort", threads=args.threads)}
     L = gens["cpu"].spec.block_length
     past = args.past // L * L
@@ -194,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", nargs="+", default=["q4"], choices=FORMATS)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernels", default="auto",
+                   help="our kernel table: auto (the best this CPU runs) or one of the names this build "
+                        "lists in sdar_rt._core.cpu_kernels_available()")
     p.add_argument("--artifact", nargs="+", default=None,
                    help="time whole forwards of these artifacts (CPU engine vs ONNX Runtime) instead")
     p.add_argument("--past", type=int, default=32, help="--artifact: cached positions before the step")
