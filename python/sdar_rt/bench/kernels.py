@@ -18,6 +18,8 @@ extra rows), ours / ONNX Runtime, GMAC/s and the weights' bytes per second, plus
 (the same number of bytes read by the same threads): the floor a weight-streaming kernel cannot
 beat. The host's load average is recorded at the start and the end. ``--kernels`` picks our kernel
 table (default: the best this CPU runs; e.g. ``avx2`` on an AVX-512 machine to time the other table).
+With ``--artifact``, a decode (T = L) and a fused (T = 2L) forward of both engines, alternately, and the
+CPU engine's split of its forward by phase (each matmul by weight, attention, the rest).
 """
 
 from __future__ import annotations
@@ -150,12 +152,18 @@ def bench_forward(path: str, args) -> dict:
         times: dict[str, list[float]] = {"cpu": [], "ort": []}
         for g in gens.values():
             g.engine.run(kind, past, tokens)         # warm up
+        before = cpu.profile()
         for _ in range(args.repeats):
             for name, g in gens.items():
                 times[name].append(_timed(lambda g=g, k=kind, t=tokens: g.engine.run(k, past, t)))
+        after = cpu.profile()
         row = {"tokens": tokens, "kind": _core.graph_name(kind), "past": past,
                "cpu_ms": 1e3 * statistics.median(times["cpu"]),
-               "ort_ms": 1e3 * statistics.median(times["ort"])}
+               "ort_ms": 1e3 * statistics.median(times["ort"]),
+               # the CPU engine's own clock inside run() and its split by phase (means over the timed runs)
+               "cpu_mean_ms": 1e3 * (after["seconds"] - before["seconds"]) / args.repeats,
+               "cpu_phases_ms": {k: 1e3 * (after[k] - before[k]) / args.repeats
+                                 for k in after if k not in ("runs", "seconds")}}
         row["cpu_over_ort"] = row["cpu_ms"] / row["ort_ms"]
         rows.append(row)
         _log(f"{path}: T={tokens}: CPU engine {row['cpu_ms']:.1f} ms, ONNX Runtime {row['ort_ms']:.1f} ms")
@@ -172,6 +180,9 @@ def _forward_table(res: dict) -> str:
     for r in res["rows"]:
         lines.append(f"{r['tokens']:4d}  {r['kind']:8s} {r['cpu_ms']:14.1f} {r['ort_ms']:16.1f} "
                      f"{r['cpu_over_ort']:8.2f}")
+    for r in res["rows"]:
+        split = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_phases_ms"].items())
+        lines.append(f"  T={r['tokens']}: CPU engine ms by phase (mean): {split}")
     return "\n".join(lines)
 
 
