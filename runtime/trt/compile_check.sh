@@ -35,8 +35,10 @@ if PYBIND_FLAGS=$(python3 -m pybind11 --includes 2>/dev/null); then
   trap 'rm -rf "$GENERATED"' EXIT
   sed -e 's/@SDAR_WITH_CUDA_MODE@/ON/' -e 's/@SDAR_CUDA_WHY@/compile check/' "$ROOT/csrc/build_config.h.in" \
       >"$GENERATED/build_config.h"
+  # -fvisibility=hidden as pybind11 builds every module (classes holding pybind11 objects warn otherwise).
   # shellcheck disable=SC2086
-  g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -isystem "$TRT_INCLUDE" -isystem "$CUDA_INCLUDE" $PYBIND_FLAGS \
+  g++ -std=c++17 -Wall -Wextra -Werror -fvisibility=hidden -fsyntax-only -isystem "$TRT_INCLUDE" \
+      -isystem "$CUDA_INCLUDE" $PYBIND_FLAGS \
       -I"$ROOT/runtime" -I"$GENERATED" -DSDAR_HAVE_CUDA=1 -DSDAR_HAVE_TENSORRT=1 "$ROOT/csrc/bindings.cpp"
   echo "ok  bindings.cpp (CUDA + TensorRT)"
 else
