@@ -132,6 +132,9 @@ def test_demo_main_job_exports_and_streams_the_packaged_model(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip() == "0 1 2 3 3 5 8 9"  # sort: 5 9 1 3 3 8 0 2
     assert "[stop]" in captured.err and (tmp_path / "art" / "manifest.json").is_file()
+    # on the host, engine="auto" picks the native CPU engine (the artifact carries its weights), and
+    # the demo says so in words, not class names
+    assert "native CPU engine" in captured.err
 
 
 def test_readme_example_runs_on_the_shipped_model(tiny_generator):

@@ -21,6 +21,10 @@ PACKAGED_PROMPT = "sort: 5 9 1 3 3 8 0 2"  # the packaged model's task (see its 
 CACHE_DIR = cache_root()
 
 
+# What the demo calls each engine class when it says which one runs.
+_ENGINE_LABELS = {"CpuEngine": "native CPU", "OrtEngine": "ONNX Runtime", "TrtEngine": "TensorRT"}
+
+
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -232,7 +236,7 @@ def demo_main(argv=None) -> int:
         gen = Generator(art, engine=a.engine, device=a.device, threads=a.threads)
         _err(
             f"[3/3] generating ({gen.artifact.model['num_layers']} layers, block length "
-            f"{gen.artifact.block_length}, engine {type(gen.engine).__name__}):"
+            f"{gen.artifact.block_length}, {_ENGINE_LABELS.get(type(gen.engine).__name__, 'custom')} engine):"
         )
         prompt = a.prompt or (PACKAGED_PROMPT if model_dir == PACKAGED_CHECKPOINT else "Once upon a time")
         _err(f"      prompt: {prompt!r}")
