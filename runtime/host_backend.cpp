@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include "philox.h"
 #include "remask.h"
@@ -62,12 +63,22 @@ int HostBackend::unmask_step(const StepRequest& request) {
     for (int j = 0; j < L; ++j) masked += row_mask[j] != 0 ? 1 : 0;
     if (masked == 0) continue;  // finished block: left untouched (rule 8)
     const std::uint32_t row_step = row_steps_[static_cast<std::size_t>(r)];
+    // A greedy step that fills every sampled position needs no confidence: its softmax over the
+    // vocabulary (most of the host's time per step with a large vocabulary) is skipped.
+    const bool argmax_only =
+        config.temperature == 0.0 && !confidence_decides(config.remasking, row_mask, L, request.scheduled);
     for (int j = 0; j < L; ++j) {
       // step_rules.h: sequential samples only the positions it may fill
       if (!samples_position(config.remasking, row_mask, L, j, request.scheduled)) continue;
       const float* logits = buffers_->logits() +
                             (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
                                 static_cast<std::size_t>(V);
+      if (argmax_only) {
+        // NaN marks a confidence that was never computed (and, by the rule above, is never read)
+        samples_[static_cast<std::size_t>(j)] = {sampler_->argmax(logits), std::numeric_limits<double>::quiet_NaN()};
+        confidence_[static_cast<std::size_t>(j)] = samples_[static_cast<std::size_t>(j)].confidence;
+        continue;
+      }
       const double u = config.temperature == 0.0
                            ? 0.0
                            : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,

@@ -24,6 +24,10 @@ bool samples_position(RemaskPolicy policy, const std::uint8_t* mask, int block_l
   return rules::samples_position(mask, block_length, j, static_cast<int>(policy), scheduled);
 }
 
+bool confidence_decides(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int scheduled) {
+  return rules::confidence_decides(mask, block_length, static_cast<int>(policy), scheduled);
+}
+
 int select_positions(RemaskPolicy policy, double threshold, const std::uint8_t* mask, int block_length,
                      const double* confidence, int scheduled, std::uint8_t* chosen) {
   return rules::choose_positions(mask, block_length, static_cast<int>(policy), threshold, scheduled,

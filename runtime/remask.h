@@ -15,6 +15,9 @@ std::vector<int> denoising_schedule(int block_length, int steps);
 // Whether block offset j is sampled at a step (sequential: only the first n_k masked positions).
 bool samples_position(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int j, int scheduled);
 
+// Whether this step's choice depends on the confidences (step_rules.h: confidence_decides).
+bool confidence_decides(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int scheduled);
+
 // Which masked positions one step fills, given the block's mask (1 = masked) and the confidence
 // of every sampled position (indexed by block offset; other entries are not read). Writes
 // chosen[j] = 1 for the filled positions (0 elsewhere) and returns how many there are.

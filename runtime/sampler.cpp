@@ -13,11 +13,16 @@ Sampler::Sampler(int vocab_size)
   if (vocab_size <= 0) throw InvalidArgument("Sampler needs a positive vocab size");
 }
 
-Sample Sampler::greedy(const float* logits) const {
+std::int64_t Sampler::argmax(const float* logits) const {
   int best = 0;
   for (int i = 1; i < vocab_; ++i) {
     if (logits[i] > logits[best]) best = i;
   }
+  return best;
+}
+
+Sample Sampler::greedy(const float* logits) const {
+  const auto best = static_cast<int>(argmax(logits));
   const double top = static_cast<double>(logits[best]);
   double sum = 0.0;
   for (int i = 0; i < vocab_; ++i) sum += std::exp(static_cast<double>(logits[i]) - top);

@@ -34,6 +34,9 @@ class Sampler {
   explicit Sampler(int vocab_size);
   // `u` is the uniform for this (row, step, position); unused when greedy.
   Sample sample(const float* logits, const SampleParams& params, double u);
+  // The greedy token alone (argmax, lowest index on ties): for a step whose choice the confidences
+  // do not decide, which then skips the softmax over the vocabulary.
+  std::int64_t argmax(const float* logits) const;
 
  private:
   Sample greedy(const float* logits) const;

@@ -84,6 +84,16 @@ SDAR_HOST_DEVICE inline bool samples_position(const std::uint8_t* mask, int bloc
   return before < step_count(scheduled, masked_count(mask, block_length));
 }
 
+// Whether the confidences decide anything this step: not under `sequential`, and not when the step
+// fills every masked position (n_k = masked), since each one is then chosen whatever its rank. A
+// greedy step that they do not decide needs only each position's argmax, not its softmax.
+SDAR_HOST_DEVICE inline bool confidence_decides(const std::uint8_t* mask, int block_length, int policy,
+                                                int scheduled) {
+  if (policy == kSequential) return false;
+  const int masked = masked_count(mask, block_length);
+  return step_count(scheduled, masked) < masked;
+}
+
 // The order of the low-confidence policies: higher confidence first, ties to the lower position.
 // A NaN confidence (an all -inf logits row) ranks below every number, so the order stays total
 // and a step never fills more than it chose.

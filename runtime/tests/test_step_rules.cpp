@@ -80,6 +80,33 @@ int main() {
   CHECK((choose(all, {nan, 0.2, nan, 0.1}, kLowConfidenceStatic, 0.9, 3) == std::vector<int>{0, 1, 3}));
   CHECK((choose(all, {nan, nan, nan, nan}, kLowConfidenceDynamic, 0.5, 1) == std::vector<int>{0}));
 
+  // confidence_decides: when it says no, every set of confidences gives the same choice (so the host
+  // may skip computing them); checked over every mask of L = 4, every n_k, every policy, against
+  // random, NaN and reversed confidences. When it says yes, some confidences change the choice.
+  std::uint32_t state = 12345u;
+  const auto uniform = [&state]() {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<double>(state >> 8) / 16777216.0;
+  };
+  for (int bits = 1; bits < 16; ++bits) {
+    std::vector<std::uint8_t> mask(4);
+    for (int j = 0; j < 4; ++j) mask[static_cast<std::size_t>(j)] = (bits >> j) & 1;
+    for (int policy : {kSequential, kLowConfidenceStatic, kLowConfidenceDynamic}) {
+      for (int scheduled = 1; scheduled <= 4; ++scheduled) {
+        const bool decides = sdar::rules::confidence_decides(mask.data(), 4, policy, scheduled);
+        const std::vector<double> up = {0.1, 0.2, 0.3, 0.4}, down = {0.4, 0.3, 0.2, 0.1};
+        const std::vector<int> first = choose(mask, up, policy, 0.25, scheduled);
+        bool differs = choose(mask, down, policy, 0.25, scheduled) != first;
+        for (int trial = 0; trial < 20; ++trial) {
+          std::vector<double> conf(4);
+          for (auto& c : conf) c = trial % 5 == 0 ? nan : uniform();
+          differs = differs || choose(mask, conf, policy, 0.25, scheduled) != first;
+        }
+        CHECK(decides == differs);
+      }
+    }
+  }
+
   if (sdar::testing::failure_count() == 0) std::puts("step_rules tests passed");
   return sdar::testing::failure_count() == 0 ? 0 : 1;
 }
