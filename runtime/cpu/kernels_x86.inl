@@ -395,10 +395,9 @@ void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_tiles<F32Tile>(a, pb,
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
 #if SDAR_X86_VNNI
-  // From 4 rows on, the transposed kernel (one lane per output row) wins: its register transpose of
-  // the codes is paid once per block for all rows. For 1 or 2 rows the transpose costs more than
-  // the horizontal sums it saves, and the per-row kernel is faster. Both are exact in the integer
-  // sums and run the same float steps, so the choice never changes a result.
+  // From kTransposedMinRows rows on, the transposed kernel (one lane per output row, no horizontal
+  // sums); below, the per-row kernel (see quantized_vnni.inl). Both are exact in the integer sums
+  // and run the same float steps, so the choice never changes a result.
   if (a.rows >= kTransposedMinRows) {
     switch (a.a.block / kChunk) {
       case 1: quantized_pairs<F, 1>(a, pb, pe); return;

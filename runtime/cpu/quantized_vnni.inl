@@ -17,8 +17,8 @@
 // out 16 times too large and are shifted back once per block (exact: the sum is a multiple of 16,
 // and at most 16 * 15 * 127 * 128 per block, far from overflowing).
 
-// The fewest rows of x for which quantized_format picks this kernel: with 1 or 2 rows the
-// transpose costs more than the horizontal sums it saves.
+// The fewest rows of x for which quantized_format picks this kernel: with 1 or 2 rows the per-row
+// kernel measured as fast (1 row) or faster (2 rows), with 4 and more this one is faster.
 constexpr int kTransposedMinRows = 4;
 
 // The 256 bytes of one unit of panel a (rows 0-7) and of panel b (rows 8-15) -> out[d], one dword
@@ -157,10 +157,8 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
   const auto* base = static_cast<const std::uint8_t*>(a.w.data);
   const std::uint8_t* wa = base + static_cast<std::size_t>(pa) * panel_bytes;
   const std::uint8_t* wb = base + static_cast<std::size_t>(pb) * panel_bytes;
-  const float* sa = a.w.scales + static_cast<std::size_t>(pa) * groups * kPanel;
-  const float* sb = a.w.scales + static_cast<std::size_t>(pb) * groups * kPanel;
-  const float* za = a.w.symmetric ? nullptr : a.w.zero_scales + static_cast<std::size_t>(pa) * groups * kPanel;
-  const float* zb = a.w.symmetric ? nullptr : a.w.zero_scales + static_cast<std::size_t>(pb) * groups * kPanel;
+  const PanelScales psa = panel_scales(a.w, pa, groups);
+  const PanelScales psb = panel_scales(a.w, pb, groups);
   const __m512 zero_point = _mm512_set1_ps(kQ4 ? 8.0f : 128.0f);
   const __m512i row_order = row_of_lane();
   const std::int8_t* xq = a.a.q + static_cast<std::size_t>(t.first) * kXRun;
@@ -175,9 +173,10 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
   const auto load_unit = [&](int u, __m512i(&codes)[8]) {
     const std::size_t at = static_cast<std::size_t>(u) * kUnitBytes;
     if (prefetch) {
-      // A few KB ahead in both panels, so DRAM streams while this unit is computed; past the end of
-      // a panel, the same distance into the next pair's panel (a thread's panels are contiguous).
-      // Prefetches never fault.
+      // A few KB ahead in both panels, so DRAM streams while this unit is computed. Past the end of
+      // a panel the address skips the other panel of the pair and lands in the next pair (a thread's
+      // panels are contiguous, pair after pair); a distance over a panel's size lands further into
+      // it. Prefetches never fault.
       const std::size_t ahead = at + kPairPrefetchBytes < panel_bytes ? at + kPairPrefetchBytes
                                                                       : at + kPairPrefetchBytes + panel_bytes;
       for (std::size_t line = 0; line < kUnitBytes; line += 64) {
@@ -195,8 +194,9 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
   __m512i codes[8];
   for (int g = 0; g < groups; ++g) {
     const std::size_t gi = static_cast<std::size_t>(g) * kPanel;
-    const __m512 sw = pair16(sa + gi, sb + gi);
-    const __m512 zs = za != nullptr ? pair16(za + gi, zb + gi) : _mm512_mul_ps(sw, zero_point);
+    const __m512 sw = pair16(psa.scales + gi, psb.scales + gi);
+    const __m512 zs = psa.zero_scales != nullptr ? pair16(psa.zero_scales + gi, psb.zero_scales + gi)
+                                                 : _mm512_mul_ps(sw, zero_point);
     for (int bg = 0; bg < blocks_per_group; ++bg) {
       const int b = g * blocks_per_group + bg;
       BlockDots<MT> dots;
