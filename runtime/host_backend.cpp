@@ -6,6 +6,7 @@
 
 #include "philox.h"
 #include "remask.h"
+#include "step_rules.h"
 
 namespace sdar {
 
@@ -59,8 +60,7 @@ int HostBackend::unmask_step(const StepRequest& request) {
     const std::size_t row_offset = static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(request.block_start);
     std::int64_t* row = sequence_.as<std::int64_t>() + row_offset;
     std::uint8_t* row_mask = masked_.as<std::uint8_t>() + row_offset;
-    int masked = 0;
-    for (int j = 0; j < L; ++j) masked += row_mask[j] != 0 ? 1 : 0;
+    const int masked = rules::masked_count(row_mask, L);
     if (masked == 0) continue;  // finished block: left untouched (rule 8)
     const std::uint32_t row_step = row_steps_[static_cast<std::size_t>(r)];
     // A greedy step that fills every sampled position needs no confidence: its softmax over the
@@ -73,18 +73,18 @@ int HostBackend::unmask_step(const StepRequest& request) {
       const float* logits = buffers_->logits() +
                             (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
                                 static_cast<std::size_t>(V);
+      Sample& sample = samples_[static_cast<std::size_t>(j)];
       if (argmax_only) {
         // NaN marks a confidence that was never computed (and, by the rule above, is never read)
-        samples_[static_cast<std::size_t>(j)] = {sampler_->argmax(logits), std::numeric_limits<double>::quiet_NaN()};
-        confidence_[static_cast<std::size_t>(j)] = samples_[static_cast<std::size_t>(j)].confidence;
-        continue;
+        sample = {sampler_->argmax(logits), std::numeric_limits<double>::quiet_NaN()};
+      } else {
+        const double u = config.temperature == 0.0
+                             ? 0.0
+                             : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,
+                                              static_cast<std::uint32_t>(request.block_start + j));
+        sample = sampler_->sample(logits, sample_params, u);
       }
-      const double u = config.temperature == 0.0
-                           ? 0.0
-                           : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,
-                                            static_cast<std::uint32_t>(request.block_start + j));
-      samples_[static_cast<std::size_t>(j)] = sampler_->sample(logits, sample_params, u);
-      confidence_[static_cast<std::size_t>(j)] = samples_[static_cast<std::size_t>(j)].confidence;
+      confidence_[static_cast<std::size_t>(j)] = sample.confidence;
     }
     const int filled = select_positions(config.remasking, config.threshold, row_mask, L, confidence_.data(),
                                         request.scheduled, chosen_.data());
