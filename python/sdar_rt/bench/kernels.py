@@ -224,12 +224,10 @@ def main(argv=None) -> int:
     try:
         args.k, args.n = (int(v) for v in args.shape.lower().split("x"))
     except ValueError:
-        print(f"sdar_rt.bench.kernels: --shape must be KxN, e.g. 1024x3072, got {args.shape!r}",
-              file=sys.stderr)
+        _log(f"--shape must be KxN, e.g. 1024x3072, got {args.shape!r}")
         return 2
     if args.k % args.block or args.block % 32:
-        print(f"sdar_rt.bench.kernels: --block {args.block} must be a multiple of 32 dividing K = {args.k}",
-              file=sys.stderr)
+        _log(f"--block {args.block} must be a multiple of 32 dividing K = {args.k}")
         return 2
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(args.seed)
