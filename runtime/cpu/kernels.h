@@ -19,6 +19,7 @@
 // with instructions the running CPU may lack.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "packed_matrix.h"
@@ -69,9 +70,13 @@ using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int
                                 std::int8_t* q, std::int16_t* q16, float* scales, float* sums);
 
 // Vector primitives of the rest of a step (attention, SwiGLU, RMSNorm).
+// The attention's two run over all cached rows of a head in one call (rows j at rows + j * stride,
+// d values each): per-row function calls cost more than a 128-value dot product. Each row's dot
+// product, and the weighted sum over the rows in row order, is the same chain of fused
+// multiply-adds in every table's loop, so batching changes no result.
 struct VectorKernels {
-  float (*dot)(const float* a, const float* b, int n);
-  void (*axpy)(float a, const float* x, float* y, int n);                     // y += a * x
+  void (*dots)(const float* q, const float* rows, std::size_t stride, int n, int d, float* out);          // out[j] = q . row j
+  void (*weighted_sum)(const float* w, const float* rows, std::size_t stride, int n, int d, float* out);  // out = sum w[j] row j
   float (*exp_sum)(float* v, int n, float shift);                            // v = exp(v - shift); the sum
   void (*silu_mul)(const float* gate, const float* up, float* out, int n);   // gate * sigmoid(gate) * up
   float (*sum_squares)(const float* x, int n);

@@ -138,8 +138,16 @@ float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-void axpy(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+void dots(const float* q, const float* rows, std::size_t stride, int n, int d, float* out) {
+  for (int j = 0; j < n; ++j) out[j] = dot(q, rows + static_cast<std::size_t>(j) * stride, d);
+}
+
+void weighted_sum(const float* w, const float* rows, std::size_t stride, int n, int d, float* out) {
+  for (int i = 0; i < d; ++i) out[i] = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float* row = rows + static_cast<std::size_t>(j) * stride;
+    for (int i = 0; i < d; ++i) out[i] = std::fma(w[j], row[i], out[i]);
+  }
 }
 
 float exp_sum(float* v, int n, float shift) {
@@ -162,7 +170,7 @@ float sum_squares(const float* x, int n) {
 }
 
 const KernelTable kScalar{"scalar",  f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, false,
-                          VectorKernels{dot, axpy, exp_sum, silu_mul, sum_squares}};
+                          VectorKernels{dots, weighted_sum, exp_sum, silu_mul, sum_squares}};
 
 }  // namespace
 

@@ -552,11 +552,54 @@ float vec_dot(const float* a, const float* b, int n) {
   return hsum(_mm256_add_ps(s0, s1));
 }
 
-void vec_axpy(float a, const float* x, float* y, int n) {
-  const __m256 av = _mm256_set1_ps(a);
+// Four rows at a time share each load of q (vec_dot's chain per row: two accumulators by 16, in order).
+void vec_dots(const float* q, const float* rows, std::size_t stride, int n, int d, float* out) {
+  int j = 0;
+  if (d % 16 == 0) {
+    for (; j + 4 <= n; j += 4) {
+      const float* r = rows + static_cast<std::size_t>(j) * stride;
+      __m256 s0[4], s1[4];
+      for (int t = 0; t < 4; ++t) s0[t] = s1[t] = _mm256_setzero_ps();
+      for (int i = 0; i < d; i += 16) {
+        const __m256 q0 = _mm256_loadu_ps(q + i);
+        const __m256 q1 = _mm256_loadu_ps(q + i + 8);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+          s0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r + t * stride + i), s0[t]);
+          s1[t] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(r + t * stride + i + 8), s1[t]);
+        }
+      }
+      for (int t = 0; t < 4; ++t) out[j + t] = hsum(_mm256_add_ps(s0[t], s1[t]));
+    }
+  }
+  for (; j < n; ++j) out[j] = vec_dot(q, rows + static_cast<std::size_t>(j) * stride, d);
+}
+
+// 64 outputs at a time held in registers across all rows; each lane's chain is fma(w[j], row_j, acc)
+// from zero, in row order.
+void vec_weighted_sum(const float* w, const float* rows, std::size_t stride, int n, int d, float* out) {
   int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
+  for (; i + 64 <= d; i += 64) {
+    __m256 acc[8];
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    for (int j = 0; j < n; ++j) {
+      const __m256 wj = _mm256_set1_ps(w[j]);
+      const float* r = rows + static_cast<std::size_t>(j) * stride + i;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(r + 8 * c), acc[c]);
+    }
+    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(out + i + 8 * c, acc[c]);
+  }
+  for (; i + 8 <= d; i += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int j = 0; j < n; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(rows + static_cast<std::size_t>(j) * stride + i), acc);
+    _mm256_storeu_ps(out + i, acc);
+  }
+  for (; i < d; ++i) {
+    float acc = 0.0f;
+    for (int j = 0; j < n; ++j) acc = __builtin_fmaf(w[j], rows[static_cast<std::size_t>(j) * stride + i], acc);
+    out[i] = acc;
+  }
 }
 
 float vec_exp_sum(float* v, int n, float shift) {
@@ -596,7 +639,7 @@ void vec_silu_mul(const float* gate, const float* up, float* out, int n) {
 
 float vec_sum_squares(const float* x, int n) { return vec_dot(x, x, n); }
 
-constexpr VectorKernels kVectorKernels{vec_dot, vec_axpy, vec_exp_sum, vec_silu_mul, vec_sum_squares};
+constexpr VectorKernels kVectorKernels{vec_dots, vec_weighted_sum, vec_exp_sum, vec_silu_mul, vec_sum_squares};
 
 }  // namespace
 }  // namespace sdar::cpu

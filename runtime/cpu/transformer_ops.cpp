@@ -1,7 +1,6 @@
 #include "transformer_ops.h"
 
 #include <cmath>
-#include <cstring>
 
 namespace sdar::cpu {
 
@@ -67,15 +66,14 @@ void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head,
     for (int g = 0; g < G; ++g) {
       const int head = kv_head * G + g;
       const float* qh = q + (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(head) * D;
+      const int rows = static_cast<int>(n);
+      v.dots(qh, keys, cache_row, rows, D, scores);
       float top = -INFINITY;
-      for (std::int64_t j = 0; j < n; ++j) {
-        scores[j] = v.dot(qh, keys + static_cast<std::size_t>(j) * cache_row, D);
-        top = scores[j] > top ? scores[j] : top;
-      }
-      const float inv = 1.0f / v.exp_sum(scores, static_cast<int>(n), top);
+      for (int j = 0; j < rows; ++j) top = scores[j] > top ? scores[j] : top;
+      const float inv = 1.0f / v.exp_sum(scores, rows, top);
+      for (int j = 0; j < rows; ++j) scores[j] *= inv;
       float* oh = out + (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(head) * D;
-      std::memset(oh, 0, D * sizeof(float));
-      for (std::int64_t j = 0; j < n; ++j) v.axpy(scores[j] * inv, values + static_cast<std::size_t>(j) * cache_row, oh, D);
+      v.weighted_sum(scores, values, cache_row, rows, D, oh);
     }
   }
 }
