@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "errors.h"
+#include "exp_terms.h"
 
 namespace sdar {
 
@@ -21,11 +22,12 @@ std::int64_t Sampler::argmax(const float* logits) const {
   return best;
 }
 
-Sample Sampler::greedy(const float* logits) const {
+Sample Sampler::greedy(const float* logits) {
   const auto best = static_cast<int>(argmax(logits));
-  const double top = static_cast<double>(logits[best]);
+  // The terms first (vectorized where the CPU allows), then their sum in index order.
+  exp_terms(logits, vocab_, static_cast<double>(logits[best]), w_.data());
   double sum = 0.0;
-  for (int i = 0; i < vocab_; ++i) sum += std::exp(static_cast<double>(logits[i]) - top);
+  for (int i = 0; i < vocab_; ++i) sum += w_[static_cast<std::size_t>(i)];
   return {best, 1.0 / sum};
 }
 

@@ -2,7 +2,8 @@
 //
 // Exact arithmetic (the test reference and any GPU kernel follow it):
 //   greedy (temperature == 0): token = argmax (lowest index on ties);
-//     confidence = 1 / sum_i exp(l_i - l_max), summed in float64 in index order.
+//     confidence = 1 / sum_i exp(l_i - l_max), summed in float64 in index order (the terms from
+//     exp_terms.h, within ~1 ulp of libm's exp).
 //   otherwise: z_i = double(l_i) / T; the candidate set is the top-k (ordered by z desc, index asc)
 //     when 0 < k < V, else the whole vocabulary; w_i = exp(z_i - z_max) in float64;
 //     Z = sum of w over the candidates (in sorted order for top-k, index order otherwise).
@@ -39,7 +40,7 @@ class Sampler {
   std::int64_t argmax(const float* logits) const;
 
  private:
-  Sample greedy(const float* logits) const;
+  Sample greedy(const float* logits);
   // Sorts the first `count` entries of order_[0, size) by (w desc, index asc).
   void sort_prefix(int size, int count);
   int vocab_;
