@@ -50,7 +50,7 @@ build() {
   cmake -S "$ROOT" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DSDAR_WITH_CUDA=ON -DSDAR_BUILD_TESTS=ON \
         -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DPython_EXECUTABLE="$(command -v "$PYTHON")" \
         -Dpybind11_DIR="$PYBIND11_DIR" &&
-  cmake --build "$OUT/build" -j "$JOBS" --target _core sdar_runtime_tests sdar_step_rules_tests &&
+  cmake --build "$OUT/build" -j "$JOBS" --target _core sdar_tests &&
   # The package as Python imports it: the sources plus the freshly built extension, outside the tree.
   rm -rf "$OUT/site" && mkdir -p "$OUT/site" && cp -r "$ROOT/python/sdar_rt" "$OUT/site/" &&
   cp "$OUT"/build/_core*.so "$OUT/site/sdar_rt/"
