@@ -46,6 +46,15 @@ class Engine {
   // new tokens into rows [past_len, past_len + tokens) and, for Decode (tokens = L) and Fused
   // (tokens = 2L), the logits of the last L positions. Prefill writes no logits.
   virtual void run(GraphKind kind, std::int64_t past_len, int tokens) = 0;
+  // The host's own work between passes (sampling a step's positions) as `tasks` independent
+  // tasks: fn(context, i) for every i, in any order and on any thread, all done on return; fn
+  // must not throw. An engine whose threads sit idle between passes (the CPU engine's pool) runs
+  // them there; by default they run in order on the calling thread.
+  virtual void run_host_tasks(int tasks, void (*fn)(void* context, int task), void* context) {
+    for (int i = 0; i < tasks; ++i) fn(context, i);
+  }
+  // The threads run_host_tasks spreads tasks over.
+  virtual int host_threads() const { return 1; }
 };
 
 }  // namespace sdar

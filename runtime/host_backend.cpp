@@ -13,14 +13,18 @@ namespace sdar {
 void HostBackend::attach(const ModelSpec& spec, const StepBuffers& buffers) {
   spec_ = spec;
   buffers_ = &buffers;
-  sampler_ = std::make_unique<Sampler>(spec.vocab_size);
+  samplers_.clear();
+  samplers_.push_back(std::make_unique<Sampler>(spec.vocab_size));
   const auto cells = static_cast<std::size_t>(spec.batch) * static_cast<std::size_t>(spec.max_context);
   sequence_ = Buffer(host_allocator(), sizeof(std::int64_t) * cells);
   masked_ = Buffer(host_allocator(), cells);
   const auto L = static_cast<std::size_t>(spec.block_length);
+  const auto positions = static_cast<std::size_t>(spec.batch) * L;
+  tasks_.reserve(positions);
+  row_masked_.assign(static_cast<std::size_t>(spec.batch), 0);
   chosen_.assign(L, 0);
-  confidence_.assign(L, 0.0);
-  samples_.resize(L);
+  confidence_.assign(positions, 0.0);
+  samples_.resize(positions);
 }
 
 void HostBackend::begin_call(const CallSetup& setup) {
@@ -42,58 +46,103 @@ void HostBackend::pack_ids(int start, int tokens) {
 }
 
 void HostBackend::run_engine(Engine& engine, GraphKind kind, std::int64_t past_len, int tokens) {
+  engine_ = &engine;
   const auto start = std::chrono::steady_clock::now();
   engine.run(kind, past_len, tokens);
   engine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+void HostBackend::sample_tasks(int first, int end, Sampler& sampler) {
+  const GenerationConfig& config = *call_.config;
+  const auto L = static_cast<std::size_t>(spec_.block_length);
+  const auto V = static_cast<std::size_t>(spec_.vocab_size);
+  const SampleParams params{config.temperature, config.top_k, config.top_p};
+  for (int i = first; i < end; ++i) {
+    const SampleTask& task = tasks_[static_cast<std::size_t>(i)];
+    const std::size_t at = static_cast<std::size_t>(task.row) * L + static_cast<std::size_t>(task.offset);
+    const float* logits = buffers_->logits() + at * V;
+    Sample& sample = samples_[at];
+    if (task.argmax_only) {
+      // NaN marks a confidence that was never computed (and, by the rule above, is never read)
+      sample = {sampler.argmax(logits), std::numeric_limits<double>::quiet_NaN()};
+    } else {
+      const double u = config.temperature == 0.0
+                           ? 0.0
+                           : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(task.row)],
+                                            row_steps_[static_cast<std::size_t>(task.row)],
+                                            static_cast<std::uint32_t>(request_block_start_ + task.offset));
+      sample = sampler.sample(logits, params, u);
+    }
+    confidence_[at] = sample.confidence;
+  }
+}
+
 int HostBackend::unmask_step(const StepRequest& request) {
   const GenerationConfig& config = *call_.config;
   const int L = spec_.block_length;
-  const int V = spec_.vocab_size;
   const int rows = static_cast<int>(call_.prompts->size());
   const auto stride = static_cast<std::size_t>(spec_.max_context);
-  const SampleParams sample_params{config.temperature, config.top_k, config.top_p};
-  int active = 0;
+  const auto block_at = [&](int r) {
+    return static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(request.block_start);
+  };
+  // 1. The positions to sample, every row's (rule 4; step_rules.h: sequential samples only the
+  // positions it may fill).
+  tasks_.clear();
+  request_block_start_ = request.block_start;
   for (int r = 0; r < rows; ++r) {
+    int& masked = row_masked_[static_cast<std::size_t>(r)];
+    masked = 0;
     if ((*request.done)[static_cast<std::size_t>(r)]) continue;
-    const std::size_t row_offset = static_cast<std::size_t>(r) * stride + static_cast<std::size_t>(request.block_start);
-    std::int64_t* row = sequence_.as<std::int64_t>() + row_offset;
-    std::uint8_t* row_mask = masked_.as<std::uint8_t>() + row_offset;
-    const int masked = rules::masked_count(row_mask, L);
+    const std::uint8_t* row_mask = masked_.as<std::uint8_t>() + block_at(r);
+    masked = rules::masked_count(row_mask, L);
     if (masked == 0) continue;  // finished block: left untouched (rule 8)
-    const std::uint32_t row_step = row_steps_[static_cast<std::size_t>(r)];
     // A greedy step that fills every sampled position needs no confidence: its softmax over the
     // vocabulary (most of the host's time per step with a large vocabulary) is skipped.
     const bool argmax_only =
         config.temperature == 0.0 && !confidence_decides(config.remasking, row_mask, L, request.scheduled);
     for (int j = 0; j < L; ++j) {
-      // step_rules.h: sequential samples only the positions it may fill
-      if (!samples_position(config.remasking, row_mask, L, j, request.scheduled)) continue;
-      const float* logits = buffers_->logits() +
-                            (static_cast<std::size_t>(r) * static_cast<std::size_t>(L) + static_cast<std::size_t>(j)) *
-                                static_cast<std::size_t>(V);
-      Sample& sample = samples_[static_cast<std::size_t>(j)];
-      if (argmax_only) {
-        // NaN marks a confidence that was never computed (and, by the rule above, is never read)
-        sample = {sampler_->argmax(logits), std::numeric_limits<double>::quiet_NaN()};
-      } else {
-        const double u = config.temperature == 0.0
-                             ? 0.0
-                             : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(r)], row_step,
-                                              static_cast<std::uint32_t>(request.block_start + j));
-        sample = sampler_->sample(logits, sample_params, u);
-      }
-      confidence_[static_cast<std::size_t>(j)] = sample.confidence;
+      if (samples_position(config.remasking, row_mask, L, j, request.scheduled)) tasks_.push_back({r, j, argmax_only});
     }
-    const int filled = select_positions(config.remasking, config.threshold, row_mask, L, confidence_.data(),
+  }
+  // 2. Sampled in groups over the engine's threads (idle between its passes), each group with its
+  // own sampler; every position's sample depends on its logits and its uniform alone.
+  const int count = static_cast<int>(tasks_.size());
+  const int threads = engine_ != nullptr ? engine_->host_threads() : 1;
+  const int groups = std::max(1, std::min(count, threads));
+  while (static_cast<int>(samplers_.size()) < groups) samplers_.push_back(std::make_unique<Sampler>(spec_.vocab_size));
+  if (groups == 1) {
+    sample_tasks(0, count, *samplers_.front());
+  } else {
+    struct Split {
+      HostBackend* self;
+      int count;
+      int groups;
+    } split{this, count, groups};
+    engine_->run_host_tasks(
+        groups,
+        [](void* context, int g) {
+          const auto& s = *static_cast<const Split*>(context);
+          s.self->sample_tasks(s.count * g / s.groups, s.count * (g + 1) / s.groups,
+                               *s.self->samplers_[static_cast<std::size_t>(g)]);
+        },
+        &split);
+  }
+  // 3. Each row's choice of positions (rule 5) from its confidences, and the unmasking.
+  int active = 0;
+  for (int r = 0; r < rows; ++r) {
+    const int masked = row_masked_[static_cast<std::size_t>(r)];
+    if (masked == 0) continue;
+    std::int64_t* row = sequence_.as<std::int64_t>() + block_at(r);
+    std::uint8_t* row_mask = masked_.as<std::uint8_t>() + block_at(r);
+    const std::size_t first = static_cast<std::size_t>(r) * static_cast<std::size_t>(L);
+    const int filled = select_positions(config.remasking, config.threshold, row_mask, L, confidence_.data() + first,
                                         request.scheduled, chosen_.data());
     for (int j = 0; j < L; ++j) {
       if (chosen_[static_cast<std::size_t>(j)] == 0) continue;
-      row[j] = samples_[static_cast<std::size_t>(j)].token;
+      row[j] = samples_[first + static_cast<std::size_t>(j)].token;
       row_mask[j] = 0;
     }
-    row_steps_[static_cast<std::size_t>(r)] = row_step + 1;
+    row_steps_[static_cast<std::size_t>(r)] += 1;
     if (masked > filled) ++active;
   }
   return active;

@@ -29,16 +29,29 @@ class HostBackend final : public DecodeBackend {
  private:
   ModelSpec spec_;
   const StepBuffers* buffers_ = nullptr;
-  std::unique_ptr<Sampler> sampler_;
+  // One sampler (with its vocabulary-sized scratch) per group of positions sampled together.
+  std::vector<std::unique_ptr<Sampler>> samplers_;
+  Engine* engine_ = nullptr;  // the engine of the last pass: its logits are sampled, its threads lent
   Buffer sequence_;  // int64 [B, max_context]: the tokens of every row
   Buffer masked_;    // uint8 [B, max_context]: 1 where the position is still masked
   CallSetup call_;
   std::vector<std::uint32_t> row_steps_;  // denoising steps each row has run in this call
   double engine_seconds_ = 0.0;
-  // Per-step scratch indexed by block offset, sized once (no allocation per step).
+  // A position a step samples: row r, block offset j.
+  struct SampleTask {
+    int row = 0;
+    int offset = 0;
+    bool argmax_only = false;
+  };
+  void sample_tasks(int first, int end, Sampler& sampler);
+
+  // Per-step scratch, sized once (no allocation per step): [B * L] per position, [L] per row.
+  std::vector<SampleTask> tasks_;
+  std::vector<int> row_masked_;  // [B] masked positions of the block, 0: row left untouched
   std::vector<std::uint8_t> chosen_;
   std::vector<double> confidence_;
   std::vector<Sample> samples_;
+  int request_block_start_ = 0;
 };
 
 }  // namespace sdar

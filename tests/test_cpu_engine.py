@@ -100,6 +100,21 @@ def test_fp32_greedy_tokens_equal_onnx_runtime_task_checkpoint(task_art, case):
             assert a.stats["nfe"] == b.stats["nfe"]
 
 
+@pytest.mark.parametrize("case", POLICIES)
+def test_host_sampling_on_the_engine_threads_changes_no_token(random_b2, case):
+    # With 2 threads the CPU engine also samples a step's positions on its pool; its logits do not
+    # depend on the thread count, so every token, greedy or sampled, must equal the 1-thread run.
+    _, art = random_b2
+    one = Generator(art, engine=make_cpu_engine(Generator(art, engine="ort").artifact, threads=1))
+    two = Generator(art, engine=make_cpu_engine(one.artifact, threads=2))
+    prompts = [[5, 17, 33, 2, 90, 41, 7], [300, 12, 8, 77, 150, 3, 64]]
+    for kw in (dict(), dict(temperature=0.9, top_k=40, top_p=0.95, seed=3)):
+        a = one.generate(prompt_ids=prompts, max_new_tokens=20, **case, **kw)
+        b = two.generate(prompt_ids=prompts, max_new_tokens=20, **case, **kw)
+        assert [o.token_ids for o in a] == [o.token_ids for o in b]
+        assert a[0].stats["steps_per_block"] == b[0].stats["steps_per_block"]
+
+
 def test_sampling_is_engine_independent(task_art):
     cpu, ort = _pair(task_art)
     kw = dict(temperature=0.7, top_k=8, top_p=0.9, seed=11, max_new_tokens=16)

@@ -37,6 +37,11 @@ class CpuEngine final : public Engine {
   // and sizes every buffer for batch * ids_capacity rows.
   void bind(const EngineBindings& bindings) override;
   void run(GraphKind kind, std::int64_t past_len, int tokens) override;
+  // The sampling of a step runs on the pool too: its workers are idle (spinning) between passes.
+  void run_host_tasks(int tasks, void (*fn)(void* context, int task), void* context) override {
+    pool_.run(tasks, fn, context);
+  }
+  int host_threads() const override { return pool_.size(); }
 
   const char* kernels() const { return matmul_.kernels().name; }
   int threads() const { return pool_.size(); }
