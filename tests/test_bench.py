@@ -494,6 +494,29 @@ def test_int4_options_need_int4(bench, tiny):
     assert status == 2 and "add --int4" in err
 
 
+def test_cpu_kernels_option(bench, tiny, tmp_path):
+    """--cpu-kernels runs the CPU engine with that kernel table (recorded in the settings and in every
+    sdar_rt row; the default is the best this CPU runs); a table this CPU lacks, or another engine,
+    is refused."""
+    from sdar_rt import _core
+
+    out = tmp_path / "k.json"
+    status, err = _main(bench, [str(tiny / "ck"), *ARGV, "--runs", "1", "--cpu-kernels", "scalar",
+                                "--json", str(out)])
+    assert status == 0, err
+    report = json.loads(out.read_text())
+    assert report["settings"]["cpu_kernels"] == "scalar"
+    assert {r["cpu_kernels"] for r in report["results"]} == {"scalar"}
+    status, err = _main(bench, [str(tiny / "ck"), *ARGV, "--runs", "1", "--json", str(tmp_path / "d.json")])
+    assert status == 0, err
+    default = json.loads((tmp_path / "d.json").read_text())
+    assert {r["cpu_kernels"] for r in default["results"]} == {_core.cpu_kernels_available()[0]}
+    status, err = _main(bench, [str(tiny / "ck"), "--cpu-kernels", "sse9"])
+    assert status == 2 and "--cpu-kernels 'sse9'" in err and "scalar" in err
+    status, err = _main(bench, [str(tiny / "ck"), "--cpu-kernels", "scalar", "--engine", "ort"])
+    assert status == 2 and "--engine cpu" in err
+
+
 def test_unknown_baseline_is_an_error(bench, tiny):
     status, err = _main(bench, [str(tiny / "ck"), "--baselines", "nope"])
     assert status == 2 and "unknown baseline" in err

@@ -108,6 +108,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["cpu", "cuda"],
         help="where sdar_rt's decoding loop runs (default: cuda for TensorRT, else cpu)",
     )
+    p.add_argument(
+        "--cpu-kernels",
+        default="auto",
+        help="the CPU engine's kernel table: auto (the best this CPU runs) or one of "
+        "sdar_rt._core.cpu_kernels_available() (e.g. avx2 on an AVX-512 CPU)",
+    )
     p.add_argument("--memory-calls", type=int, default=0, help="generate calls for a memory-flatness run")
     p.add_argument(
         "--int4",

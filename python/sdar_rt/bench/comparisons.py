@@ -16,6 +16,7 @@ import gc
 from ..artifact_cache import ExportOptions, cache_root, checkpoint_key
 from .checks import Checks
 from .compare import Contender, alternate, break_even_tpf, ratios
+from .generators import sdar_generator
 from .progress import Phases, log
 from .timing import baseline_pass, sdar_pass
 from .weights import token_agreement
@@ -74,12 +75,6 @@ def _baseline(a, generate, n: int, label: str, follows_limits: bool) -> Contende
     return Contender(label, warm, run_pass, follows_limits)
 
 
-def _generator(a, path):
-    from ..generator import Generator
-
-    return Generator(path, engine=a.engine, device=a.device, threads=a.threads)
-
-
 class Runner:
     """Runs the planned comparisons against the sweep's primary configuration."""
 
@@ -89,7 +84,7 @@ class Runner:
         self.config = {**primary["config"], "commit": "fused"}
 
     def _primary_gen(self, weights: ExportOptions | None = None):
-        return _generator(self.a, self.targets.artifact(self.config["block_length"], 1, weights))
+        return sdar_generator(self.a, self.targets.artifact(self.config["block_length"], 1, weights))
 
     def _compare(self, first: Contender, second: Contender, bar) -> dict:
         bar.start(2 * (self.a.warmup + self.a.runs * len(self.prompts)))
@@ -142,7 +137,7 @@ class Runner:
 
     def _ar(self, bar) -> dict:
         gen = self._primary_gen()
-        ar = _generator(self.a, self.targets.artifact(1, 1))
+        ar = sdar_generator(self.a, self.targets.artifact(1, 1))
         ar_kw = {"max_new_tokens": self.a.max_new_tokens, "denoising_steps": 1, "fused_commit": True}
         res = self._compare(
             _sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"),

@@ -27,6 +27,14 @@ def _check_options(a, names: list[str]) -> None:
         raise ValueError("--warmup must be >= 0")
     if any(b < 1 for b in a.batch):
         raise ValueError("--batch values must be >= 1")
+    if a.cpu_kernels != "auto":
+        from .. import _core
+
+        if a.cpu_kernels not in _core.cpu_kernels_available():
+            raise ValueError(f"--cpu-kernels {a.cpu_kernels!r}: this build and CPU run "
+                             f"{', '.join(_core.cpu_kernels_available())}")
+        if a.engine not in ("auto", "cpu"):
+            raise ValueError("--cpu-kernels applies to the CPU engine: use --engine cpu (or auto)")
     if not a.int4 and (a.group_size is not None or a.lm_head_bits is not None):
         raise ValueError("--group-size and --lm-head-bits apply to the --int4 comparison; add --int4")
 
@@ -51,6 +59,7 @@ def _new_report(a, targets: Targets, max_context: int | None) -> dict:
             "max_new_tokens": a.max_new_tokens,
             "remasking": a.remasking,
             "threads": a.threads,
+            "cpu_kernels": a.cpu_kernels,
             "dtype": targets.dtype,
             "max_context": max_context,
             "temperature": 0.0,

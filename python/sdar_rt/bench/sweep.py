@@ -11,6 +11,7 @@ import gc
 from dataclasses import asdict, dataclass
 
 from .checks import Checks
+from .generators import sdar_generator
 from .progress import Phases, log
 from .prompts import prompt_ids, prompt_texts
 from .timing import rss_mib, time_sdar
@@ -61,8 +62,6 @@ def plan(a, default_block_length: int) -> tuple[list[tuple[int, int, list[Config
 
 def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dict:
     """All sdar_rt configurations; returns the primary (first, batch 1, fused) one's context."""
-    from ..generator import Generator
-
     b1_outputs: dict = {}
     primary: dict = {}
     for L, B, cfgs in groups:
@@ -70,9 +69,7 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
         for cfg in cfgs:
             with phases.phase(f"sdar_rt {config_label(cfg.as_dict())}: fused and separate commit") as bar:
                 if gen is None:
-                    gen = Generator(
-                        targets.artifact(L, B), engine=a.engine, device=a.device, threads=a.threads
-                    )
+                    gen = sdar_generator(a, targets.artifact(L, B))
                     texts = prompt_texts(gen, a.prompts, targets.model_dir)
                     report["settings"].setdefault("prompts", texts)
                 prompts = prompt_ids(gen, texts, cfg.prompt_length)
@@ -108,6 +105,7 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
                     system="sdar_rt",
                     config={**c, "commit": commit},
                     engine=type(gen.engine).__name__,
+                    cpu_kernels=getattr(gen.engine, "kernels", None),  # the CPU engine's table
                     device=gen.device,
                     device_memory_in_use_mib=_device_memory_mib(gen),
                 )
