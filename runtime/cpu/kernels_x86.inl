@@ -190,6 +190,7 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
   if constexpr (CHUNKS % 2 == 0) {
     // 512-bit: two chunks per vpdpbusd, the codes in the activations' order (chunk c, then c + 1).
     constexpr int PAIRS = CHUNKS / 2;
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       __m512i codes[PAIRS];
       for (int p = 0; p < PAIRS; ++p) {
