@@ -103,51 +103,77 @@ inline PanelScales panel_scales(const PackedMatrix& w, int panel, int groups) {
 
 // ---------------------------------------------------------------- float32 weights
 
-// Outer products: for each k, the panel's 8 weights of column k (one vector) times x[m][k]
-// broadcast, into acc[m] (8 outputs of row m). Fewer than 8 rows keep 8 accumulators anyway by
-// splitting k into 8 / MT interleaved phases (summed at the end): 8 independent FMA chains hide the
-// FMA latency. The panel is read once, front to back.
+// Outer products: for each k, the 8 weights of column k of panel a and of panel b (one vector
+// each) times x[m][k] broadcast, into acc[m][0] and acc[m][1] (8 outputs each). Two panels per
+// pass, so each broadcast of x feeds two multiply-adds: with one panel the loads (a broadcast per
+// multiply-add) held the FMA units to about half their rate. Fewer than 4 rows keep 8 accumulators
+// anyway by splitting k into 4 / MT interleaved phases (summed at the end): 8 independent chains
+// hide the FMA latency. Each panel is read once, front to back; pb == pa for a single panel.
 template <int MT>
-void f32_tile(const MatmulArgs& a, int panel, const MTile& t) {
-  constexpr int PHASES = 8 / MT;
+void f32_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
+  constexpr int PHASES = 4 / MT;
   const int K = a.w.cols;
   const std::size_t cap = a.row_capacity;
-  const float* wp = static_cast<const float*>(a.w.data) + static_cast<std::size_t>(panel) * K * kPanel;
+  const auto* w = static_cast<const float*>(a.w.data);
+  const float* wa = w + static_cast<std::size_t>(pa) * K * kPanel;
+  const float* wb = w + static_cast<std::size_t>(pb) * K * kPanel;
   const float* xp = a.xp + static_cast<std::size_t>(t.first) * kF32Step;
-  __m256 acc[8];
-  for (auto& v : acc) v = _mm256_setzero_ps();
+  __m256 acc[MT][2][PHASES];
+#pragma GCC unroll 4
+  for (int m = 0; m < MT; ++m) {
+#pragma GCC unroll 2
+    for (int p = 0; p < 2; ++p) {
+#pragma GCC unroll 4
+      for (int h = 0; h < PHASES; ++h) acc[m][p][h] = _mm256_setzero_ps();
+    }
+  }
   const int full = K / kF32Step;
-  const bool prefetch = t.first == 0;  // the first tile streams the panel; the others find it in cache
+  const bool prefetch = t.first == 0;  // the first tile streams the panels; the others find them in cache
   for (int s = 0; s < full; ++s) {
-    const float* ws = wp + static_cast<std::size_t>(s) * kF32Step * kPanel;
+    const std::size_t at = static_cast<std::size_t>(s) * kF32Step * kPanel;
     const float* xs = xp + s * cap * kF32Step;
     if (prefetch) {
-      // A few KB ahead (past this panel too: the thread's panels are contiguous; prefetches never
-      // fault), so DRAM streams while this step computes.
-      const char* ahead = reinterpret_cast<const char*>(ws) + kPrefetchBytes;
-      for (int line = 0; line < kF32Step * kPanel * 4; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+      // A few KB ahead in both panels (past a panel's end the address lands in the thread's next
+      // panels: they are contiguous; prefetches never fault), so DRAM streams while this step computes.
+#pragma GCC unroll 4
+      for (int line = 0; line < kF32Step * kPanel * 4; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(wa + at) + kPrefetchBytes + line, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wb + at) + kPrefetchBytes + line, _MM_HINT_T0);
+      }
     }
+#pragma GCC unroll 8
     for (int l = 0; l < kF32Step; ++l) {
-      const __m256 w = _mm256_loadu_ps(ws + l * kPanel);
+      const __m256 w0 = _mm256_loadu_ps(wa + at + l * kPanel);
+      const __m256 w1 = _mm256_loadu_ps(wb + at + l * kPanel);
+#pragma GCC unroll 4
       for (int m = 0; m < MT; ++m) {
-        __m256& a_ = acc[m * PHASES + l % PHASES];
-        a_ = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xs + m * kF32Step + l), a_);
+        const __m256 xv = _mm256_broadcast_ss(xs + m * kF32Step + l);
+        acc[m][0][l % PHASES] = _mm256_fmadd_ps(w0, xv, acc[m][0][l % PHASES]);
+        acc[m][1][l % PHASES] = _mm256_fmadd_ps(w1, xv, acc[m][1][l % PHASES]);
       }
     }
   }
   for (int k = full * kF32Step; k < K; ++k) {  // the last, partial step of x
-    const __m256 w = _mm256_loadu_ps(wp + static_cast<std::size_t>(k) * kPanel);
+    const __m256 w0 = _mm256_loadu_ps(wa + static_cast<std::size_t>(k) * kPanel);
+    const __m256 w1 = _mm256_loadu_ps(wb + static_cast<std::size_t>(k) * kPanel);
     const float* xs = xp + (k / kF32Step) * cap * kF32Step + k % kF32Step;
-    for (int m = 0; m < MT; ++m) acc[m * PHASES] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xs + m * kF32Step), acc[m * PHASES]);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 xv = _mm256_broadcast_ss(xs + m * kF32Step);
+      acc[m][0][0] = _mm256_fmadd_ps(w0, xv, acc[m][0][0]);
+      acc[m][1][0] = _mm256_fmadd_ps(w1, xv, acc[m][1][0]);
+    }
   }
   alignas(32) float out[8];
-  for (int m = 0; m < MT && t.first + m < a.rows; ++m) {
-    __m256 sum = acc[m * PHASES];
-    for (int p = 1; p < PHASES; ++p) sum = _mm256_add_ps(sum, acc[m * PHASES + p]);
-    _mm256_store_ps(out, sum);
-    float* y = a.y + static_cast<std::size_t>(t.first + m) * a.ldy + panel * kPanel;
+  for (int p = 0; p < (pb == pa ? 1 : 2); ++p) {
+    const int panel = p == 0 ? pa : pb;
     const int n = a.w.rows - panel * kPanel < kPanel ? a.w.rows - panel * kPanel : kPanel;
-    for (int j = 0; j < n; ++j) y[j] = out[j];
+    for (int m = 0; m < MT && t.first + m < a.rows; ++m) {
+      __m256 sum = acc[m][p][0];
+      for (int h = 1; h < PHASES; ++h) sum = _mm256_add_ps(sum, acc[m][p][h]);
+      _mm256_store_ps(out, sum);
+      float* y = a.y + static_cast<std::size_t>(t.first + m) * a.ldy + panel * kPanel;
+      for (int j = 0; j < n; ++j) y[j] = out[j];
+    }
   }
 }
 
@@ -379,9 +405,7 @@ void run_tiles(const MatmulArgs& a, int panel_begin, int panel_end) {
   }
 }
 
-struct F32Tile {
-  template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { f32_tile<MT>(a, p, t); }
-};
+
 template <WeightFormat F, int CHUNKS>
 struct QuantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { quantized_tile<F, MT, CHUNKS>(a, p, t); }
@@ -391,7 +415,19 @@ struct DequantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { dequantized_tile<F, MT>(a, p, t); }
 };
 
-void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_tiles<F32Tile>(a, pb, pe); }
+void f32_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
+  for (int p = panel_begin; p < panel_end; p += 2) {
+    const int q = p + 1 < panel_end ? p + 1 : p;
+    for (int i = 0; i < a.num_tiles; ++i) {
+      const MTile& t = a.tiles[i];
+      switch (t.width) {  // float32 weights come in tiles of at most 4 rows (matmul.cpp)
+        case 1: f32_pair<1>(a, p, q, t); break;
+        case 2: f32_pair<2>(a, p, q, t); break;
+        default: f32_pair<4>(a, p, q, t); break;
+      }
+    }
+  }
+}
 
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
