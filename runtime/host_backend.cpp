@@ -63,7 +63,7 @@ void HostBackend::sample_tasks(int first, int end, Sampler& sampler) {
     const float* logits = buffers_->logits() + at * V;
     Sample& sample = samples_[at];
     if (task.argmax_only) {
-      // NaN marks a confidence that was never computed (and, by the rule above, is never read)
+      // NaN marks a confidence that was never computed (confidence_decides: it is never read)
       sample = {sampler.argmax(logits), std::numeric_limits<double>::quiet_NaN()};
     } else {
       const double u = config.temperature == 0.0
@@ -106,8 +106,10 @@ int HostBackend::unmask_step(const StepRequest& request) {
   }
   // 2. Sampled in groups over the engine's threads (idle between its passes), each group with its
   // own sampler; every position's sample depends on its logits and its uniform alone.
+  // At most kMaxSampleGroups: each group's sampler holds ~12 bytes per vocabulary entry of scratch.
+  constexpr int kMaxSampleGroups = 8;
   const int count = static_cast<int>(tasks_.size());
-  const int threads = engine_ != nullptr ? engine_->host_threads() : 1;
+  const int threads = engine_ != nullptr ? std::min(engine_->host_threads(), kMaxSampleGroups) : 1;
   const int groups = std::max(1, std::min(count, threads));
   while (static_cast<int>(samplers_.size()) < groups) samplers_.push_back(std::make_unique<Sampler>(spec_.vocab_size));
   if (groups == 1) {
