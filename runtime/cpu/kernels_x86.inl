@@ -111,7 +111,7 @@ inline PanelScales panel_scales(const PackedMatrix& w, int panel, int groups) {
 // hide the FMA latency. Each panel is read once, front to back; pb == pa for a single panel.
 template <int MT>
 void f32_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
-  constexpr int PHASES = 4 / MT;
+  constexpr int PHASES = MT >= 4 ? 1 : 4 / MT;  // (8-row tiles, which float32 matmuls never make: 1)
   const int K = a.w.cols;
   const std::size_t cap = a.row_capacity;
   const auto* w = static_cast<const float*>(a.w.data);
@@ -405,7 +405,35 @@ void run_tiles(const MatmulArgs& a, int panel_begin, int panel_end) {
   }
 }
 
+// As run_tiles, for kernels that take two panels (16 output rows) per call; pb == pa for the last
+// panel of an odd range.
+template <class Pair>
+void run_pairs(const MatmulArgs& a, int panel_begin, int panel_end) {
+  for (int p = panel_begin; p < panel_end; p += 2) {
+    const int q = p + 1 < panel_end ? p + 1 : p;
+    for (int i = 0; i < a.num_tiles; ++i) {
+      const MTile& t = a.tiles[i];
+      switch (t.width) {
+        case 1: Pair::template run<1>(a, p, q, t); break;
+        case 2: Pair::template run<2>(a, p, q, t); break;
+        case 4: Pair::template run<4>(a, p, q, t); break;
+        default: Pair::template run<8>(a, p, q, t); break;
+      }
+    }
+  }
+}
 
+struct F32Pair {
+  template <int MT> static void run(const MatmulArgs& a, int pa, int pb, const MTile& t) { f32_pair<MT>(a, pa, pb, t); }
+};
+#if SDAR_X86_VNNI
+template <WeightFormat F, int CHUNKS>
+struct QuantizedPair {
+  template <int MT> static void run(const MatmulArgs& a, int pa, int pb, const MTile& t) {
+    quantized_pair<F, MT, CHUNKS>(a, pa, pb, t);
+  }
+};
+#endif
 template <WeightFormat F, int CHUNKS>
 struct QuantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { quantized_tile<F, MT, CHUNKS>(a, p, t); }
@@ -415,19 +443,7 @@ struct DequantizedTile {
   template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { dequantized_tile<F, MT>(a, p, t); }
 };
 
-void f32_kernel(const MatmulArgs& a, int panel_begin, int panel_end) {
-  for (int p = panel_begin; p < panel_end; p += 2) {
-    const int q = p + 1 < panel_end ? p + 1 : p;
-    for (int i = 0; i < a.num_tiles; ++i) {
-      const MTile& t = a.tiles[i];
-      switch (t.width) {  // float32 weights come in tiles of at most 4 rows (matmul.cpp)
-        case 1: f32_pair<1>(a, p, q, t); break;
-        case 2: f32_pair<2>(a, p, q, t); break;
-        default: f32_pair<4>(a, p, q, t); break;
-      }
-    }
-  }
-}
+void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_pairs<F32Pair>(a, pb, pe); }
 
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
@@ -437,9 +453,9 @@ void quantized_format(const MatmulArgs& a, int pb, int pe) {
   // and run the same float steps, so the choice never changes a result.
   if (a.rows >= kTransposedMinRows) {
     switch (a.a.block / kChunk) {
-      case 1: quantized_pairs<F, 1>(a, pb, pe); return;
-      case 2: quantized_pairs<F, 2>(a, pb, pe); return;
-      default: quantized_pairs<F, 4>(a, pb, pe); return;
+      case 1: run_pairs<QuantizedPair<F, 1>>(a, pb, pe); return;
+      case 2: run_pairs<QuantizedPair<F, 2>>(a, pb, pe); return;
+      default: run_pairs<QuantizedPair<F, 4>>(a, pb, pe); return;
     }
   }
 #endif

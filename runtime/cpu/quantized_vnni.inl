@@ -251,19 +251,3 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
                           _mm512_permutexvar_ps(lane_of_row(), acc[m]));
   }
 }
-
-template <WeightFormat F, int CHUNKS>
-void quantized_pairs(const MatmulArgs& a, int panel_begin, int panel_end) {
-  for (int p = panel_begin; p < panel_end; p += 2) {
-    const int q = p + 1 < panel_end ? p + 1 : p;
-    for (int i = 0; i < a.num_tiles; ++i) {
-      const MTile& t = a.tiles[i];
-      switch (t.width) {
-        case 1: quantized_pair<F, 1, CHUNKS>(a, p, q, t); break;
-        case 2: quantized_pair<F, 2, CHUNKS>(a, p, q, t); break;
-        case 4: quantized_pair<F, 4, CHUNKS>(a, p, q, t); break;
-        default: quantized_pair<F, 8, CHUNKS>(a, p, q, t); break;
-      }
-    }
-  }
-}
