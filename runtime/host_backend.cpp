@@ -52,7 +52,7 @@ void HostBackend::run_engine(Engine& engine, GraphKind kind, std::int64_t past_l
   engine_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-void HostBackend::sample_tasks(int first, int end, Sampler& sampler) {
+void HostBackend::sample_tasks(int first, int end, int block_start, Sampler& sampler) {
   const GenerationConfig& config = *call_.config;
   const auto L = static_cast<std::size_t>(spec_.block_length);
   const auto V = static_cast<std::size_t>(spec_.vocab_size);
@@ -70,7 +70,7 @@ void HostBackend::sample_tasks(int first, int end, Sampler& sampler) {
                            ? 0.0
                            : philox_uniform(config.seed, (*call_.row_ids)[static_cast<std::size_t>(task.row)],
                                             row_steps_[static_cast<std::size_t>(task.row)],
-                                            static_cast<std::uint32_t>(request_block_start_ + task.offset));
+                                            static_cast<std::uint32_t>(block_start + task.offset));
       sample = sampler.sample(logits, params, u);
     }
     confidence_[at] = sample.confidence;
@@ -88,7 +88,6 @@ int HostBackend::unmask_step(const StepRequest& request) {
   // 1. The positions to sample, every row's (rule 4; step_rules.h: sequential samples only the
   // positions it may fill).
   tasks_.clear();
-  request_block_start_ = request.block_start;
   for (int r = 0; r < rows; ++r) {
     int& masked = row_masked_[static_cast<std::size_t>(r)];
     masked = 0;
@@ -113,18 +112,19 @@ int HostBackend::unmask_step(const StepRequest& request) {
   const int groups = std::max(1, std::min(count, threads));
   while (static_cast<int>(samplers_.size()) < groups) samplers_.push_back(std::make_unique<Sampler>(spec_.vocab_size));
   if (groups == 1) {
-    sample_tasks(0, count, *samplers_.front());
+    sample_tasks(0, count, request.block_start, *samplers_.front());
   } else {
     struct Split {
       HostBackend* self;
       int count;
       int groups;
-    } split{this, count, groups};
+      int block_start;
+    } split{this, count, groups, request.block_start};
     engine_->run_host_tasks(
         groups,
         [](void* context, int g) {
           const auto& s = *static_cast<const Split*>(context);
-          s.self->sample_tasks(s.count * g / s.groups, s.count * (g + 1) / s.groups,
+          s.self->sample_tasks(s.count * g / s.groups, s.count * (g + 1) / s.groups, s.block_start,
                                *s.self->samplers_[static_cast<std::size_t>(g)]);
         },
         &split);

@@ -43,7 +43,8 @@ class HostBackend final : public DecodeBackend {
     int offset = 0;
     bool argmax_only = false;
   };
-  void sample_tasks(int first, int end, Sampler& sampler);
+  // Samples tasks_[first, end) of the step over the block at block_start.
+  void sample_tasks(int first, int end, int block_start, Sampler& sampler);
 
   // Per-step scratch, sized once (no allocation per step): [B * L] per position, [L] per row.
   std::vector<SampleTask> tasks_;
@@ -51,7 +52,6 @@ class HostBackend final : public DecodeBackend {
   std::vector<std::uint8_t> chosen_;
   std::vector<double> confidence_;
   std::vector<Sample> samples_;
-  int request_block_start_ = 0;
 };
 
 }  // namespace sdar
