@@ -60,11 +60,6 @@ inline void transpose_unit(const std::uint8_t* a, const std::uint8_t* b, __m512i
 #define SDAR_PAIR_PREFETCH 6144
 #endif
 constexpr std::size_t kPairPrefetchBytes = SDAR_PAIR_PREFETCH;
-// Tiles of up to 4 rows also prefetch this far ahead into L2, so more of the stream is in flight
-// than the L1 prefetches alone keep (each holds a miss buffer until its line arrives). Measured as
-// above, both kernels in one process and alternating: 4 rows 0.85-0.91x the time with 12-64 KB;
-// 8 rows, whose arithmetic leaves the memory more time, no faster, so they skip it.
-constexpr std::size_t kPairFarPrefetchBytes = 32768;
 
 // Lane j of a transposed vector holds row kRowOfLane[j] of the two panels; kLaneOfRow inverts it.
 inline __m512i row_of_lane() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
@@ -191,9 +186,8 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
         _mm_prefetch(reinterpret_cast<const char*>(wa + ahead + line), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wb + ahead + line), _MM_HINT_T0);
       }
-      if constexpr (MT <= 4) {
-        const std::size_t far = at + kPairFarPrefetchBytes < panel_bytes ? at + kPairFarPrefetchBytes
-                                                                         : at + kPairFarPrefetchBytes + panel_bytes;
+      if constexpr (MT <= 4) {  // also far ahead into L2 (kFarPrefetchBytes)
+        const std::size_t far = at + far_prefetch_offset(at, panel_bytes);
 #pragma GCC unroll 4
         for (std::size_t line = 0; line < kUnitBytes; line += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(wa + far + line), _MM_HINT_T1);
