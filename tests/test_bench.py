@@ -542,3 +542,68 @@ def test_entry_points_and_no_torch_import():
         [sys.executable, "-m", "sdar_rt.bench", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "break-even TPF" in helptext and "usage: sdar-bench" in helptext
+
+
+def test_ar_mode_vs_ort_genai_is_planned_with_both_baselines():
+    """With both AR peers asked for, sdar_rt's AR mode is also compared with onnxruntime-genai directly,
+    last; not otherwise."""
+    from sdar_rt.bench.comparisons import planned
+
+    with_int4 = ["int4", "ar", "ort-genai", "ort-genai-int4", "ar-ort-genai"]
+    assert planned(["ar", "ort-genai"], True) == with_int4
+    every = ["ort-genai", "reference", "ar"]
+    assert planned(every, False) == [*every, "ar-ort-genai"]
+    assert planned(["reference", "ar"], False) == ["reference", "ar"]
+    assert planned(["ort-genai"], True) == ["int4", "ort-genai", "ort-genai-int4"]
+
+
+def test_ar_mode_vs_ort_genai_summary_reads_as_a_cost_ratio():
+    """For two AR decoders the quotient of costs is what the line says, not a break-even TPF."""
+    from sdar_rt.bench.summary import comparison_line
+
+    runs = {"values": [1.0, 1.2], "min": 1.0, "median": 1.1, "max": 1.2, "relative_pct": 18}
+    c = {
+        "kind": "ar-ort-genai",
+        "title": "sdar_rt's AR mode vs onnxruntime-genai",
+        "ratio": 0.93,
+        "ratio_runs": runs,
+        "tpf": 1.0,
+        "break_even_tpf": 80.27 / 74.72,
+        "first": {"system": "ar", "tokens_per_second": 12.5, "wall_ms_per_decode_forward": 80.27},
+        "second": {"system": "ort-genai", "tokens_per_second": 13.4, "ms_per_token_after_prefill": 74.72},
+    }
+    line = comparison_line(c)
+    said = "its cost per token 1.07x the peer's = 80.27 ms per AR-mode token / 74.72 ms per ort-genai token"
+    assert said in line
+    assert "break-even" not in line
+    c["kind"] = "ar"
+    assert "break-even TPF 1.07" in comparison_line(c)
+
+
+def test_ar_mode_vs_ort_genai_comparison(tiny, bench, tmp_path):
+    """--baselines ar,ort-genai: the AR mode against onnxruntime-genai in alternating rounds, the peer
+    generating as many tokens as the AR mode did; without onnxruntime-genai both of its comparisons
+    are reported as skipped, with the reason."""
+    from sdar_rt.bench import ortgenai
+
+    out = tmp_path / "ar-oga.json"
+    status, err = _main(
+        bench, [str(tiny / "ck"), *ARGV, "--runs", "1", "--baselines", "ar,ort-genai", "--json", str(out)]
+    )
+    assert status == 0, err
+    comps = {c["kind"]: c for c in json.loads(out.read_text())["comparisons"]}
+    assert list(comps) == ["ar", "ort-genai", "ar-ort-genai"]
+    assert "skipped" not in comps["ar"]
+    reason = ortgenai.missing_reason()
+    c = comps["ar-ort-genai"]
+    if reason:
+        assert comps["ort-genai"]["skipped"] == reason and c["skipped"] == reason
+        assert f"sdar_rt's AR mode vs onnxruntime-genai: skipped ({reason})" in err
+        return
+    a, b = c["first"], c["second"]
+    assert (a["system"], b["system"]) == ("ar", "ort-genai")
+    assert a["config"]["block_length"] == 1 and b["weights"] == "float32"
+    cost = a["wall_ms_per_decode_forward"] / b["ms_per_token_after_prefill"]
+    assert c["break_even_tpf"] == pytest.approx(cost)
+    assert b["tokens"] <= a["tokens"]
+    assert "its cost per token" in err

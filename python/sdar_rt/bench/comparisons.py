@@ -6,7 +6,10 @@ prompts and weights, one comparison's models in memory at a time:
 - ``reference``: SDAR decoding in plain PyTorch with a KV cache (tokens must equal sdar_rt's);
 - ``ort-genai``: onnxruntime-genai's AR generator on the same float weights, and with ``--int4``
   also ``ort-genai-int4``: its int4 model, built by its own builder with the int4 artifact's scheme,
-  against sdar_rt's int4 artifact.
+  against sdar_rt's int4 artifact;
+- ``ar-ort-genai`` (with both ``ar`` and ``ort-genai``): sdar_rt's AR mode against onnxruntime-genai,
+  two autoregressive decoders on the same float weights, so that their costs per token are compared
+  in one pair of rounds rather than through two comparisons with sdar_rt.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def planned(baselines: list[str], int4: bool) -> list[str]:
         out.append(name)
         if name == "ort-genai" and int4:
             out.append("ort-genai-int4")
+    if "ar" in baselines and "ort-genai" in baselines:
+        out.append("ar-ort-genai")
     return out
 
 
@@ -100,6 +105,7 @@ class Runner:
             "reference": "sdar_rt vs the PyTorch reference",
             "ort-genai": "sdar_rt vs onnxruntime-genai",
             "ort-genai-int4": "sdar_rt int4 vs onnxruntime-genai int4",
+            "ar-ort-genai": "sdar_rt's AR mode vs onnxruntime-genai",
         }
         with self.phases.phase(f"{titles[kind]}: {self.a.runs} alternating rounds") as bar:
             res = getattr(self, "_" + kind.replace("-", "_"))(bar)
@@ -116,7 +122,8 @@ class Runner:
         if "first" in res:
             first, second = res["first"], res["second"]
             res["tpf"] = first.get("tpf")
-            if kind in ("ar", "ort-genai", "ort-genai-int4"):
+            if kind in ("ar", "ort-genai", "ort-genai-int4", "ar-ort-genai"):
+                # For the AR mode (TPF 1) this is its cost per token over the peer's.
                 res["break_even_tpf"] = break_even_tpf(first, second)
         return res
 
@@ -135,27 +142,29 @@ class Runner:
         res["second"].update(system="sdar_rt", weights=_weights_label(f.artifact), config=self.config)
         return res
 
-    def _ar(self, bar) -> dict:
-        gen = self._primary_gen()
+    def _ar_mode(self, follows_limits: bool) -> tuple[Contender, dict]:
+        """sdar_rt's AR mode (the float network exported with block length 1) and its row fields."""
         ar = sdar_generator(self.a, self.targets.artifact(1, 1))
         ar_kw = {"max_new_tokens": self.a.max_new_tokens, "denoising_steps": 1, "fused_commit": True}
-        res = self._compare(
-            _sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"),
-            _sdar(self.a, ar, self.prompts, ar_kw, "ar", follows_limits=True),
-            bar,
-        )
-        res["first"].update(system="sdar_rt", weights=_weights_label(gen.artifact), config=self.config)
-        res["second"].update(
-            system="ar",
-            weights=_weights_label(ar.artifact),
-            config={
+        fields = {
+            "system": "ar",
+            "weights": _weights_label(ar.artifact),
+            "config": {
                 "block_length": 1,
                 "steps": 1,
                 "batch": 1,
                 "commit": "fused",
                 "prompt_length": self.config["prompt_length"],
             },
-        )
+        }
+        return _sdar(self.a, ar, self.prompts, ar_kw, "ar", follows_limits=follows_limits), fields
+
+    def _ar(self, bar) -> dict:
+        gen = self._primary_gen()
+        ar, ar_fields = self._ar_mode(follows_limits=True)
+        res = self._compare(_sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"), ar, bar)
+        res["first"].update(system="sdar_rt", weights=_weights_label(gen.artifact), config=self.config)
+        res["second"].update(ar_fields)
         return res
 
     def _reference(self, bar) -> dict:
@@ -191,17 +200,13 @@ class Runner:
         )
         return res
 
-    def _ort_genai(self, bar, weights: ExportOptions | None = None) -> dict:
-        from . import ortgenai
-
-        reason = ortgenai.missing_reason()
-        if reason:
-            log(f"skipped: {reason}")
-            return {"skipped": reason}
+    def _ort_genai_peer(self, quant: dict | None) -> tuple[Contender, dict]:
+        """onnxruntime-genai's AR generator (built by its own builder, with the scheme of ``quant``, an
+        artifact's quantization or None for float weights) and its row fields."""
         import onnxruntime_genai
 
-        gen = self._primary_gen(weights)
-        quant = gen.artifact.quantization
+        from . import ortgenai
+
         model_dir = self.targets.need_weights("ort-genai")
         out = (
             cache_root() / "ort-genai" / f"{model_dir.name}-{checkpoint_key(model_dir)}-"
@@ -214,20 +219,44 @@ class Runner:
         def generate(i, limit):
             return runner.generate(self.prompts[i], max_new_tokens=limit or self.a.max_new_tokens)
 
-        res = self._compare(
-            _sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"),
-            _baseline(self.a, generate, len(self.prompts), "ort-genai", True),
-            bar,
-        )
+        prompt_length = self.config["prompt_length"]
+        fields = {
+            "system": "ort-genai",
+            "config": {"block_length": 1, "steps": 1, "batch": 1, "prompt_length": prompt_length},
+            "note": "causal LM (next-token logits): its tokens are not compared with sdar_rt's",
+        }
+        return _baseline(self.a, generate, len(self.prompts), "ort-genai", True), fields
+
+    def _ort_genai(self, bar, weights: ExportOptions | None = None) -> dict:
+        from . import ortgenai
+
+        reason = ortgenai.missing_reason()
+        if reason:
+            log(f"skipped: {reason}")
+            return {"skipped": reason}
+        gen = self._primary_gen(weights)
+        quant = gen.artifact.quantization
+        peer, peer_fields = self._ort_genai_peer(quant)
+        res = self._compare(_sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"), peer, bar)
         label = _weights_label(gen.artifact)
         res["first"].update(system="sdar_rt", weights=label, config=self.config)
-        res["second"].update(
-            system="ort-genai",
-            weights=label if quant else "float32",
-            config={"block_length": 1, "steps": 1, "batch": 1, "prompt_length": self.config["prompt_length"]},
-            note="causal LM (next-token logits): its tokens are not compared with sdar_rt's",
-        )
+        res["second"].update(peer_fields, weights=label if quant else "float32")
         return res
 
     def _ort_genai_int4(self, bar) -> dict:
         return self._ort_genai(bar, lowbit(self.a))
+
+    def _ar_ort_genai(self, bar) -> dict:
+        from . import ortgenai
+
+        reason = ortgenai.missing_reason()
+        if reason:
+            log(f"skipped: {reason}")
+            return {"skipped": reason}
+        # The AR mode first: onnxruntime-genai then generates per prompt as many tokens as it did.
+        ar, ar_fields = self._ar_mode(follows_limits=False)
+        peer, peer_fields = self._ort_genai_peer(None)
+        res = self._compare(ar, peer, bar)
+        res["first"].update(ar_fields)
+        res["second"].update(peer_fields, weights="float32")
+        return res

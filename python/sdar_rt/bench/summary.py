@@ -35,7 +35,13 @@ def comparison_line(c: dict) -> str:
         f"{c['title']}: {_f(c['ratio'])}x tok/s ({_runs(c['ratio_runs'], 'round', '.2f')}; "
         f"{_f(a['tokens_per_second'], '.1f')} vs {_f(b['tokens_per_second'], '.1f')} tok/s)"
     )
-    if c.get("break_even_tpf") is not None:
+    if c.get("break_even_tpf") is not None and c.get("kind") == "ar-ort-genai":
+        line += (
+            f"; its cost per token {_f(c['break_even_tpf'])}x the peer's = "
+            f"{_ms(a['wall_ms_per_decode_forward'])} ms per AR-mode token / "
+            f"{_ms(b['ms_per_token_after_prefill'])} ms per {b['system']} token"
+        )
+    elif c.get("break_even_tpf") is not None:
         line += (
             f"; break-even TPF {_f(c['break_even_tpf'])} = {_ms(a['wall_ms_per_decode_forward'])} ms "
             f"per sdar_rt decode forward / {_ms(b['ms_per_token_after_prefill'])} ms per {b['system']} "
