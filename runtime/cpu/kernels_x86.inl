@@ -151,12 +151,19 @@ void f32_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
     if (prefetch) {
       // A few KB ahead in both panels (past a panel's end the address lands in the thread's next
       // panels: they are contiguous; prefetches never fault), so DRAM streams while this step computes.
+      // Tiles of 1 or 2 rows, which compute little per line, take it 2 KB ahead into L2 instead:
+      // 0.88-0.95x the time at 1 row, 0.96-0.97x at 2 (measured as the far prefetch below).
       const auto* a_bytes = reinterpret_cast<const char*>(wa + at);
       const auto* b_bytes = reinterpret_cast<const char*>(wb + at);
 #pragma GCC unroll 4
       for (int line = 0; line < kF32Step * kPanel * 4; line += 64) {
-        _mm_prefetch(a_bytes + kPrefetchBytes + line, _MM_HINT_T0);
-        _mm_prefetch(b_bytes + kPrefetchBytes + line, _MM_HINT_T0);
+        if constexpr (MT <= 2) {
+          _mm_prefetch(a_bytes + 2048 + line, _MM_HINT_T1);
+          _mm_prefetch(b_bytes + 2048 + line, _MM_HINT_T1);
+        } else {
+          _mm_prefetch(a_bytes + kPrefetchBytes + line, _MM_HINT_T0);
+          _mm_prefetch(b_bytes + kPrefetchBytes + line, _MM_HINT_T0);
+        }
       }
       const std::size_t far = far_prefetch_offset(at * sizeof(float), panel_bytes);
 #pragma GCC unroll 4
