@@ -35,18 +35,21 @@ constexpr int kChunksPerRun = kXRun / kChunk;
 constexpr std::size_t kPrefetchBytes = 4096;
 // A second, farther prefetch into L2 (the float32 kernel, and the transposed int kernel's tiles of
 // up to 4 rows): with only the L1 prefetches, each holding a miss buffer until its line arrives, too
-// little of the stream was in flight. Past the end of a panel the address skips the other panel of
-// the pair, so that the two streams together cover the thread's panels once. Measured on a 2-core
+// little of the stream was in flight (its address: pair_prefetch_offset). Measured on a 2-core
 // Zen 4, each kernel against itself without it in one process, alternating, over 100-300 MB of
 // 1024 x 3072 matrices: float32 0.78-0.94x the time at 4 and 8 rows (16-96 KB, the best from 32-64
 // KB) and 0.88-0.98x at 1 and 2; int4 0.85-0.93x at 4 rows (12-64 KB), no faster at 8, whose
 // arithmetic leaves the memory more time (so its 8-row tiles skip it), and the per-row int kernel
 // (1 and 2 rows) slower with it.
 constexpr std::size_t kFarPrefetchBytes = 32768;
+// The float32 kernel's near prefetch for tiles of 1 or 2 rows (see f32_pair).
+constexpr std::size_t kSmallTilePrefetchBytes = 2048;
 
-// The far prefetch's offset from `at`, bytes into a panel of `panel_bytes`.
-inline std::size_t far_prefetch_offset(std::size_t at, std::size_t panel_bytes) {
-  return at + kFarPrefetchBytes < panel_bytes ? kFarPrefetchBytes : kFarPrefetchBytes + panel_bytes;
+// Where a pair kernel prefetches `distance` bytes ahead of `at`, bytes into a panel of
+// `panel_bytes`, as an offset from `at`: past the panel's end it skips the other panel of the pair
+// (a thread's panels are contiguous, pair after pair), so that the two streams together cover them once.
+inline std::size_t pair_prefetch_offset(std::size_t at, std::size_t distance, std::size_t panel_bytes) {
+  return at + distance < panel_bytes ? distance : distance + panel_bytes;
 }
 
 // Offset of chunk c of row m, relative to chunk 0 of row 0.
@@ -158,14 +161,14 @@ void f32_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
 #pragma GCC unroll 4
       for (int line = 0; line < kF32Step * kPanel * 4; line += 64) {
         if constexpr (MT <= 2) {
-          _mm_prefetch(a_bytes + 2048 + line, _MM_HINT_T1);
-          _mm_prefetch(b_bytes + 2048 + line, _MM_HINT_T1);
+          _mm_prefetch(a_bytes + kSmallTilePrefetchBytes + line, _MM_HINT_T1);
+          _mm_prefetch(b_bytes + kSmallTilePrefetchBytes + line, _MM_HINT_T1);
         } else {
           _mm_prefetch(a_bytes + kPrefetchBytes + line, _MM_HINT_T0);
           _mm_prefetch(b_bytes + kPrefetchBytes + line, _MM_HINT_T0);
         }
       }
-      const std::size_t far = far_prefetch_offset(at * sizeof(float), panel_bytes);
+      const std::size_t far = pair_prefetch_offset(at * sizeof(float), kFarPrefetchBytes, panel_bytes);
 #pragma GCC unroll 4
       for (int line = 0; line < kF32Step * kPanel * 4; line += 64) {
         _mm_prefetch(a_bytes + far + line, _MM_HINT_T1);

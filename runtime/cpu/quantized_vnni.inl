@@ -179,15 +179,14 @@ void quantized_pair(const MatmulArgs& a, int pa, int pb, const MTile& t) {
       // a panel the address skips the other panel of the pair and lands in the next pair (a thread's
       // panels are contiguous, pair after pair); a distance over a panel's size lands further into
       // it. Prefetches never fault.
-      const std::size_t ahead = at + kPairPrefetchBytes < panel_bytes ? at + kPairPrefetchBytes
-                                                                      : at + kPairPrefetchBytes + panel_bytes;
+      const std::size_t ahead = at + pair_prefetch_offset(at, kPairPrefetchBytes, panel_bytes);
 #pragma GCC unroll 4
       for (std::size_t line = 0; line < kUnitBytes; line += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(wa + ahead + line), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(wb + ahead + line), _MM_HINT_T0);
       }
       if constexpr (MT <= 4) {  // also far ahead into L2 (kFarPrefetchBytes)
-        const std::size_t far = at + far_prefetch_offset(at, panel_bytes);
+        const std::size_t far = at + pair_prefetch_offset(at, kFarPrefetchBytes, panel_bytes);
 #pragma GCC unroll 4
         for (std::size_t line = 0; line < kUnitBytes; line += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(wa + far + line), _MM_HINT_T1);
