@@ -80,6 +80,17 @@ def _baseline(a, generate, n: int, label: str, follows_limits: bool) -> Contende
     return Contender(label, warm, run_pass, follows_limits)
 
 
+def _ort_genai_skipped() -> dict | None:
+    """The report entry of a comparison with onnxruntime-genai when it is not installed, else None."""
+    from . import ortgenai
+
+    reason = ortgenai.missing_reason()
+    if reason:
+        log(f"skipped: {reason}")
+        return {"skipped": reason}
+    return None
+
+
 class Runner:
     """Runs the planned comparisons against the sweep's primary configuration."""
 
@@ -228,12 +239,8 @@ class Runner:
         return _baseline(self.a, generate, len(self.prompts), "ort-genai", True), fields
 
     def _ort_genai(self, bar, weights: ExportOptions | None = None) -> dict:
-        from . import ortgenai
-
-        reason = ortgenai.missing_reason()
-        if reason:
-            log(f"skipped: {reason}")
-            return {"skipped": reason}
+        if skipped := _ort_genai_skipped():
+            return skipped
         gen = self._primary_gen(weights)
         quant = gen.artifact.quantization
         peer, peer_fields = self._ort_genai_peer(quant)
@@ -247,12 +254,8 @@ class Runner:
         return self._ort_genai(bar, lowbit(self.a))
 
     def _ar_ort_genai(self, bar) -> dict:
-        from . import ortgenai
-
-        reason = ortgenai.missing_reason()
-        if reason:
-            log(f"skipped: {reason}")
-            return {"skipped": reason}
+        if skipped := _ort_genai_skipped():
+            return skipped
         # The AR mode first: onnxruntime-genai then generates per prompt as many tokens as it did.
         ar, ar_fields = self._ar_mode(follows_limits=False)
         peer, peer_fields = self._ort_genai_peer(None)
