@@ -1,6 +1,6 @@
 """sdar-export end to end on tiny random checkpoints: artifact layout, manifest, graph I/O names,
 ONNX Runtime stepping vs the PyTorch full sequence, validation catching a corrupted graph,
-fp16 / bf16 / MoE exports, external data, atomic output."""
+fp16 / bf16 / MoE exports, the one shared weights file, atomic output."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from sdar_export.checkpoint import load_checkpoint
 from sdar_export.errors import ExportError, ValidationError
 from sdar_export.make_checkpoint import make_checkpoint
 from sdar_export.model import SDARModel, full_sequence_logits
-from sdar_export.onnx_export import GraphSpec, export_all, export_graph, input_names, output_names
+from sdar_export.onnx_export import input_names, output_names
+from sdar_export.options import ExportOptions
 from sdar_export.validate import validate_artifact_graphs, validate_graph
+from sdar_export.weight_store import FILE_NAME
 
 L = 4
 MAX_CTX = 32
@@ -35,10 +37,10 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "tiny-fp32"
-    summary = {}
-    t = cli.export(ckpt, out, block_length=L, max_context=MAX_CTX, quiet=True, _summary=summary)
-    assert t == out
-    return out, summary
+    result = cli.run_export(ExportOptions(model_dir=ckpt, out_dir=out, block_length=L, max_context=MAX_CTX,
+                                          quiet=True))
+    assert result.path == out
+    return out, result
 
 
 def _model(ckpt, dtype="float32"):
@@ -47,10 +49,10 @@ def _model(ckpt, dtype="float32"):
 
 
 def test_artifact_layout_and_manifest(artifact, ckpt):
-    out, summary = artifact
+    out, result = artifact
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["manifest.json", "prefill.onnx", "decode.onnx", "fused.onnx", "step.onnx",
-                            "trt.onnx",
+                            "trt.onnx", FILE_NAME,
                             "tokenizer.json", "tokenizer_config.json", "generation_config.json",
                             "config.json", "cpu_weights.bin"])
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
@@ -80,7 +82,8 @@ def test_artifact_layout_and_manifest(artifact, ckpt):
     for kind in g:
         errs = m["validation"][kind]
         assert errs and max(errs.values()) < 1e-4
-    assert set(summary["times"]) >= {"load checkpoint", "export ONNX graphs", "validate with ONNX Runtime"}
+    assert set(result.times) >= {"load checkpoint", "export ONNX graphs", "validate with ONNX Runtime"}
+    assert all(r.peak_rss >= max(r.rss_before, r.rss_after) > 0 for r in result.stages)
 
 
 def test_graph_io_names_and_shapes(artifact):
@@ -150,9 +153,7 @@ def test_validation_reports_corrupted_graph(artifact, ckpt, tmp_path):
 @pytest.mark.parametrize("moe,dtype,shards", [(False, "float16", 1), (True, "bfloat16", 2)])
 def test_half_precision_and_moe_export_validates(tmp_path, moe, dtype, shards):
     ck = make_checkpoint(tmp_path / "ck", moe=moe, seed=5, dtype=dtype, shards=shards)
-    summary = {}
-    out = cli.export(ck, tmp_path / "art", dtype=dtype, block_length=L, max_context=16, quiet=True,
-                     _summary=summary)
+    out = cli.export(ck, tmp_path / "art", dtype=dtype, block_length=L, max_context=16, quiet=True)
     m = json.loads((out / "manifest.json").read_text())
     assert m["dtype"] == dtype and m["source"]["model_type"] == ("sdar_moe" if moe else "sdar")
     s = ort.InferenceSession(str(out / "decode.onnx"), providers=["CPUExecutionProvider"])
@@ -162,36 +163,68 @@ def test_half_precision_and_moe_export_validates(tmp_path, moe, dtype, shards):
     assert m["validation"]["fused"]["logits"] < 0.05
 
 
-def test_external_data_single_graph(ckpt, tmp_path):
-    model = _model(ckpt)
-    p = export_graph(model, GraphSpec("decode", L, L), tmp_path / "decode.onnx", L, external_data_threshold=0)
-    assert (tmp_path / "decode.onnx.data").stat().st_size > 1_000_000
-    assert os.path.getsize(p) < 200_000
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["decode.onnx", "decode.onnx.data"]
-    assert validate_graph(model, p, "decode", L, L, L, MAX_CTX).ok
+def _external(path) -> dict[str, tuple[int, int]]:
+    """Initializer name -> (offset, length) in the weights file, of a graph file."""
+    m = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            e = {x.key: x.value for x in t.external_data}
+            assert e["location"] == FILE_NAME
+            out[t.name] = (int(e["offset"]), int(e["length"]))
+    return out
 
 
-def test_shared_external_data_for_all_graphs(ckpt, tmp_path):
-    """Over the protobuf limit (here forced with threshold 0) the five graphs share one data file
-    holding each weight once, under the same content-hash initializer names (the step graph's
-    fused projections Concat those same initializers: no second copy on disk; it adds only its
-    cos / sin tables)."""
-    model = _model(ckpt)
-    graphs = export_all(model, tmp_path, L, external_data_threshold=0)
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["decode.onnx", "fused.onnx", "prefill.onnx",
-                                                           "step.onnx", "trt.onnx", "weights.onnx.data"]
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert (tmp_path / "weights.onnx.data").stat().st_size < 1.1 * weight_bytes
+def _large_weight_bytes(weights: dict) -> int:
+    """Bytes of the tensors the weights file holds (1 KiB or more; smaller ones stay in the graphs)."""
+    sizes = [t.numel() * t.element_size() for t in weights.values()]
+    return sum(n for n in sizes if n >= 1024)
+
+
+def test_every_graph_reads_one_weights_file(artifact, ckpt):
+    """The five graphs point into one weights file holding each weight once, under the same
+    content-hash names (the step graph's fused projections Concat those same initializers; it adds
+    only its cos / sin tables); the graph files themselves hold no weights."""
+    out, _ = artifact
+    m = json.loads((out / "manifest.json").read_text())
     names = {}
-    for kind, g in graphs.items():
-        assert g["external_data"] == "weights.onnx.data"
-        m = onnx.load(str(tmp_path / g["file"]), load_external_data=False)
-        names[kind] = {t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    for kind, g in m["graphs"].items():
+        assert g["external_data"] == FILE_NAME
+        assert os.path.getsize(out / g["file"]) < 200_000
+        names[kind] = _external(out / g["file"])
     rope = {"rotary_cos_cache", "rotary_sin_cache"}     # the step graph's RotaryEmbedding tables
-    assert names["decode"] == names["fused"] == names["trt"] == names["step"] - rope
-    assert names["prefill"] < names["decode"]
-    validate_artifact_graphs(model, tmp_path, {k: graphs[k] for k in ("fused", "step")}, L, MAX_CTX, 1,
-                             "float32")
+    assert names["decode"] == names["fused"] == names["trt"] == {k: v for k, v in names["step"].items()
+                                                                 if k not in rope}
+    assert set(names["prefill"]) < set(names["decode"])
+    # each weight once: no two names share bytes, and the file is the weights plus the rope tables
+    spans = sorted({v for g in names.values() for v in g.values()})
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    data = (out / FILE_NAME).stat().st_size
+    assert data == spans[-1][0] + spans[-1][1]
+    stored = data - sum(names["step"][r][1] for r in rope)
+    big = _large_weight_bytes(load_checkpoint(ckpt).weights)
+    assert big <= stored < big + 64 * len(spans)       # 64-byte alignment between tensors
+
+
+def test_tied_head_reads_the_embedding_table(tmp_path):
+    """With tied embeddings the LM head is Transpose(embedding table): the table is in the weights
+    file once (not once more transposed), and ONNX Runtime stepping still equals PyTorch."""
+    ck = make_checkpoint(tmp_path / "ck", seed=3, tie_word_embeddings=True)
+    out = cli.export(ck, tmp_path / "art", block_length=L, max_context=MAX_CTX, quiet=True)
+    c = load_checkpoint(ck)
+    table = c.weights["model.embed_tokens.weight"]
+    assert "lm_head.weight" not in c.weights or c.weights["lm_head.weight"] is table
+    m = onnx.load(str(out / "decode.onnx"), load_external_data=False)
+    heads = [n for n in m.graph.node if n.op_type == "Transpose" and n.name == "/model/lm_head/Transpose"]
+    assert len(heads) == 1
+    gather = next(n for n in m.graph.node if n.op_type == "Gather" and n.input[0] == heads[0].input[0])
+    assert gather is not None
+    step = _external(out / "step.onnx")
+    stored = (out / FILE_NAME).stat().st_size - step["rotary_cos_cache"][1] - step["rotary_sin_cache"][1]
+    big = _large_weight_bytes({n: t for n, t in c.weights.items() if n != "lm_head.weight"})
+    assert big <= stored < big + 64 * len(step)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"]["decode"]["logits"] < 1e-4
 
 
 def test_cli_main_and_force(ckpt, tmp_path, capsys):

@@ -28,12 +28,12 @@ def ck(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def art4(ck, tmp_path_factory):
-    """int4, group 32, MatMulNBits, validated (exact + shipped + vs float); weights in one shared
-    external data file (the > 2 GB layout), so that case is what every test below reads."""
+    """int4, group 32, MatMulNBits, validated (exact + shipped + vs float); weights in the artifact's
+    one shared external data file."""
     from sdar_export.cli import export
 
     return export(ck, tmp_path_factory.mktemp("qa4") / "art", max_context=MC, quantize="int4", group_size=32,
-                  quiet=True, _external_data_threshold=0)
+                  quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +167,12 @@ def test_qdq_graphs_opset21_and_ort_runs_them(artq):
 
 def test_external_data_shared_by_all_graphs(art4):
     """One shared external weights file; every graph points into it; validation copies removed."""
-    from sdar_export.onnx_export import SHARED_DATA_FILE
+    from sdar_export.weight_store import FILE_NAME
 
     man = json.loads((art4 / "manifest.json").read_text())
-    assert (art4 / SHARED_DATA_FILE).is_file()
-    assert all(g.get("external_data") == SHARED_DATA_FILE for g in man["graphs"].values())
-    assert not list(art4.glob(".exact_*"))
+    assert (art4 / FILE_NAME).is_file()
+    assert all(g.get("external_data") == FILE_NAME for g in man["graphs"].values())
+    assert not list(art4.glob(".exact_*")) and not list(art4.glob(".segment_*"))
     m = onnx.load(str(art4 / "decode.onnx"), load_external_data=False)
     ext = [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert any(n.endswith("_qb") for n in ext)   # packed weights live in the shared file

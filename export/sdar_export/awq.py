@@ -236,7 +236,7 @@ def layer_groups(cfg, layer: int) -> list[_Group]:
     return groups
 
 
-def _check_group_size(weights: dict, cfg, scheme: QuantScheme) -> None:
+def _check_group_size(source, cfg, scheme: QuantScheme) -> None:
     """The RTN step's divisibility check, before the (longer) calibration."""
     g = scheme.group_size
     if g is None:
@@ -245,34 +245,45 @@ def _check_group_size(weights: dict, cfg, scheme: QuantScheme) -> None:
         for grp in layer_groups(cfg, i):
             for lin in grp.linears:
                 name = f"model.layers.{i}.{lin}.weight"
-                K = weights[name].shape[1]
+                K = source.shape(name)[1]
                 if K % g:
                     raise ExportError(f"--group-size {g} does not divide the input dimension {K} of {name}; "
                                       f"choose a group size that divides {K}, e.g. {K & -K}.")
 
 
-def calibrate(weights: dict, cfg, prompts: list[list[int]], scheme: QuantScheme, dtype: str,
+def _as_source(weights, cfg):
+    from .weight_sources import DictWeights  # noqa: PLC0415
+
+    return DictWeights(weights, cfg, None) if isinstance(weights, dict) else weights
+
+
+def calibrate(weights, cfg, prompts: list[list[int]], scheme: QuantScheme, dtype: str,
               block_length: int, mask_id: int, alphas: tuple[float, ...] = ALPHAS,
               progress: Callable[[str], None] | None = None) -> list[GroupChoice]:
-    """Run the float network over the prompts and choose every group's scale (searched in the hooks,
-    layer by layer, so only one layer's activations are held at a time)."""
+    """Run the float network over the prompts and choose every group's scale.
+
+    ``weights``: a name -> tensor dict or a weight source (sdar_export.weight_sources). The network
+    runs one layer at a time, built in float32 from the source when its turn comes (whatever the
+    artifact dtype: the search rounds weights itself), so only one layer's weights and activations
+    are held at a time; each group's scale is searched in a hook on its first linear.
+    """
     import torch  # noqa: PLC0415
 
-    from .model import SDARModel  # noqa: PLC0415
+    from .model import HFParams, _Layer, rope_and_mask, rope_inv_freq  # noqa: PLC0415
+    from .reference import _embedding_rows, layer_weight_names  # noqa: PLC0415
 
-    _check_group_size(weights, cfg, scheme)
-    # float32 for the statistics whatever the artifact dtype (the search rounds weights itself)
-    model = SDARModel(cfg, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
-                      dtype="float32").eval()
+    source = _as_source(weights, cfg)
+    _check_group_size(source, cfg, scheme)
     ids, valid = calibration_batch(prompts, block_length, mask_id)
     rows = valid.reshape(-1)
     choices: list[GroupChoice] = []
     L = cfg.num_hidden_layers
+    f32 = torch.float32
 
-    def hook_for(i: int, grp: _Group, last: bool):
+    def hook_for(i: int, grp: _Group, last: bool, layer_weights: dict):
         def hook(_mod, args):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])[rows].contiguous()
-            ws = [weights[f"model.layers.{i}.{lin}.weight"].float().numpy() for lin in grp.linears]
+            ws = [layer_weights[f"model.layers.{i}.{lin}.weight"].numpy() for lin in grp.linears]
             a, s, errs = search_scale(x, ws, scheme, dtype, alphas)
             choices.append(GroupChoice(i, grp.name, a, s, errs))
             if last and progress is not None:
@@ -283,63 +294,104 @@ def calibrate(weights: dict, cfg, prompts: list[list[int]], scheme: QuantScheme,
                          f"(RTN {rtn / len(mine):.3e})")
         return hook
 
-    handles = []
-    try:
-        for i, layer in enumerate(model.layers):
+    with torch.no_grad():
+        x = _embedding_rows(source, ids).float()
+        cos, sin, mask = rope_and_mask(torch.zeros(1, dtype=torch.int64), ids.shape[1], 0, block_length,
+                                       rope_inv_freq(cfg))
+        empty = torch.zeros(0, ids.shape[0], cfg.num_key_value_heads, cfg.head_dim, dtype=f32)
+        for i in range(L):
+            layer_weights = {n: source.get(n).float() for n in layer_weight_names(cfg, i)}
+            layer = _Layer(HFParams(layer_weights, f32), i, cfg, f32, f32)
             groups = layer_groups(cfg, i)
             for j, grp in enumerate(groups):
-                handles.append(layer.get_submodule(grp.module).register_forward_pre_hook(
-                    hook_for(i, grp, j == len(groups) - 1)))
-        with torch.no_grad():
-            # num_logits 0: the LM head is not needed (and is the largest activation)
-            model(ids, torch.zeros(1, dtype=torch.int64), model.empty_cache(ids.shape[0]),
-                  model.empty_cache(ids.shape[0]), block_length, 0)
-    finally:
-        for h in handles:
-            h.remove()
+                layer.get_submodule(grp.module).register_forward_pre_hook(
+                    hook_for(i, grp, j == len(groups) - 1, layer_weights))
+            x, _, _ = layer(x, cos, sin, mask, empty, empty)
+            del layer, layer_weights
     return choices
 
 
 # --------------------------------------------------------------------------- folding
 
 
-def fold_scales(weights: dict, choices: list[GroupChoice]) -> dict:
-    """A new weight dict with every group's scale folded in (the float network is unchanged up to
-    rounding in the storage dtype). Scales are applied multiplicatively, so the order of groups
-    does not matter (up_proj gets both its input columns and its output rows scaled)."""
-    import torch  # noqa: PLC0415
+def scale_ops(choices: list[GroupChoice]) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """HF weight name -> the scalings folded into it, in order: ("cols", s) multiplies the input
+    columns by s, ("rows", s) the output rows, ("div", s) divides a norm's weight by s. Applied
+    multiplicatively, so the order of groups does not matter (up_proj gets both its input columns
+    and its output rows scaled); each one rounds to the storage dtype."""
+    ops: dict[str, list[tuple[str, np.ndarray]]] = {}
 
-    out = dict(weights)
-
-    def mul(name: str, s: np.ndarray, axis: int) -> None:
-        t = out[name]
-        f = torch.from_numpy(s).reshape((1, -1) if axis == 1 else (-1, 1))
-        out[name] = (t.float() * f).to(t.dtype)
-
-    def div_vec(name: str, s: np.ndarray) -> None:
-        t = out[name]
-        out[name] = (t.float() / torch.from_numpy(s)).to(t.dtype)
+    def add(name: str, op: str, s: np.ndarray) -> None:
+        ops.setdefault(name, []).append((op, s))
 
     for c in choices:
         p = f"model.layers.{c.layer}."
         inv = (1.0 / c.scale.astype(np.float64)).astype(np.float32)
         if c.group == "qkv":
-            div_vec(p + "input_layernorm.weight", c.scale)
+            add(p + "input_layernorm.weight", "div", c.scale)
             for lin in ("q_proj", "k_proj", "v_proj"):
-                mul(p + f"self_attn.{lin}.weight", c.scale, 1)
+                add(p + f"self_attn.{lin}.weight", "cols", c.scale)
         elif c.group == "o":
-            mul(p + "self_attn.o_proj.weight", c.scale, 1)
-            mul(p + "self_attn.v_proj.weight", inv, 0)
+            add(p + "self_attn.o_proj.weight", "cols", c.scale)
+            add(p + "self_attn.v_proj.weight", "rows", inv)
         elif c.group == "gate_up":
-            div_vec(p + "post_attention_layernorm.weight", c.scale)
+            add(p + "post_attention_layernorm.weight", "div", c.scale)
             for lin in ("gate_proj", "up_proj"):
-                mul(p + f"mlp.{lin}.weight", c.scale, 1)
+                add(p + f"mlp.{lin}.weight", "cols", c.scale)
         elif c.group == "down":
-            mul(p + "mlp.down_proj.weight", c.scale, 1)
-            mul(p + "mlp.up_proj.weight", inv, 0)
+            add(p + "mlp.down_proj.weight", "cols", c.scale)
+            add(p + "mlp.up_proj.weight", "rows", inv)
         else:
             raise ValueError(f"unknown AWQ group {c.group!r}")
+    return ops
+
+
+def scaled(t, ops: list[tuple[str, np.ndarray]]):
+    """Tensor ``t`` with its scalings (see :func:`scale_ops`) applied in order, in t's dtype."""
+    import torch  # noqa: PLC0415
+
+    for op, s in ops:
+        f = torch.from_numpy(s)
+        if op == "div":
+            t = (t.float() / f).to(t.dtype)
+        else:
+            t = (t.float() * f.reshape((1, -1) if op == "cols" else (-1, 1))).to(t.dtype)
+    return t
+
+
+def fold_scales(weights: dict, choices: list[GroupChoice]) -> dict:
+    """A new weight dict with every group's scale folded in (the float network is unchanged up to
+    rounding in the storage dtype)."""
+    out = dict(weights)
+    for name, ops in scale_ops(choices).items():
+        out[name] = scaled(out[name], ops)
     return out
+
+
+class AwqScaled:
+    """A weight source (sdar_export.weight_sources) with the AWQ scales folded into each tensor as it
+    is read: the scaled network is never in memory as a whole."""
+
+    def __init__(self, source, choices: list[GroupChoice]):
+        self.source, self.ops = source, scale_ops(choices)
+        self.config, self.dtype, self.tied = source.config, source.dtype, source.tied
+
+    def names(self) -> list[str]:
+        return self.source.names()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def get(self, name: str):
+        t = self.source.get(name)
+        return scaled(t, self.ops[name]) if name in self.ops else t
+
+    def rows(self, name: str, ids):
+        if name in self.ops:
+            return self.get(name)[list(ids)]
+        if hasattr(self.source, "rows"):
+            return self.source.rows(name, ids)
+        return self.source.get(name)[list(ids)]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -347,7 +399,7 @@ def fold_scales(weights: dict, choices: list[GroupChoice]) -> dict:
 
 @dataclass
 class AwqResult:
-    weights: dict
+    weights: dict | None          # the scaled weights, when a dict was calibrated (else use ``scaled``)
     choices: list[GroupChoice]
     prompts: int
     tokens: int
@@ -379,9 +431,10 @@ def skipped_groups(cfg) -> list[str]:
     return out
 
 
-def apply_awq(weights: dict, cfg, prompts: list[list[int]], scheme: QuantScheme, dtype: str,
+def apply_awq(weights, cfg, prompts: list[list[int]], scheme: QuantScheme, dtype: str,
               block_length: int, mask_id: int, progress: Callable[[str], None] | None = None) -> AwqResult:
-    """Calibrate on ``prompts`` (token ids) and return the scaled weights (to be RTN-quantized next)."""
+    """Calibrate on ``prompts`` (token ids); the scaled weights (to be RTN-quantized next) are the
+    folded dict when ``weights`` is a dict, else ``AwqScaled(source, result.choices)``."""
     choices = calibrate(weights, cfg, prompts, scheme, dtype, block_length, mask_id, progress=progress)
-    return AwqResult(fold_scales(weights, choices), choices, len(prompts), sum(len(p) for p in prompts),
-                     skipped_groups(cfg))
+    folded = fold_scales(weights, choices) if isinstance(weights, dict) else None
+    return AwqResult(folded, choices, len(prompts), sum(len(p) for p in prompts), skipped_groups(cfg))

@@ -111,58 +111,100 @@ def _torch_dtype(name):
     return table[name]
 
 
-def load_weights(model_dir: str | Path, cfg: SDARConfig, dtype="float32") -> dict:
-    """Load and check every expected tensor; returns name -> torch tensor in ``dtype``."""
-    from safetensors import SafetensorError, safe_open
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
-    tdt = _torch_dtype(dtype)
-    files, mapping = weight_files(model_dir)
-    expected = expected_tensor_shapes(cfg)
-    # locate every tensor
-    where: dict[str, Path] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                for k in h.keys():  # noqa: SIM118 - safe_open handle is not a dict
-                    where.setdefault(k, f)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{f}: cannot read safetensors file ({e}). The file is corrupt or "
-                                  "truncated; re-download it.") from e
-    for k, f in mapping.items():
-        if k in expected and k not in where:
-            raise CheckpointError(f"{f}: tensor {k!r} is listed in {INDEX_FILE} but absent from "
-                                  "the shard. Re-download the shard.")
-    tied = "lm_head.weight" not in where
-    if tied and not cfg.tie_word_embeddings:
-        # Tolerate (released Qwen3 small models set tie_word_embeddings and omit lm_head).
-        pass
-    out: dict = {}
-    by_file: dict[Path, list[str]] = {}
-    for name in expected:
-        if name == "lm_head.weight" and tied:
-            continue
-        if name not in where:
-            hint = files[0] if len(files) == 1 else f"the shards of {INDEX_FILE}"
-            raise CheckpointError(
-                f"{hint}: tensor {name!r} is missing (config.json says {cfg.num_hidden_layers} layers, "
-                f"model_type {cfg.model_type}). The checkpoint is incomplete or does not match "
-                "config.json.")
-        by_file.setdefault(where[name], []).append(name)
-    for f, names in by_file.items():
-        with safe_open(str(f), framework="pt") as h:
-            for name in names:
-                sl = h.get_slice(name)
-                shape = tuple(sl.get_shape())
-                if shape != expected[name]:
-                    raise CheckpointError(
-                        f"{f}: tensor {name!r} has shape {list(shape)}, expected {list(expected[name])} "
-                        "from config.json. The weights do not match the config.")
-                t = h.get_tensor(name)
-                if not t.is_floating_point():
-                    raise CheckpointError(f"{f}: tensor {name!r} has dtype {t.dtype}; expected a "
-                                          "floating point tensor (quantized checkpoints are not supported).")
-                out[name] = t.to(tdt).contiguous()
-    if tied:
+
+class CheckpointWeights:
+    """The checkpoint's tensors (HF names) in the export dtype, read one at a time.
+
+    Opening checks every tensor the network needs from the safetensors headers alone (present, shape,
+    floating point), with errors naming the tensor, the file, and expected vs found. ``get`` maps the
+    tensor's file, converts that one tensor and releases the mapping with it, so the checkpoint is
+    never in memory as a whole. A missing ``lm_head.weight`` is the tied embedding table.
+    """
+
+    def __init__(self, model_dir: str | Path, cfg: SDARConfig, dtype="float32"):
+        from safetensors import SafetensorError, safe_open
+
+        self.config = cfg
+        self.dtype = _torch_dtype(dtype)
+        files, mapping = weight_files(model_dir)
+        self.expected = expected_tensor_shapes(cfg)
+        where: dict[str, Path] = {}
+        found: dict[str, tuple[list[int], str]] = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    for k in h.keys():  # noqa: SIM118 - safe_open handle is not a dict
+                        if k in where:
+                            continue
+                        where[k] = f
+                        if k in self.expected:
+                            sl = h.get_slice(k)
+                            found[k] = (list(sl.get_shape()), sl.get_dtype())
+            except (SafetensorError, OSError, ValueError) as e:
+                raise CheckpointError(f"{f}: cannot read safetensors file ({e}). The file is corrupt or "
+                                      "truncated; re-download it.") from e
+        for k, f in mapping.items():
+            if k in self.expected and k not in where:
+                raise CheckpointError(f"{f}: tensor {k!r} is listed in {INDEX_FILE} but absent from "
+                                      "the shard. Re-download the shard.")
+        # Tied when the head is absent (released Qwen3 small models set tie_word_embeddings and omit it).
+        self.tied = "lm_head.weight" not in where
+        for name, shape in self.expected.items():
+            if name == "lm_head.weight" and self.tied:
+                continue
+            if name not in where:
+                hint = files[0] if len(files) == 1 else f"the shards of {INDEX_FILE}"
+                raise CheckpointError(
+                    f"{hint}: tensor {name!r} is missing (config.json says {cfg.num_hidden_layers} layers, "
+                    f"model_type {cfg.model_type}). The checkpoint is incomplete or does not match "
+                    "config.json.")
+            got, dt = found[name]
+            if tuple(got) != shape:
+                raise CheckpointError(
+                    f"{where[name]}: tensor {name!r} has shape {got}, expected {list(shape)} from "
+                    "config.json. The weights do not match the config.")
+            if dt not in _FLOAT_DTYPES:
+                raise CheckpointError(f"{where[name]}: tensor {name!r} has dtype {dt}; expected a floating "
+                                      "point tensor (quantized checkpoints are not supported).")
+        self.where = where
+
+    def names(self) -> list[str]:
+        """Every tensor the network reads, ``lm_head.weight`` included (tied or not)."""
+        return list(self.expected)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.expected[name]
+
+    def source_name(self, name: str) -> str:
+        return "model.embed_tokens.weight" if name == "lm_head.weight" and self.tied else name
+
+    def get(self, name: str):
+        """One tensor in the export dtype (contiguous)."""
+        from safetensors import safe_open
+
+        src = self.source_name(name)
+        with safe_open(str(self.where[src]), framework="pt") as h:
+            return h.get_tensor(src).to(self.dtype).contiguous()
+
+    def rows(self, name: str, ids) -> object:
+        """Rows ``ids`` (a 1-D int sequence) of a 2-D tensor in the export dtype, read row by row."""
+        import torch
+        from safetensors import safe_open
+
+        src = self.source_name(name)
+        with safe_open(str(self.where[src]), framework="pt") as h:
+            sl = h.get_slice(src)
+            return torch.cat([sl[int(i):int(i) + 1] for i in ids]).to(self.dtype).contiguous()
+
+
+def load_weights(model_dir: str | Path, cfg: SDARConfig, dtype="float32") -> dict:
+    """Load and check every expected tensor; returns name -> torch tensor in ``dtype`` (the whole
+    checkpoint in memory: tests and tools on small models; the exporter reads tensor by tensor)."""
+    reader = CheckpointWeights(model_dir, cfg, dtype)
+    out = {name: reader.get(name) for name in reader.names() if reader.source_name(name) == name}
+    if reader.tied:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
     return out
 
@@ -240,7 +282,7 @@ def read_pad_id(model_dir: str | Path, eos_ids: list[int]) -> int:
 class Checkpoint:
     path: Path
     config: SDARConfig
-    weights: dict
+    weights: dict | CheckpointWeights
     eos_ids: list[int]
     mask_id: int
     pad_id: int
@@ -248,8 +290,12 @@ class Checkpoint:
     files: list[Path] = field(default_factory=list)
 
 
-def load_checkpoint(model_dir: str | Path, dtype="float32", with_weights: bool = True) -> Checkpoint:
-    """Read config, tokens and (optionally) weights of a checkpoint dir, checking everything."""
+def load_checkpoint(model_dir: str | Path, dtype="float32", with_weights: bool | str = True) -> Checkpoint:
+    """Read config, tokens and (optionally) weights of a checkpoint dir, checking everything.
+
+    ``with_weights``: True loads every tensor into ``weights`` (a dict); "lazy" makes ``weights`` a
+    :class:`CheckpointWeights` that reads them one at a time (the exporter); False leaves it empty.
+    """
     d = Path(model_dir)
     if not d.exists():
         raise CheckpointError(f"{d}: checkpoint directory not found.")
@@ -262,6 +308,9 @@ def load_checkpoint(model_dir: str | Path, dtype="float32", with_weights: bool =
         raise CheckpointError(f"{d / 'tokenizer.json'}: mask id {mask_id} is outside the model's "
                               f"vocab_size {cfg.vocab_size} (config.json).")
     files, _ = weight_files(d)
-    weights = load_weights(d, cfg, dtype) if with_weights else {}
+    if with_weights == "lazy":
+        weights = CheckpointWeights(d, cfg, dtype)
+    else:
+        weights = load_weights(d, cfg, dtype) if with_weights else {}
     return Checkpoint(path=d, config=cfg, weights=weights, eos_ids=eos, mask_id=mask_id,
                       pad_id=read_pad_id(d, eos), sha256=checkpoint_sha256(d), files=files)

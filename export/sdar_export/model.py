@@ -36,6 +36,7 @@ and the graph only ever writes finite K/V into it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -61,7 +62,9 @@ def dtype_name(d: torch.dtype) -> str:
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """float32 RMSNorm: x * rsqrt(mean(x^2) + eps) * w (x and w are upcast; result float32)."""
     x = x.float()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+    # w is float32 already (_Norm): no upcast for the tracer to record and fold into a copy of w
+    w = w if w.dtype == torch.float32 else w.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -70,14 +73,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Linear(nn.Module):
-    """y = x @ W^T in compute dtype; W stored in storage dtype (a Cast in the graph if they differ)."""
+    """y = x @ W^T in compute dtype; W stored in storage dtype (a Cast in the graph if they differ).
 
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype):
+    ``transposed``: the weight is held as [in, out] in the compute dtype, the very initializer the
+    exported graph keeps (a graph skeleton, see :class:`GraphSkeleton`): the tracer then records a
+    plain MatMul on it and has no Transpose / Cast of a weight to fold into a new tensor.
+    """
+
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, transposed: bool = False):
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.compute_dtype = compute_dtype
+        self.transposed = transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            return torch.matmul(x.to(self.compute_dtype), self.weight)
         w = self.weight if self.weight.dtype == self.compute_dtype else self.weight.to(self.compute_dtype)
         return torch.matmul(x.to(self.compute_dtype), w.t())
 
@@ -93,11 +104,11 @@ class _Norm(nn.Module):
 
 
 class _DenseMLP(nn.Module):
-    def __init__(self, W: dict, p: str, cd: torch.dtype):
+    def __init__(self, W: _Params, p: str, cd: torch.dtype):
         super().__init__()
-        self.gate_proj = _Linear(W[p + "gate_proj.weight"], cd)
-        self.up_proj = _Linear(W[p + "up_proj.weight"], cd)
-        self.down_proj = _Linear(W[p + "down_proj.weight"], cd)
+        self.gate_proj = W.linear(p + "gate_proj.weight", cd)
+        self.up_proj = W.linear(p + "up_proj.weight", cd)
+        self.down_proj = W.linear(p + "down_proj.weight", cd)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
@@ -110,19 +121,16 @@ class _MoEMLP(nn.Module):
     routing weights become a dense [N, E] matrix (zero off the top-k), no scatter op needed.
     """
 
-    def __init__(self, W: dict, p: str, cfg: SDARConfig, cd: torch.dtype):
+    def __init__(self, W: _Params, p: str, cfg: SDARConfig, cd: torch.dtype):
         super().__init__()
         E = cfg.num_experts
         self.E, self.k, self.norm_topk = E, cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.cd = cd
-        self.gate = _Linear(W[p + "gate.weight"], cd)
-
-        def stack(name):  # [E, in, out] so that x @ W[e] is the projection
-            return torch.stack([W[f"{p}experts.{e}.{name}.weight"].t() for e in range(E)]).contiguous()
-
-        self.w_gate = nn.Parameter(stack("gate_proj"), requires_grad=False)
-        self.w_up = nn.Parameter(stack("up_proj"), requires_grad=False)
-        self.w_down = nn.Parameter(stack("down_proj"), requires_grad=False)
+        self.gate = W.linear(p + "gate.weight", cd)
+        # [E, in, out] so that x @ W[e] is the projection
+        self.w_gate = W.experts(p, "gate_proj", E, cd)
+        self.w_up = W.experts(p, "up_proj", E, cd)
+        self.w_down = W.experts(p, "down_proj", E, cd)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, T, H = h.shape[0], h.shape[1], h.shape[2]
@@ -147,21 +155,21 @@ class _MoEMLP(nn.Module):
 
 
 class _Layer(nn.Module):
-    def __init__(self, W: dict, i: int, cfg: SDARConfig, cd: torch.dtype, sd: torch.dtype):
+    def __init__(self, W: _Params, i: int, cfg: SDARConfig, cd: torch.dtype, sd: torch.dtype):
         super().__init__()
         p = f"model.layers.{i}."
         eps = cfg.rms_norm_eps
         self.nh, self.kvh, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.G = self.nh // self.kvh
         self.cd, self.sd = cd, sd
-        self.input_layernorm = _Norm(W[p + "input_layernorm.weight"], eps)
-        self.post_attention_layernorm = _Norm(W[p + "post_attention_layernorm.weight"], eps)
-        self.q_proj = _Linear(W[p + "self_attn.q_proj.weight"], cd)
-        self.k_proj = _Linear(W[p + "self_attn.k_proj.weight"], cd)
-        self.v_proj = _Linear(W[p + "self_attn.v_proj.weight"], cd)
-        self.o_proj = _Linear(W[p + "self_attn.o_proj.weight"], cd)
-        self.q_norm = _Norm(W[p + "self_attn.q_norm.weight"], eps)
-        self.k_norm = _Norm(W[p + "self_attn.k_norm.weight"], eps)
+        self.input_layernorm = W.norm(p + "input_layernorm.weight", eps)
+        self.post_attention_layernorm = W.norm(p + "post_attention_layernorm.weight", eps)
+        self.q_proj = W.linear(p + "self_attn.q_proj.weight", cd)
+        self.k_proj = W.linear(p + "self_attn.k_proj.weight", cd)
+        self.v_proj = W.linear(p + "self_attn.v_proj.weight", cd)
+        self.o_proj = W.linear(p + "self_attn.o_proj.weight", cd)
+        self.q_norm = W.norm(p + "self_attn.q_norm.weight", eps)
+        self.k_norm = W.norm(p + "self_attn.k_norm.weight", eps)
         if cfg.layer_is_moe(i):
             self.mlp = _MoEMLP(W, p + "mlp.", cfg, cd)
         else:
@@ -208,24 +216,21 @@ class SDARModel(nn.Module):
 
     ``dtype``: storage dtype of the weights and of the K/V cache. ``compute_dtype``: dtype of the
     matmuls (default: ``dtype``; pass float32 with bf16 storage for ONNX Runtime CPU, which has
-    no bf16 kernels).
+    no bf16 kernels). ``weights`` may also be a :class:`GraphSkeleton` (the network the exporter
+    traces, without the weights).
     """
 
-    def __init__(self, cfg: SDARConfig, weights: dict, dtype="float32", compute_dtype=None):
+    def __init__(self, cfg: SDARConfig, weights, dtype="float32", compute_dtype=None):
         super().__init__()
         sd = to_torch_dtype(dtype)
         cd = to_torch_dtype(compute_dtype) if compute_dtype is not None else sd
         self.config, self.dtype_, self.compute_dtype = cfg, sd, cd
-        W = {k: v.to(sd) if v.is_floating_point() else v for k, v in weights.items()}
-        self.embed_tokens = nn.Parameter(W["model.embed_tokens.weight"], requires_grad=False)
+        W = weights if isinstance(weights, _Params) else HFParams(weights, sd)
+        self.embed_tokens = W.embedding("model.embed_tokens.weight")
         self.layers = nn.ModuleList(_Layer(W, i, cfg, cd, sd) for i in range(cfg.num_hidden_layers))
-        self.norm = _Norm(W["model.norm.weight"], cfg.rms_norm_eps)
-        lm = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-        self.lm_head = _Linear(lm, cd)
-        D = cfg.head_dim
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
-        inv_freq = inv_freq / cfg.rope_linear_factor
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.norm = W.norm("model.norm.weight", cfg.rms_norm_eps)
+        self.lm_head = W.linear("lm_head.weight", cd)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     @property
     def num_layers(self) -> int:
@@ -248,30 +253,150 @@ class SDARModel(nn.Module):
         T = input_ids.shape[1]
         P = past_keys[0].shape[0]
         x = torch.nn.functional.embedding(input_ids, self.embed_tokens).float()
-        pos = (past_len.reshape(1) + torch.arange(T, dtype=torch.int64)).float()   # [T]
-        freqs = pos.unsqueeze(-1) * self.inv_freq.unsqueeze(0)                       # [T, D/2]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos(), emb.sin()
-        # mask [T, P+T]: cache row r visible iff r < past_len; new b visible from a iff b//L <= a//L
-        valid_past = torch.arange(P, dtype=torch.int64) < past_len.reshape(1)        # [P]
-        blk = torch.div(torch.arange(T, dtype=torch.int64), block_length, rounding_mode="floor")
-        m_new = blk.unsqueeze(0) <= blk.unsqueeze(1)                                # [T, T]
-        mask = torch.cat([valid_past.unsqueeze(0).expand(T, P), m_new], dim=1)
+        cos, sin, mask = rope_and_mask(past_len, T, P, block_length, self.inv_freq)
         pks, pvs = [], []
         for i, layer in enumerate(self.layers):
             x, pk, pv = layer(x, cos, sin, mask, past_keys[i], past_values[i])
             pks.append(pk)
             pvs.append(pv)
-        logits = None
-        if torch.is_tensor(num_logits):
-            # ONNX Runtime step graph: the row count is an input (0 in prefill, L in decode/fused),
-            # so one graph with a dynamic token axis serves every step kind (Range + Gather).
-            rows = torch.arange(T - num_logits.reshape(()), T, dtype=torch.int64)
-            logits = self.lm_head(self.norm(x.index_select(1, rows))).float()
-        elif num_logits > 0:
-            h = self.norm(x[:, T - num_logits:])
-            logits = self.lm_head(h).float()
-        return logits, pks, pvs
+        return head_logits(x, T, self.norm, self.lm_head, num_logits), pks, pvs
+
+
+def rope_inv_freq(cfg: SDARConfig) -> torch.Tensor:
+    D = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    return inv_freq / cfg.rope_linear_factor
+
+
+def rope_and_mask(past_len: torch.Tensor, T: int, P: int, block_length: int, inv_freq: torch.Tensor):
+    """(cos [T, D], sin [T, D], mask [T, P + T]) of a step of T tokens after a bound cache of P rows."""
+    pos = (past_len.reshape(1) + torch.arange(T, dtype=torch.int64)).float()   # [T]
+    freqs = pos.unsqueeze(-1) * inv_freq.unsqueeze(0)                            # [T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    # mask [T, P+T]: cache row r visible iff r < past_len; new b visible from a iff b//L <= a//L
+    valid_past = torch.arange(P, dtype=torch.int64) < past_len.reshape(1)        # [P]
+    blk = torch.div(torch.arange(T, dtype=torch.int64), block_length, rounding_mode="floor")
+    m_new = blk.unsqueeze(0) <= blk.unsqueeze(1)                                # [T, T]
+    mask = torch.cat([valid_past.unsqueeze(0).expand(T, P), m_new], dim=1)
+    return cos, sin, mask
+
+
+def head_logits(x: torch.Tensor, T, norm: nn.Module, lm_head: nn.Module, num_logits) -> torch.Tensor | None:
+    """float32 logits of the last ``num_logits`` rows of the final hidden state x [B, T, H] (None for 0);
+    ``T`` is the step's token count (read off the input ids, as the traced graphs do)."""
+    if torch.is_tensor(num_logits):
+        # ONNX Runtime step graph: the row count is an input (0 in prefill, L in decode/fused),
+        # so one graph with a dynamic token axis serves every step kind (Range + Gather).
+        rows = torch.arange(T - num_logits.reshape(()), T, dtype=torch.int64)
+        return lm_head(norm(x.index_select(1, rows))).float()
+    if num_logits > 0:
+        return lm_head(norm(x[:, T - num_logits:])).float()
+    return None
+
+
+# --------------------------------------------------------------------------- where parameters come from
+
+
+class _Params:
+    """What the modules read their parameters from (HF names): real weights or a graph skeleton."""
+
+    def linear(self, name: str, cd: torch.dtype) -> _Linear:
+        raise NotImplementedError
+
+    def norm(self, name: str, eps: float) -> _Norm:
+        raise NotImplementedError
+
+    def embedding(self, name: str) -> nn.Parameter:
+        raise NotImplementedError
+
+    def experts(self, prefix: str, proj: str, count: int, cd: torch.dtype) -> nn.Parameter:
+        raise NotImplementedError
+
+
+class HFParams(_Params):
+    """Weights from a name -> tensor dict (HF layout), cast to the storage dtype; a missing
+    ``lm_head.weight`` is the (tied) embedding table."""
+
+    def __init__(self, weights: dict, sd: torch.dtype):
+        self.W = {k: v.to(sd) if v.is_floating_point() else v for k, v in weights.items()}
+
+    def linear(self, name, cd):
+        if name == "lm_head.weight" and name not in self.W:    # tied: the embedding table
+            return _Linear(self.W["model.embed_tokens.weight"], cd)
+        return _Linear(self.W[name], cd)
+
+    def norm(self, name, eps):
+        return _Norm(self.W[name], eps)
+
+    def embedding(self, name):
+        return nn.Parameter(self.W[name], requires_grad=False)
+
+    def experts(self, prefix, proj, count, cd):
+        stacked = torch.stack([self.W[f"{prefix}experts.{e}.{proj}.weight"].t() for e in range(count)])
+        return nn.Parameter(stacked.contiguous(), requires_grad=False)
+
+
+@dataclass(frozen=True)
+class GraphWeight:
+    """How one parameter of a :class:`GraphSkeleton` is made from the checkpoint: the HF tensors it
+    holds, ``layout`` "as_is", "transposed" ([in, out], a linear) or "experts" (the experts'
+    transposed weights stacked [E, in, out]), in ``dtype`` (the tensor the exported graph keeps)."""
+
+    names: tuple[str, ...]
+    layout: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class GraphSkeleton(_Params):
+    """Parameters with the graph's shapes and dtypes but no weights, for tracing the network.
+
+    Each is a fresh ``torch.empty`` (pages the tracer only reads map the kernel's zero page, so
+    they cost no memory) whose first element is its index, so the exporter's merge of equal
+    initializers keeps them apart. The real values are written by the exporter from ``recipes``
+    (parameter -> :class:`GraphWeight`), tensor by tensor.
+    """
+
+    def __init__(self, cfg: SDARConfig, sd: torch.dtype):
+        from .checkpoint import expected_tensor_shapes  # noqa: PLC0415
+
+        self.shapes = expected_tensor_shapes(cfg)
+        self.sd = sd
+        self.recipes: dict[int, GraphWeight] = {}   # by data_ptr (modules re-wrap)
+
+    def _placeholder(self, names: tuple[str, ...], layout: str, dtype: torch.dtype,
+                     shape: tuple[int, ...]) -> nn.Parameter:
+        t = torch.empty(shape, dtype=dtype)
+        t.view(-1)[0] = len(self.recipes) + 1
+        self.recipes[t.data_ptr()] = GraphWeight(names, layout, dtype, tuple(shape))
+        return nn.Parameter(t, requires_grad=False)
+
+    def linear(self, name, cd):
+        out_dim, in_dim = self.shapes[name]
+        return _Linear(self._placeholder((name,), "transposed", cd, (in_dim, out_dim)), cd, transposed=True)
+
+    def norm(self, name, eps):
+        return _Norm(self._placeholder((name,), "as_is", torch.float32, self.shapes[name]), eps)
+
+    def embedding(self, name):
+        return self._placeholder((name,), "as_is", self.sd, self.shapes[name])
+
+    def experts(self, prefix, proj, count, cd):
+        names = tuple(f"{prefix}experts.{e}.{proj}.weight" for e in range(count))
+        out_dim, in_dim = self.shapes[names[0]]
+        return self._placeholder(names, "experts", cd, (count, in_dim, out_dim))
+
+    def recipes_of(self, module: nn.Module, prefix: str = "") -> dict[str, GraphWeight]:
+        """Parameter name (as ``module.named_parameters`` gives it) -> its recipe."""
+        return {prefix + n: self.recipes[p.data_ptr()] for n, p in module.named_parameters()}
+
+
+def graph_skeleton(cfg: SDARConfig, dtype="float32", compute_dtype=None) -> tuple[SDARModel, GraphSkeleton]:
+    """The network with placeholder parameters in the exported graph's layout, and its recipes."""
+    sd = to_torch_dtype(dtype)
+    skeleton = GraphSkeleton(cfg, sd)
+    return SDARModel(cfg, skeleton, dtype, compute_dtype).eval(), skeleton
 
 
 def full_sequence_logits(model: SDARModel, ids: torch.Tensor, block_length: int) -> torch.Tensor:

@@ -28,19 +28,18 @@ dtypes (storage of weights and K/V; logits always float32, residual stream float
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from .errors import ExportError
+from .graph_weights import GraphWeights
 from .model import SDARModel, dtype_name
-
-PROTOBUF_LIMIT = 2 * 1024**3
-EXTERNAL_DATA_THRESHOLD = int(1.8 * 1024**3)   # leave room for the graph itself
 
 
 @dataclass(frozen=True)
@@ -88,16 +87,67 @@ def output_names(num_layers: int, with_logits: bool) -> list[str]:
     return names
 
 
+class _ProductsUncomputed(TorchDispatchMode):
+    """Matrix products return uninitialized tensors of the right shape instead of being computed.
+
+    The tracer records each op before it reaches this mode, so the graph is the same; only the
+    values differ, and a skeleton's values mean nothing (its weights are placeholders). The products
+    are the whole cost of a trace: torch's CPU half-precision GEMM ran at ~0.2 GFLOP/s here (0.5 s
+    for one 8 x 2048 x 6144 product), which made tracing one 1.7B float16 graph take ~40 s.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.mm.default:
+            return torch.empty((args[0].shape[0], args[1].shape[1]), dtype=args[0].dtype)
+        if func is torch.ops.aten.bmm.default:
+            a, b = args
+            return torch.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=a.dtype)
+        return func(*args, **(kwargs or {}))
+
+
 class StepGraph(torch.nn.Module):
-    """Flat-argument wrapper of SDARModel for one graph kind (what gets traced)."""
+    """Flat-argument wrapper of SDARModel for one graph kind (what gets traced).
+
+    ``weights_as_inputs()``: the network's parameters become arguments after the step's own (a
+    skeleton's trace, see :func:`trace_graph`), and the matrix products are not computed
+    (:class:`_ProductsUncomputed`)."""
 
     def __init__(self, model: SDARModel, block_length: int, num_logits: int, logits_input: bool = False):
         super().__init__()
         self.model, self.L, self.NL = model, block_length, num_logits
         self.logits_input = logits_input
         self.n = model.num_layers
+        self.slots: list[tuple[torch.nn.Module, str]] = []
+
+    @contextlib.contextmanager
+    def weights_as_inputs(self):
+        """Within: no registered parameters (the exporter sees none); ``forward`` takes them as its
+        last arguments, in the order of the yielded {name: placeholder} dict."""
+        params = dict(self.named_parameters())
+        self.slots = []
+        for name in params:
+            path, attr = name.rsplit(".", 1)
+            module = self.get_submodule(path)
+            self.slots.append((module, attr))
+            del module._parameters[attr]
+        try:
+            yield params
+        finally:
+            for (module, attr), p in zip(self.slots, params.values(), strict=True):
+                module.__dict__.pop(attr, None)
+                module._parameters[attr] = p
+            self.slots = []
 
     def forward(self, input_ids, past_len, *rest):
+        if not self.slots:
+            return self._step(input_ids, past_len, *rest)
+        n = len(self.slots)
+        for (module, attr), value in zip(self.slots, rest[-n:], strict=True):
+            module.__dict__[attr] = value     # a plain attribute: what the module's code reads
+        with _ProductsUncomputed():   # only around the forward: the exporter's own passes compute
+            return self._step(input_ids, past_len, *rest[:-n])
+
+    def _step(self, input_ids, past_len, *rest):
         nl, past = (rest[0], rest[1:]) if self.logits_input else (self.NL, rest)
         pk = list(past[0::2])
         pv = list(past[1::2])
@@ -125,20 +175,14 @@ def example_inputs(model: SDARModel, batch: int, T: int, P: int, past_len: int, 
     return (*head, *past)
 
 
-def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_length: int, batch: int = 1,
-                 opset: int = 18, external_data_threshold: int | None = None,
-                 shared_data: SharedWeights | None = None, rewrite=None) -> Path:
-    """Trace and write one step graph.
+def trace_graph(model: SDARModel, spec: GraphSpec, block_length: int, batch: int = 1, opset: int = 18):
+    """Trace one step graph of a graph skeleton (sdar_export.model) without its weights: the
+    parameters are graph inputs under their names in the StepGraph (``model.<module path>``).
+    Returns the ModelProto."""
+    import io
 
-    ``rewrite(model_proto, graph_name)``, when given, edits the graph after its initializers got
-    their canonical names and before it is saved (weight quantization, sdar_export.quantize).
-
-    Weights go to external data when over ~1.8 GB (protobuf's 2 GB limit): into ``shared_data``
-    when given (one file for all graphs), else into ``<file>.data``.
-    """
     import onnx
 
-    path = Path(path)
     L, n = block_length, model.num_layers
     T_ex = spec.tokens if spec.tokens is not None else 2 * L
     args = example_inputs(model, batch, T_ex, P=2 * L + 1, past_len=L,
@@ -156,22 +200,38 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
             dyn[f"present_value_{i}"] = {0: "new_tokens"}
     if spec.logits_input:
         dyn["logits"] = {1: "num_logits"}
-    wrapper = StepGraph(model, L, spec.logits, spec.logits_input).eval()
-    # The TorchScript exporter writes one external file per tensor next to the model when the graph
-    # is over 2 GB: trace into a private scratch dir, then re-save as one file (+ one .data file).
-    scratch = Path(tempfile.mkdtemp(prefix=f".scratch_{spec.name}_", dir=path.parent))
-    try:
-        tmp = scratch / spec.file
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, args, str(tmp), input_names=in_names, output_names=out_names,
-                              dynamic_axes=dyn, opset_version=opset, do_constant_folding=True,
-                              dynamo=False)
-        m = onnx.load(str(tmp))  # pulls in any external data the exporter wrote next to it
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    step = StepGraph(model, L, spec.logits, spec.logits_input).eval()
+    buf = io.BytesIO()
+    # The weights as inputs, not parameters: the exporter then holds no weight values at all (as
+    # parameters, each would be copied whole into its shape inference: 2.5 GB at a time for a 1.7B
+    # model's float32 vocabulary table).
+    with torch.no_grad(), warnings.catch_warnings(), step.weights_as_inputs() as params:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step, (*args, *params.values()), buf, input_names=in_names + list(params),
+                          output_names=out_names, dynamic_axes=dyn, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    m = onnx.load_from_string(buf.getvalue())
     m.producer_name = "sdar_export"
-    restore_unused_inputs(m, in_names, model, batch, dynamic_tokens=spec.tokens is None)
+    return m
+
+
+def export_graph(model: SDARModel, recipes: dict, spec: GraphSpec, path: str | Path, block_length: int,
+                 weights: GraphWeights, batch: int = 1, opset: int = 18, rewrite=None) -> Path:
+    """Trace, bind and write one step graph; its weights go to (or already are in) the shared file.
+
+    ``recipes``: the skeleton's parameter name -> :class:`sdar_export.model.GraphWeight`.
+    ``rewrite(model_proto, graph_name)``, when given, edits the graph after its initializers got
+    their canonical names and before it is saved (weight quantization, sdar_export.quantize).
+    """
+    import onnx
+
+    from .graph_weights import pending_quantized  # noqa: PLC0415
+
+    path = Path(path)
+    m = trace_graph(model, spec, block_length, batch, opset)
+    weights.bind(m, {"model." + k: v for k, v in recipes.items()})
+    restore_unused_inputs(m, input_names(model.num_layers, spec.logits_input), model, batch,
+                          dynamic_tokens=spec.tokens is None)
     canonicalize_initializers(m)
     if spec.logits_input:
         from .ort_graph import fold_static_shapes  # noqa: PLC0415
@@ -181,11 +241,11 @@ def export_graph(model: SDARModel, spec: GraphSpec, path: str | Path, block_leng
     if spec.logits_input:
         from .ort_graph import optimize_for_ort  # noqa: PLC0415
         optimize_for_ort(m, rope=rope_tables(model))
-    limit = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
-    if shared_data is None and sum(len(t.raw_data) for t in m.graph.initializer) > limit:
-        shared_data = SharedWeights(path.with_name(path.name + ".data"))
-    if shared_data is not None:
-        shared_data.externalize(m)
+    left = pending_quantized(m)
+    if left:
+        raise ExportError(f"quantization: {len(left)} quantized weights of the {spec.name} graph were not "
+                          "replaced by their quantized form (exporter bug)")
+    weights.store.externalize(m)
     onnx.save_model(m, str(path))
     return path
 
@@ -199,25 +259,28 @@ def rope_tables(model: SDARModel) -> tuple:
 
 
 def canonicalize_initializers(m) -> None:
-    """Rename every initializer to ``w_<sha256 of dtype, shape, bytes>`` (identical tensors merged).
+    """Rename every in-graph initializer to ``w_<sha256 of dtype, shape, bytes>`` (identical tensors
+    merged); initializers in the shared weights file already carry that name.
 
     The same weight then has the same name in every graph, so they share one external data file
     (one copy on disk). In memory, ONNX Runtime prepacks matmul weights per session (a copy each,
     and ``session.disable_prepacking`` makes 4-token matmuls ~2.7x slower on CPU), so the engine
     runs every kind on the one ``step`` graph instead of sharing initializers between sessions.
     """
-    import hashlib
-
     from onnx import numpy_helper
+
+    from .weight_store import content_name, is_external  # noqa: PLC0415
 
     rename: dict[str, str] = {}
     keep = []
     seen: set[str] = set()
     for t in m.graph.initializer:
-        if not t.raw_data:  # typed-field storage: normalise to raw bytes
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
-        h = hashlib.sha256(f"{t.data_type}:{list(t.dims)}:".encode() + t.raw_data).hexdigest()[:24]
-        new = f"w_{h}"
+        if is_external(t):
+            new = t.name
+        else:
+            if not t.raw_data:  # typed-field storage: normalise to raw bytes
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+            new = content_name(t.data_type, t.dims, [t.raw_data])
         rename[t.name] = new
         if new not in seen:
             seen.add(new)
@@ -229,44 +292,6 @@ def canonicalize_initializers(m) -> None:
         for i, x in enumerate(node.input):
             if x in rename:
                 node.input[i] = rename[x]
-
-
-class SharedWeights:
-    """One external data file shared by every graph of the artifact (``weights.onnx.data``).
-
-    Each distinct initializer (by canonical name) is written once, 64-byte aligned; every graph
-    that uses it points at the same offset. Disk size is one copy of the weights, not three.
-    """
-
-    ALIGN = 64
-    MIN_BYTES = 1024   # smaller tensors stay inside the graph
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.index: dict[str, tuple[int, int]] = {}
-        self.path.write_bytes(b"")
-
-    def externalize(self, m) -> None:
-        from onnx import TensorProto
-
-        with open(self.path, "ab") as f:
-            for t in m.graph.initializer:
-                n = len(t.raw_data)
-                if n < self.MIN_BYTES:
-                    continue
-                if t.name not in self.index:
-                    off = f.tell()
-                    pad = (-off) % self.ALIGN
-                    f.write(b"\0" * pad)
-                    self.index[t.name] = (off + pad, n)
-                    f.write(t.raw_data)
-                off, n = self.index[t.name]
-                t.ClearField("raw_data")
-                t.data_location = TensorProto.EXTERNAL
-                del t.external_data[:]
-                for k, v in (("location", self.path.name), ("offset", str(off)), ("length", str(n))):
-                    e = t.external_data.add()
-                    e.key, e.value = k, v
 
 
 def restore_unused_inputs(m, in_names: list[str], model: SDARModel, batch: int,
@@ -306,9 +331,16 @@ def restore_unused_inputs(m, in_names: list[str], model: SDARModel, batch: int,
 
 def unused_inputs(path: str | Path) -> list[str]:
     """Graph inputs that no node reads (see restore_unused_inputs)."""
+    return graph_file_facts(path)[0]
+
+
+def graph_file_facts(path: str | Path) -> tuple[list[str], str | None]:
+    """(graph inputs no node reads, the external data file its weights are in or None), read from
+    the graph file without its weights."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
     used = set()
     def walk(g):
         for node in g.node:
@@ -317,33 +349,23 @@ def unused_inputs(path: str | Path) -> list[str]:
                 if a.g is not None and a.g.node:
                     walk(a.g)
     walk(m.graph)
-    return [i.name for i in m.graph.input if i.name not in used]
+    return [i.name for i in m.graph.input if i.name not in used], (min(locations) if locations else None)
 
 
-SHARED_DATA_FILE = "weights.onnx.data"
-
-
-def export_all(model: SDARModel, out_dir: str | Path, block_length: int, batch: int = 1, opset: int = 18,
-               progress=None, external_data_threshold: int | None = None, rewrite=None,
-               step: bool = True, trt: bool = True) -> dict[str, dict]:
-    """Export prefill/decode/fused (and the TensorRT and ONNX Runtime graphs) into out_dir. Returns
-    the manifest ``graphs`` section.
-
-    Models whose weights exceed the protobuf limit get one shared ``weights.onnx.data`` file.
-    """
+def export_all(model: SDARModel, recipes: dict, out_dir: str | Path, block_length: int, weights: GraphWeights,
+               batch: int = 1, opset: int = 18, progress=None, rewrite=None, step: bool = True,
+               trt: bool = True) -> dict[str, dict]:
+    """Export prefill/decode/fused (and the TensorRT and ONNX Runtime graphs) of a graph skeleton into
+    out_dir, every graph reading the one weights file of ``weights``. Returns the manifest ``graphs``
+    section."""
     out_dir = Path(out_dir)
-    limit = EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    shared = SharedWeights(out_dir / SHARED_DATA_FILE) if weight_bytes > limit else None
     graphs = {}
     for spec in graph_specs(block_length, step=step, trt=trt):
         if progress:
             progress(f"exporting {spec.file}")
-        export_graph(model, spec, out_dir / spec.file, block_length, batch=batch, opset=opset,
-                     external_data_threshold=external_data_threshold, shared_data=shared, rewrite=rewrite)
+        export_graph(model, recipes, spec, out_dir / spec.file, block_length, weights, batch=batch,
+                     opset=opset, rewrite=rewrite)
         graphs[spec.name] = graph_manifest_entry(model, spec, out_dir, batch)
-        if shared is not None:
-            graphs[spec.name]["external_data"] = shared.path.name
     return graphs
 
 
@@ -372,12 +394,11 @@ def graph_manifest_entry(model: SDARModel, spec: GraphSpec, out_dir: Path, batch
     elif spec.name == TRT_GRAPH:
         # TensorRT only: one plan, one optimization profile per kind (sdar_export.trt_build)
         e.update(engine="trt", serves=list(STEP_KINDS))
-    unused = unused_inputs(out_dir / spec.file)
+    unused, external = graph_file_facts(out_dir / spec.file)
     if unused:
         e["unused_inputs"] = unused
-    data = out_dir / (spec.file + ".data")
-    if data.exists():
-        e["external_data"] = data.name
+    if external:
+        e["external_data"] = external
     return e
 
 

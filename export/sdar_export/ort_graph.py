@@ -510,11 +510,16 @@ def share_dynamic_dims(m, dims: dict[str, list], const) -> int:
         node.input[0] = shapes[inp]
         node.input[1] = const(np.array(axis, np.int64).reshape(index.shape))
         rewired += 1
-    if front:
-        nodes = front + list(m.graph.node)
-        del m.graph.node[:]
-        m.graph.node.extend(nodes)
+    prepend_nodes(m, front)
     return rewired
+
+
+def prepend_nodes(m, nodes: list) -> None:
+    """Put ``nodes`` (reading only graph inputs and initializers) in front of graph ``m``'s nodes."""
+    if nodes:
+        rest = list(m.graph.node)
+        del m.graph.node[:]
+        m.graph.node.extend(list(nodes) + rest)
 
 
 def eliminate_common_subexpressions(m) -> int:

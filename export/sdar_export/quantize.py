@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,8 +184,30 @@ class QTensor:
             q = q - self.zp.astype(np.float32)[:, :, None]
         return (q * self.scale.astype(np.float32)[:, :, None]).reshape(N, K)
 
+    def dequantize_rows(self, rows: list[int]) -> np.ndarray:
+        """float32 [len(rows), K]: rows of :meth:`dequantize` (an embedding lookup)."""
+        part = QTensor(self.q[rows], self.scale[rows], None if self.zp is None else self.zp[rows], self.bits,
+                       self.block)
+        return part.dequantize()
 
-def quantize_rtn(w: np.ndarray, bits: int, group: int | None, symmetric: bool, scale_dtype) -> QTensor:
+
+_RTN_CHUNK = 1 << 23   # weights rounded per pass (rows are independent): bounds the float32 temporaries
+
+
+def quantize_rtn(w, bits: int, group: int | None, symmetric: bool, scale_dtype) -> QTensor:
+    """Round-to-nearest quantization of ``w`` [N, K] along K in groups (None: one group per row),
+    a block of rows at a time (the same result as all at once: each row is quantized on its own)."""
+    N, K = w.shape
+    rows = max(1, _RTN_CHUNK // max(1, K))
+    if rows >= N:
+        return _quantize_rows(w, bits, group, symmetric, scale_dtype)
+    parts = [_quantize_rows(w[r:r + rows], bits, group, symmetric, scale_dtype) for r in range(0, N, rows)]
+    zp = None if parts[0].zp is None else np.concatenate([p.zp for p in parts])
+    return QTensor(np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]), zp, bits,
+                   parts[0].block)
+
+
+def _quantize_rows(w: np.ndarray, bits: int, group: int | None, symmetric: bool, scale_dtype) -> QTensor:
     """Round-to-nearest quantization of ``w`` [N, K] along K in groups (None: one group per row)."""
     w = np.asarray(w, dtype=np.float32)
     N, K = w.shape
@@ -211,17 +234,62 @@ def quantize_rtn(w: np.ndarray, bits: int, group: int | None, symmetric: bool, s
     return QTensor(q.reshape(N, K), s, zp, bits, block)
 
 
+class SpilledTensors(MutableMapping):
+    """QTensors kept on disk (one .npz each) and loaded when asked for: the quantized network is
+    never in memory as a whole (its int8 codes alone are half the size of a float16 checkpoint)."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Path] = {}
+
+    def __setitem__(self, name: str, qt: QTensor) -> None:
+        path = self.dir / f"{len(self._files)}.npz"
+        arrays = {"q": qt.q, "scale": qt.scale, "bits": np.array(qt.bits), "block": np.array(qt.block)}
+        if qt.zp is not None:
+            arrays["zp"] = qt.zp
+        np.savez(path, **arrays)
+        self._files[name] = path
+
+    def __getitem__(self, name: str) -> QTensor:
+        with np.load(self._files[name]) as f:
+            return QTensor(f["q"], f["scale"], f.get("zp"), int(f["bits"]), int(f["block"]))
+
+    def __delitem__(self, name: str) -> None:
+        self._files.pop(name).unlink(missing_ok=True)
+
+    def __iter__(self):
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
 @dataclass
 class QuantPlan:
-    """What was quantized: HF weight name -> QTensor (experts keep their per-expert names)."""
+    """What was quantized: HF weight name -> QTensor (experts keep their per-expert names), and the
+    name each one's dequantized tensor has in the traced graphs (``graph_names``: the HF name, or the
+    tuple of one MoE projection's expert names, -> ``w_<content hash>``), which the rewrite replaces."""
 
     scheme: QuantScheme
-    tensors: dict[str, QTensor] = field(default_factory=dict)
+    tensors: MutableMapping[str, QTensor] = field(default_factory=dict)
     embed_name: str | None = None     # quantized embedding table (Gather), if any
     scheme_dtype: str = "float32"     # the artifact dtype (scales are stored in it)
+    graph_names: dict = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)   # name -> packed bytes (float_head_note)
 
     def quantized_names(self) -> list[str]:
         return sorted(self.tensors)
+
+    def packed_bytes(self) -> int:
+        """Bytes of the quantized weights as stored: codes at their bit width, plus scales."""
+        if len(self.sizes) != len(self.tensors):
+            self.sizes = {name: _packed_bytes(self.tensors[name]) for name in self.tensors}
+        return sum(self.sizes.values())
+
+
+def _packed_bytes(qt: QTensor) -> int:
+    return qt.q.size * qt.bits // 8 + qt.scale.nbytes
 
 
 def quantizable_names(weights: dict, cfg, scheme: QuantScheme) -> list[str]:
@@ -238,29 +306,24 @@ def quantizable_names(weights: dict, cfg, scheme: QuantScheme) -> list[str]:
     return names
 
 
-def quantize_weights(weights: dict, cfg, scheme: QuantScheme, dtype: str,
-                     progress=None) -> tuple[dict, QuantPlan]:
-    """RTN-quantize the decoder linears of an HF weight dict (torch tensors).
+def quantize_source(source, cfg, scheme: QuantScheme, dtype: str, tensors: MutableMapping | None = None,
+                    progress=None) -> QuantPlan:
+    """RTN-quantize the decoder linears read from a weight source (sdar_export.weight_sources), one
+    weight at a time, into ``tensors`` (a dict, or :class:`SpilledTensors` for large models).
 
-    Returns (new weight dict with the *dequantized* values in place of the quantized weights, plan).
     An untied LM head is quantized as ``lm_head.weight``; with tied embeddings and
-    ``--quantize-lm-head`` the head gets its own (quantized) copy and the embedding table stays
-    float unless ``--quantize-embeddings``.
+    ``--quantize-lm-head`` the head gets its own (quantized) copy of the table and the embedding
+    table stays float unless ``--quantize-embeddings``.
     """
-    import torch
-
     if scheme.format == "QDQ" and getattr(cfg, "is_moe", False):
         raise ExportError("MoE checkpoints cannot use the QDQ/TensorRT form: the expert weights are 3-D "
                           "stacks and TensorRT 10.3 dequantizes only 2-D INT4 blocks; use --quant-format "
                           "MatMulNBits (ONNX Runtime).")
     sdt = np.float16 if dtype == "float16" else np.float32
-    plan = QuantPlan(scheme, scheme_dtype=dtype)
-    out = dict(weights)
-    if scheme.quantize_lm_head and "lm_head.weight" not in out:
-        out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    names = quantizable_names(out, cfg, scheme)
+    plan = QuantPlan(scheme, tensors if tensors is not None else {}, scheme_dtype=dtype)
+    names = quantizable_names(source.names(), cfg, scheme)
     for i, name in enumerate(names):
-        w = out[name].float().numpy()   # [out, in]; the embedding table [V, H] is blocked along H
+        w = source.get(name).float().numpy()   # [out, in]; the embedding table [V, H] is blocked along H
         group = scheme.group_size
         bits = scheme.bits_of(name)
         K = w.shape[1]
@@ -270,30 +333,108 @@ def quantize_weights(weights: dict, cfg, scheme: QuantScheme, dtype: str,
                               f"(shape {list(w.shape)}); choose a group size that divides {K}, e.g. "
                               f"{_largest_pow2_divisor(K)}.")
         qt = quantize_rtn(w, bits, group, scheme.symmetric, sdt)
+        del w
         if group is None:   # per-channel: re-express as `block`-sized groups sharing the channel's scale
             reps = K // block
             qt = QTensor(qt.q, np.repeat(qt.scale, reps, axis=1),
                          None if qt.zp is None else np.repeat(qt.zp, reps, axis=1), qt.bits, block)
         plan.tensors[name] = qt
-        out[name] = torch.from_numpy(qt.dequantize())
+        plan.sizes[name] = _packed_bytes(qt)
+        if ".experts." not in name:
+            plan.graph_names[name] = graph_name(qt, dtype, transposed=name != "model.embed_tokens.weight")
         if progress and (i % 50 == 0 or i == len(names) - 1):
             progress(f"quantized {i + 1}/{len(names)} weights")
+    for experts in _expert_groups(plan.tensors):
+        plan.graph_names[experts] = experts_graph_name([plan.tensors[n] for n in experts], dtype)
     if scheme.quantize_embeddings:
         plan.embed_name = "model.embed_tokens.weight"
+    return plan
+
+
+def quantize_weights(weights: dict, cfg, scheme: QuantScheme, dtype: str,
+                     progress=None) -> tuple[dict, QuantPlan]:
+    """RTN-quantize the decoder linears of an in-memory HF weight dict (torch tensors).
+
+    Returns (new weight dict with the *dequantized* values in place of the quantized weights, plan).
+    """
+    import torch
+
+    from .weight_sources import DictWeights  # noqa: PLC0415
+
+    plan = quantize_source(DictWeights(weights, cfg, "float32"), cfg, scheme, dtype, progress=progress)
+    out = dict(weights)
+    if scheme.quantize_lm_head and "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    for name, qt in plan.tensors.items():
+        out[name] = torch.from_numpy(qt.dequantize())
     return out, plan
 
 
-def float_head_note(plan: QuantPlan, weights: dict, dtype: str) -> str | None:
+def _expert_groups(tensors) -> list[tuple[str, ...]]:
+    """Per MoE layer and projection, its experts' names in expert order."""
+    groups: dict[tuple[str, str], dict[int, str]] = {}
+    for name in tensors:
+        if ".experts." in name:
+            pre, rest = name.split(".experts.")
+            e, proj = rest.split(".", 1)
+            groups.setdefault((pre, proj), {})[int(e)] = name
+    return [tuple(by_e[e] for e in sorted(by_e)) for by_e in groups.values()]
+
+
+def _graph_dtype(dtype: str):
+    from onnx import TensorProto
+
+    return (np.float16, TensorProto.FLOAT16) if dtype == "float16" else (np.float32, TensorProto.FLOAT)
+
+
+def _transposed_chunks(w: np.ndarray):
+    rows = max(1, (64 << 20) // max(1, w.shape[0] * w.itemsize))
+    for k in range(0, w.shape[1], rows):
+        yield np.ascontiguousarray(w[:, k:k + rows].T).tobytes()
+
+
+def graph_name(qt: QTensor, dtype: str, transposed: bool) -> str:
+    """The content name the graphs give this weight's dequantized tensor: [in, out] for a matmul,
+    [V, H] for the embedding table (see sdar_export.weight_store)."""
+    from .weight_store import content_name  # noqa: PLC0415
+
+    npdt, elem = _graph_dtype(dtype)
+    w = qt.dequantize().astype(npdt)
+    if not transposed:
+        return content_name(elem, w.shape, [w.tobytes()])
+    return content_name(elem, w.shape[::-1], _transposed_chunks(w))
+
+
+def experts_graph_name(qts: list[QTensor], dtype: str) -> str:
+    """The content name of one projection's dequantized experts stacked [E, in, out]."""
+    from .weight_store import content_name  # noqa: PLC0415
+
+    npdt, elem = _graph_dtype(dtype)
+    N, K = qts[0].q.shape
+
+    def chunks():
+        for qt in qts:
+            yield from _transposed_chunks(qt.dequantize().astype(npdt))
+
+    return content_name(elem, (len(qts), K, N), chunks())
+
+
+def float_head_note(plan: QuantPlan, weights, dtype: str) -> str | None:
     """A hint when the LM head left in the float dtype outweighs the whole quantized body: every
     forward reads it (at a 151k vocabulary a float32 head is 622 MB against ~235 MB of 4-bit body
-    at 0.6B), so it, not the body, sets the speed of a memory-bound decode step."""
+    at 0.6B), so it, not the body, sets the speed of a memory-bound decode step. ``weights``: a
+    name -> tensor dict or a weight source (sdar_export.weight_sources)."""
     if plan.scheme.quantize_lm_head:
         return None
-    head = weights.get("lm_head.weight", weights.get("model.embed_tokens.weight"))
-    if head is None:
-        return None
-    head_bytes = head.numel() * head.element_size()
-    body_bytes = sum(qt.q.size * qt.bits // 8 + qt.scale.nbytes for qt in plan.tensors.values())
+    if isinstance(weights, dict):
+        head = weights.get("lm_head.weight", weights.get("model.embed_tokens.weight"))
+        if head is None:
+            return None
+        head_bytes = head.numel() * head.element_size()
+    else:
+        rows, cols = weights.shape("lm_head.weight")
+        head_bytes = rows * cols * (2 if dtype == "float16" else 4)
+    body_bytes = plan.packed_bytes()
     if head_bytes <= body_bytes:
         return None
     return (f"the {dtype} LM head ({head_bytes / 2**20:.0f} MiB) is larger than the whole quantized body "
@@ -326,34 +467,44 @@ def canonical_name(arr: np.ndarray, onnx_dtype: int) -> str:
 class _Target:
     kind: str              # "matmul2d" | "matmul3d" | "gather"
     names: list[str]       # HF names (experts: one per expert, in order)
-    qts: list[QTensor]
+    plan: QuantPlan
+
+    @property
+    def qts(self) -> list[QTensor]:
+        return [self.plan.tensors[n] for n in self.names]
 
 
-def graph_targets(plan: QuantPlan, model) -> dict[str, _Target]:
-    """Canonical initializer name (as the graphs will hold it) -> what to put in its place."""
-    from onnx import TensorProto
-
-    elem = TensorProto.FLOAT16 if plan.scheme_dtype == "float16" else TensorProto.FLOAT
-    npdt = np.float16 if plan.scheme_dtype == "float16" else np.float32
+def graph_targets(plan: QuantPlan) -> dict[str, _Target]:
+    """Canonical initializer name (as the graphs hold it) -> what to put in its place."""
     targets: dict[str, _Target] = {}
-    experts: dict[tuple[str, str], dict[int, str]] = {}
-    for name, qt in plan.tensors.items():
-        if ".experts." in name:
-            pre, rest = name.split(".experts.")
-            e, proj = rest.split(".", 1)
-            experts.setdefault((pre, proj), {})[int(e)] = name
-            continue
-        w = qt.dequantize().astype(npdt)
-        if name == "model.embed_tokens.weight":
-            targets[canonical_name(w, elem)] = _Target("gather", [name], [qt])
+    for key, graph in plan.graph_names.items():
+        if isinstance(key, tuple):
+            targets[graph] = _Target("matmul3d", list(key), plan)
+        elif key == "model.embed_tokens.weight":
+            targets[graph] = _Target("gather", [key], plan)
         else:
-            targets[canonical_name(w.T, elem)] = _Target("matmul2d", [name], [qt])
-    for (_pre, _proj), by_e in experts.items():
-        names = [by_e[e] for e in sorted(by_e)]
-        qts = [plan.tensors[n] for n in names]
-        stack = np.stack([q.dequantize().astype(npdt).T for q in qts])   # [E, K, N] as the model holds it
-        targets[canonical_name(stack, elem)] = _Target("matmul3d", names, qts)
+            targets[graph] = _Target("matmul2d", [key], plan)
     return targets
+
+
+class PackedTensors:
+    """The quantized initializers of each weight, made once and shared by every graph: those of 1 KiB
+    or more go to the artifact's weights file (``store``), the graphs keep references to them."""
+
+    def __init__(self, store=None):
+        self.store = store
+        self._made: dict[str, list] = {}
+
+    def get(self, key: str, make) -> tuple[list, dict]:
+        """``make()`` -> (initializers, facts the nodes need), the first time ``key`` is asked for."""
+        if key not in self._made:
+            from .weight_store import MIN_BYTES  # noqa: PLC0415
+
+            inits, info = make()
+            if self.store is not None:
+                inits = [self.store.put(t) if len(t.raw_data) >= MIN_BYTES else t for t in inits]
+            self._made[key] = (inits, info)
+        return self._made[key]
 
 
 def _int4_tensor(name: str, values: np.ndarray, signed: bool):
@@ -446,7 +597,8 @@ def _dq_inits(base: str, qts: list[QTensor], scale_dtype, stacked: bool):
     return inits, attrs
 
 
-def rewrite_graph(m, targets: dict[str, _Target], scheme: QuantScheme, dtype: str) -> dict:
+def rewrite_graph(m, targets: dict[str, _Target], scheme: QuantScheme, dtype: str,
+                  packed: PackedTensors | None = None) -> dict:
     """Replace every MatMul/Gather reading a target initializer by its quantized form (in place).
 
     Returns counts {"matmulnbits": n, "dequantize": n, "gather": n}.
@@ -454,6 +606,7 @@ def rewrite_graph(m, targets: dict[str, _Target], scheme: QuantScheme, dtype: st
     from onnx import helper
 
     scale_dtype = np.float16 if dtype == "float16" else np.float32
+    packed = packed if packed is not None else PackedTensors()
     added: dict[str, object] = {}
     new_nodes = []
     counts = {"matmulnbits": 0, "dequantize": 0, "gather": 0}
@@ -469,62 +622,46 @@ def rewrite_graph(m, targets: dict[str, _Target], scheme: QuantScheme, dtype: st
             continue
         t = targets[w]
         base = w
-        if t.kind == "gather":
-            qt = t.qts[0]
-            if scheme.format == "MatMulNBits":
-                # GatherBlockQuantized: data [V, H] (uint8 packed for 4-bit), scales [V, H/g]
-                N, K = qt.q.shape
-                if qt.bits == 4:
-                    u = (qt.q.astype(np.int16) + (0 if qt.zp is not None else 8)).astype(np.uint8)
-                    data = (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)
-                else:
-                    u = (qt.q.astype(np.int16) + (0 if qt.zp is not None else 128)).astype(np.uint8)
-                    data = u
-                new = [_array(base + "_qg", data), _array(base + "_qs", qt.scale.astype(scale_dtype))]
-                ins = [base + "_qg", node.input[1], base + "_qs"]
-                if qt.zp is not None:
-                    z = qt.zp.astype(np.uint8)
-                    if qt.bits == 4:
-                        z = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
-                    new.append(_array(base + "_qgz", z))
-                    ins.append(base + "_qgz")
-                for x in new:
-                    added.setdefault(x.name, x)
-                new_nodes.append(helper.make_node(
-                    "GatherBlockQuantized", ins, list(node.output), name=node.name + "_q",
-                    domain="com.microsoft",
-                    bits=qt.bits, block_size=qt.block, gather_axis=0, quantize_axis=1))
-            else:
-                # QDQ: DequantizeLinear over the [V, H] table blocked along H, then the original Gather
-                data = _dq_table(base, qt, scale_dtype)
-                for x in data[0]:
-                    added.setdefault(x.name, x)
-                deq = base + "_deq"
-                new_nodes.append(helper.make_node("DequantizeLinear", data[1], [deq], name=node.name + "_dq",
-                                                  axis=1, block_size=qt.block))
-                new_nodes.append(helper.make_node("Gather", [deq, node.input[1]], list(node.output),
-                                                  name=node.name, axis=0))
+        if t.kind == "gather" and scheme.format == "MatMulNBits":
+            # GatherBlockQuantized: data [V, H] (uint8 packed for 4-bit), scales [V, H/g]
+            inits, info = packed.get(base + ":gather", lambda t=t, base=base: _gather_form(base, t.qts[0],
+                                                                                          scale_dtype))
+            ins = [base + "_qg", node.input[1], base + "_qs"] + ([base + "_qgz"] if info["zp"] else [])
+            new_nodes.append(helper.make_node(
+                "GatherBlockQuantized", ins, list(node.output), name=node.name + "_q", domain="com.microsoft",
+                bits=info["bits"], block_size=info["block"], gather_axis=0, quantize_axis=1))
             counts["gather"] += 1
-            continue
-        if t.kind == "matmul2d" and scheme.format == "MatMulNBits":
-            qt = t.qts[0]
-            N, K = qt.q.shape
-            for x in _matmulnbits_inits(base, qt, scale_dtype):
-                added.setdefault(x.name, x)
-            ins = [node.input[0], base + "_qb", base + "_qs"] + ([base + "_qz"] if qt.zp is not None else [])
+        elif t.kind == "gather":
+            # QDQ: DequantizeLinear over the [V, H] table blocked along H, then the original Gather
+            inits, info = packed.get(base + ":table", lambda t=t, base=base: _table_form(base, t.qts[0],
+                                                                                        scale_dtype))
+            deq = base + "_deq"
+            new_nodes.append(helper.make_node("DequantizeLinear", [x.name for x in inits], [deq],
+                                              name=node.name + "_dq", axis=1, block_size=info["block"]))
+            new_nodes.append(helper.make_node("Gather", [deq, node.input[1]], list(node.output),
+                                              name=node.name, axis=0))
+            counts["gather"] += 1
+        elif t.kind == "matmul2d" and scheme.format == "MatMulNBits":
+            inits, info = packed.get(base + ":nbits", lambda t=t, base=base: _nbits_form(base, t.qts[0],
+                                                                                        scale_dtype))
+            ins = [node.input[0], base + "_qb", base + "_qs"] + ([base + "_qz"] if info["zp"] else [])
             new_nodes.append(helper.make_node(
                 "MatMulNBits", ins, list(node.output), name=node.name + "_q", domain="com.microsoft",
-                K=K, N=N, bits=qt.bits, block_size=qt.block, accuracy_level=scheme.accuracy_level))
+                K=info["K"], N=info["N"], bits=info["bits"], block_size=info["block"],
+                accuracy_level=scheme.accuracy_level))
             counts["matmulnbits"] += 1
-            continue
-        new_inits, attrs = _dq_inits(base, t.qts, scale_dtype, stacked=t.kind == "matmul3d")
-        for x in new_inits:
+        else:
+            inits, attrs = packed.get(base + ":dq", lambda t=t, base=base: _dq_inits(
+                base, t.qts, scale_dtype, stacked=t.kind == "matmul3d"))
+            dq_in = [x.name for x in inits]
+            deq = base + "_deq"
+            new_nodes.append(helper.make_node("DequantizeLinear", dq_in, [deq], name=node.name + "_dq",
+                                              **attrs))
+            new_nodes.append(helper.make_node("MatMul", [node.input[0], deq], list(node.output),
+                                              name=node.name))
+            counts["dequantize"] += 1
+        for x in inits:
             added.setdefault(x.name, x)
-        dq_in = [base + "_qd", base + "_qs"] + ([base + "_qz"] if t.qts[0].zp is not None else [])
-        deq = base + "_deq"
-        new_nodes.append(helper.make_node("DequantizeLinear", dq_in, [deq], name=node.name + "_dq", **attrs))
-        new_nodes.append(helper.make_node("MatMul", [node.input[0], deq], list(node.output), name=node.name))
-        counts["dequantize"] += 1
     del m.graph.node[:]
     m.graph.node.extend(new_nodes)
     # drop the float weights nothing reads any more, add the packed ones
@@ -536,6 +673,33 @@ def rewrite_graph(m, targets: dict[str, _Target], scheme: QuantScheme, dtype: st
     _set_opsets(m, need21=counts["dequantize"] > 0 or (counts["gather"] and scheme.format == "QDQ"),
                 need_ms=counts["matmulnbits"] > 0 or (counts["gather"] and scheme.format == "MatMulNBits"))
     return counts
+
+
+def _gather_form(base: str, qt: QTensor, scale_dtype) -> tuple[list, dict]:
+    """GatherBlockQuantized initializers of an embedding table: data [V, H] (two codes per byte for
+    4 bits), scales [V, H/g], zero points (asymmetric only)."""
+    if qt.bits == 4:
+        u = (qt.q.astype(np.int16) + (0 if qt.zp is not None else 8)).astype(np.uint8)
+        data = (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)
+    else:
+        data = (qt.q.astype(np.int16) + (0 if qt.zp is not None else 128)).astype(np.uint8)
+    inits = [_array(base + "_qg", data), _array(base + "_qs", qt.scale.astype(scale_dtype))]
+    if qt.zp is not None:
+        z = qt.zp.astype(np.uint8)
+        if qt.bits == 4:
+            z = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+        inits.append(_array(base + "_qgz", z))
+    return inits, {"bits": qt.bits, "block": qt.block, "zp": qt.zp is not None}
+
+
+def _table_form(base: str, qt: QTensor, scale_dtype) -> tuple[list, dict]:
+    return _dq_table(base, qt, scale_dtype)[0], {"block": qt.block}
+
+
+def _nbits_form(base: str, qt: QTensor, scale_dtype) -> tuple[list, dict]:
+    N, K = qt.q.shape
+    return _matmulnbits_inits(base, qt, scale_dtype), {"N": N, "K": K, "bits": qt.bits, "block": qt.block,
+                                                        "zp": qt.zp is not None}
 
 
 def _dq_table(base: str, qt: QTensor, scale_dtype):
@@ -570,13 +734,15 @@ def _set_opsets(m, need21: bool, need_ms: bool) -> None:
         m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def make_rewriter(plan: QuantPlan, model, dtype: str, stats: dict | None = None):
-    """The callable onnx_export.export_graph applies to each graph after canonicalizing names."""
+def make_rewriter(plan: QuantPlan, dtype: str, stats: dict | None = None, store=None):
+    """The callable onnx_export.export_graph applies to each graph after canonicalizing names; the
+    quantized initializers go to ``store`` (sdar_export.weight_store) once for all graphs."""
     plan.scheme_dtype = dtype
-    targets = graph_targets(plan, model)
+    targets = graph_targets(plan)
+    packed = PackedTensors(store)
 
     def rewrite(m, spec_name: str):
-        counts = rewrite_graph(m, targets, plan.scheme, dtype)
+        counts = rewrite_graph(m, targets, plan.scheme, dtype, packed)
         if stats is not None:
             stats[spec_name] = counts
         want = sum(1 for t in targets.values() if t.kind != "gather") if spec_name != "prefill" else None
@@ -659,10 +825,11 @@ def validate_quantized(dq_model, float_model, out_dir, graphs: dict, scheme: Qua
     {graph: {"max": worst relative error over outputs, "logits": that of the logits}}}, the exact
     ValidationReports). Relative error = max abs error / max |reference|.
     """
-    from .validate import TOLERANCES, validate_artifact_graphs
+    from .validate import TOLERANCES, as_reference, validate_artifact_graphs
 
     out_dir = Path(out_dir)
     tol = tolerance or TOLERANCES[dtype]
+    dq_model = as_reference(dq_model, block_length, batch)   # computed once for all three checks
     files = {}
     try:
         if scheme.format == "MatMulNBits" and scheme.accuracy_level != 0:

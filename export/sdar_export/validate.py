@@ -33,8 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ValidationError
+from .ort_segments import SegmentedGraph, numpy_to_ort_value, release_freed_memory
+from .reference import ModelReference, StepCase, StepOutputs
 
 TOLERANCES = {"float32": (1e-4, 1e-5), "float16": (3e-2, 1e-2), "bfloat16": (1e-1, 2e-2)}
+
+
+SEGMENT_BYTES = 256 << 20   # weights per ONNX Runtime session while validating (sdar_export.ort_segments)
 
 
 @dataclass
@@ -48,45 +53,6 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-def _to_numpy(t):
-    import torch
-
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)   # raw bf16 bits
-    return t.numpy()
-
-
-def _bf16_bits_to_f32(a: np.ndarray) -> np.ndarray:
-    return (a.astype(np.uint32) << 16).view(np.float32)
-
-
-def run_ort(session, feeds: dict, out_shapes: dict[str, tuple], bf16: bool) -> dict[str, np.ndarray]:
-    """Run a session; bf16 tensors travel as uint16 bit patterns (numpy has no bfloat16)."""
-    import onnxruntime as ort
-
-    if not bf16:
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
-    b = session.io_binding()
-    for name, a in feeds.items():
-        if a.dtype == np.uint16:
-            b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a, 16))
-        else:
-            b.bind_cpu_input(name, a)
-    outs = {}
-    for o in session.get_outputs():
-        if o.type == "tensor(bfloat16)":
-            buf = np.zeros(out_shapes[o.name], np.uint16)
-            b.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy_with_onnx_type(buf, 16))
-            outs[o.name] = buf
-        else:
-            buf = np.zeros(out_shapes[o.name], np.float32)
-            b.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(buf))
-            outs[o.name] = buf
-    session.run_with_iobinding(b)
-    return outs
 
 
 def validation_cases(kind: str, block_length: int, max_context: int, tokens: int | None):
@@ -118,65 +84,130 @@ def step_cases(block_length: int, max_context: int) -> list[tuple[int, int, int,
     return [(*c, nl) for kind, t, nl in uses for c in validation_cases(kind, L, max_context, t)]
 
 
-def validate_graph(model, path: str | Path, kind: str, num_logits: int | str, tokens: int | None,
-                   block_length: int, max_context: int, batch: int = 1, dtype: str = "float32",
-                   tolerance: tuple[float, float] | None = None, seed: int = 0,
-                   session_config: dict | None = None) -> ValidationReport:
-    """Compare one ONNX graph with the PyTorch model; returns a report (does not raise).
+def graph_cases(kind: str, num_logits: int | str, tokens: int | None, block_length: int, max_context: int,
+                seed: int = 0) -> list[StepCase]:
+    """The steps a graph is validated on. ``num_logits == "num_logits"``: the step graph, run at every
+    use it serves (:func:`step_cases`)."""
+    if num_logits == "num_logits":
+        raw = step_cases(block_length, max_context)
+    else:
+        raw = [(*c, num_logits) for c in validation_cases(kind, block_length, max_context, tokens)]
+    return [StepCase(T, P, pl, nl, seed + 17 * ci + P) for ci, (T, P, pl, nl) in enumerate(raw)]
 
-    ``session_config``: ONNX Runtime session config entries (e.g. the accuracy level of quantized
-    matmuls, see sdar_export.quantize). ``num_logits == "num_logits"``: the step graph, run at
-    every use it serves (:func:`step_cases`).
-    """
-    import onnxruntime as ort
+
+class CachedReference:
+    """A reference (sdar_export.reference) that computes each case once, however many graphs ask."""
+
+    def __init__(self, reference):
+        self.reference, self.config = reference, reference.config
+        self.done: dict[StepCase, StepOutputs] = {}
+
+    def run(self, cases: list[StepCase], progress=None) -> list[StepOutputs]:
+        todo = list(dict.fromkeys(c for c in cases if c not in self.done))
+        if todo:
+            self.done.update(zip(todo, self.reference.run(todo, progress=progress), strict=True))
+            release_freed_memory()   # the layers' weights, before ONNX Runtime's sessions need memory
+        return [self.done[c] for c in cases]
+
+
+def as_reference(model_or_reference, block_length: int, batch: int):
+    """An ``SDARModel`` (in memory) or a reference object with ``run(cases)``, cached."""
+    if isinstance(model_or_reference, CachedReference):
+        return model_or_reference
+    if hasattr(model_or_reference, "run"):
+        return CachedReference(model_or_reference)
+    return CachedReference(ModelReference(model_or_reference, block_length, batch))
+
+
+def _bf16_bits(t) -> np.ndarray:
+    """A bfloat16 torch tensor's bits as uint16 (numpy has no bfloat16)."""
     import torch
 
-    from .onnx_export import example_inputs, input_names, output_names
+    return t.view(torch.int16).numpy().view(np.uint16)
 
-    atol, rtol = tolerance or TOLERANCES[dtype]
+
+def session_options(session_config: dict | None, prepack: bool):
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False   # memory goes back when freed (validation holds one piece at a time)
+    if not prepack:   # ONNX Runtime's packed copy of each float matmul weight: memory, no other effect
+        so.add_session_config_entry("session.disable_prepacking", "1")
     for k, v in (session_config or {}).items():
         so.add_session_config_entry(k, str(v))
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    n = model.num_layers
-    declared = {i.name for i in sess.get_inputs()}
-    rep = ValidationReport(graph=kind)
-    ref_max: dict[str, float] = {}
+    return so
+
+
+def case_feeds(cfg, batch: int, dtype: str):
+    """``feeds(case, names)`` for sdar_export.ort_segments: each graph input of one case."""
+    from .model import to_torch_dtype  # noqa: PLC0415
+
+    sd = to_torch_dtype(dtype)
     bf16 = dtype == "bfloat16"
-    step = num_logits == "num_logits"
-    if step:
-        cases = step_cases(block_length, max_context)
-    else:
-        cases = [(*c, num_logits) for c in validation_cases(kind, block_length, max_context, tokens)]
-    for ci, (T, P, pl, nl) in enumerate(cases):
-        args = example_inputs(model, batch, T, P, pl, seed=seed + 17 * ci + P,
-                              num_logits=nl if step else None)
-        past = args[3:] if step else args[2:]
-        with torch.no_grad():
-            logits, ks, vs = model(args[0], args[1], list(past[0::2]), list(past[1::2]), block_length, nl)
-        if step and logits is None:   # the step graph always has the output, with 0 rows here
-            logits = torch.zeros(batch, 0, model.config.vocab_size)
-        refs = ([logits] if logits is not None else []) + [x for kv in zip(ks, vs, strict=True) for x in kv]
-        onames = output_names(n, logits is not None)
-        ref = {nm: r.float().numpy() for nm, r in zip(onames, refs, strict=True)}
-        feeds = {nm: _to_numpy(a) for nm, a in zip(input_names(n, step), args, strict=True) if nm in declared}
-        try:
-            got = run_ort(sess, feeds, {k: v.shape for k, v in ref.items()}, bf16)
-        except Exception as e:  # onnxruntime raises its own exception types
-            rep.failures.append(f"{kind}: ONNX Runtime failed at T={T}, P={P}, past_len={pl}: {e}")
-            return rep
-        rep.cases.append((T, P, pl))
-        for nm in onames:
+
+    def feeds(case: StepCase, names: list[str]) -> dict:
+        out, layers = {}, {}
+        for name in names:
+            if name == "input_ids":
+                out[name] = numpy_to_ort_value(case.ids(batch, cfg.vocab_size).numpy())
+            elif name == "past_len":
+                out[name] = numpy_to_ort_value(np.array([case.past_len], np.int64))
+            elif name == "num_logits":
+                out[name] = numpy_to_ort_value(np.array([case.num_logits], np.int64))
+            else:
+                kind, layer = name.rsplit("_", 1)
+                i = int(layer)
+                if i not in layers:
+                    layers[i] = case.past(i, batch, cfg.num_key_value_heads, cfg.head_dim, sd)
+                t = layers[i][0 if kind == "past_key" else 1]
+                out[name] = numpy_to_ort_value(_bf16_bits(t) if bf16 else t.numpy(), bfloat16=bf16)
+        return out
+
+    return feeds
+
+
+def validate_graph(reference, path: str | Path, kind: str, num_logits: int | str, tokens: int | None,
+                   block_length: int, max_context: int, batch: int = 1, dtype: str = "float32",
+                   tolerance: tuple[float, float] | None = None, seed: int = 0,
+                   session_config: dict | None = None,
+                   segment_bytes: int = SEGMENT_BYTES) -> ValidationReport:
+    """Compare one ONNX graph with the PyTorch network; returns a report (does not raise).
+
+    ``reference``: an ``SDARModel`` or a reference (sdar_export.reference) over the same weights.
+    ``session_config``: ONNX Runtime session config entries (e.g. the accuracy level of quantized
+    matmuls, see sdar_export.quantize). ``num_logits == "num_logits"``: the step graph, run at
+    every use it serves (:func:`step_cases`). The graph runs in segments of ``segment_bytes`` of
+    weights (sdar_export.ort_segments).
+    """
+    atol, rtol = tolerance or TOLERANCES[dtype]
+    ref = as_reference(reference, block_length, batch)
+    cases = graph_cases(kind, num_logits, tokens, block_length, max_context, seed)
+    expected = ref.run(cases)
+    rep = ValidationReport(graph=kind)
+    graph = SegmentedGraph(path, segment_bytes)
+    quantized = any(n.op_type == "MatMulNBits" for n in graph.model.graph.node)
+    graph.options = session_options(session_config, prepack=quantized)
+    cfg = ref.config
+    try:
+        got_all = graph.run(cases, case_feeds(cfg, batch, dtype))
+    except Exception as e:  # onnxruntime raises its own exception types
+        rep.failures.append(f"{kind}: ONNX Runtime failed: {e}")
+        return rep
+    ref_max: dict[str, float] = {}
+    for case, want, got in zip(cases, expected, got_all, strict=True):
+        rep.cases.append((case.tokens, case.past_rows, case.past_len))
+        named = want.named()
+        if "logits" in got and "logits" not in named:   # the step graph's logits, 0 rows here
+            named["logits"] = np.zeros((batch, 0, cfg.vocab_size), np.float32)
+        for nm, r in named.items():
             if nm not in got:
                 rep.failures.append(f"{kind}: output {nm!r} missing from the graph")
                 continue
-            g = got[nm]
-            g = _bf16_bits_to_f32(g) if g.dtype == np.uint16 else g.astype(np.float32)
-            r = ref[nm]
+            g = got[nm].astype(np.float32)
             if g.shape != r.shape:
                 rep.failures.append(f"{kind}: output {nm!r} has shape {list(g.shape)}, expected "
-                                    f"{list(r.shape)} (T={T}, P={P})")
+                                    f"{list(r.shape)} (T={case.tokens}, P={case.past_rows})")
                 continue
             err = float(np.max(np.abs(g - r))) if r.size else 0.0
             if not np.isfinite(err) or np.isnan(g).any():
@@ -193,19 +224,28 @@ def validate_graph(model, path: str | Path, kind: str, num_logits: int | str, to
     return rep
 
 
-def validate_artifact_graphs(model, out_dir: str | Path, graphs: dict, block_length: int, max_context: int,
-                             batch: int, dtype: str, tolerance=None, raise_on_failure: bool = True,
-                             progress=None, files: dict | None = None, session_config: dict | None = None,
-                             what: str = "the PyTorch model") -> dict[str, ValidationReport]:
-    """Validate every graph; ``files`` maps a graph name to another file to run in its place."""
+def validate_artifact_graphs(reference, out_dir: str | Path, graphs: dict, block_length: int,
+                             max_context: int, batch: int, dtype: str, tolerance=None,
+                             raise_on_failure: bool = True, progress=None, files: dict | None = None,
+                             session_config: dict | None = None,
+                             what: str = "the PyTorch model",
+                             segment_bytes: int = SEGMENT_BYTES) -> dict[str, ValidationReport]:
+    """Validate every graph; ``files`` maps a graph name to another file to run in its place. The
+    reference runs once, for the cases of all the graphs together; then one graph at a time runs in
+    ONNX Runtime."""
+    ref = as_reference(reference, block_length, batch)
+    every = []
+    for kind, g in graphs.items():
+        every += graph_cases(kind, g["logits"], g["tokens"], block_length, max_context)
+    ref.run(every, progress=progress)
     reports = {}
     for kind, g in graphs.items():
         f = (files or {}).get(kind, g["file"])
         if progress:
             progress(f"validating {f}")
-        reports[kind] = validate_graph(model, Path(out_dir) / f, kind, g["logits"], g["tokens"],
+        reports[kind] = validate_graph(ref, Path(out_dir) / f, kind, g["logits"], g["tokens"],
                                        block_length, max_context, batch, dtype, tolerance,
-                                       session_config=session_config)
+                                       session_config=session_config, segment_bytes=segment_bytes)
     fails = [f for r in reports.values() for f in r.failures]
     if fails and raise_on_failure:
         raise ValidationError(f"exported graph(s) disagree with {what}:\n  " + "\n  ".join(fails)
