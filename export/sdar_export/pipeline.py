@@ -100,7 +100,7 @@ def export_checkpoint(opts: ExportOptions, stages: Stages) -> ExportResult:
         validation, tolerance, quant_validation = {}, None, None
         if opts.validate:
             validation, tolerance, quant_validation = validate_graphs(
-                reference, ck.weights, plan, graphs, staging.dir, opts, stages)
+                reference, ck.weights, plan, graphs, staging.dir, opts, stages, ck.files)
         cpu_section = None
         if opts.cpu_engine:
             from .cpu_weights import export_cpu_weights  # noqa: PLC0415
@@ -239,17 +239,18 @@ def network_reference(network, opts: ExportOptions):
 
 
 def validate_graphs(reference, checkpoint_weights, plan, graphs: dict, directory: Path, opts: ExportOptions,
-                    stages: Stages):
+                    stages: Stages, checkpoint_files: list[Path]):
     """ONNX Runtime against PyTorch for every graph; returns (the manifest's validation errors, the
     tolerance, the quantization's validation record or None)."""
-    from .validate import TOLERANCES, format_report, validate_artifact_graphs  # noqa: PLC0415
+    from .validate import TOLERANCES, format_report, segment_bytes_for, validate_artifact_graphs  # noqa: PLC0415
 
     tol = opts.tolerance or TOLERANCES[opts.dtype]
     args = (directory, graphs, opts.block_length, opts.max_context, opts.batch, opts.dtype, tol)
+    segments = segment_bytes_for(sum(t.stat().st_size for t in checkpoint_files))
     quant = None
     if plan is None:
         reports = stages.run("validate with ONNX Runtime", validate_artifact_graphs, reference, *args,
-                             progress=stages.log)
+                             progress=stages.log, segment_bytes=segments)
     else:
         from .quantize import validate_quantized  # noqa: PLC0415
         from .reference import ReferenceNetwork  # noqa: PLC0415
@@ -259,7 +260,7 @@ def validate_graphs(reference, checkpoint_weights, plan, graphs: dict, directory
         quant, reports = stages.run("validate with ONNX Runtime (vs dequantized network)", validate_quantized,
                                     reference, float_network, directory, graphs, plan.scheme,
                                     opts.block_length, opts.max_context, opts.batch, opts.dtype, tol,
-                                    progress=stages.log)
+                                    progress=stages.log, segment_bytes=segments)
         vf = quant.get("vs_float_rel", {}).get("decode", {})
         if "logits" in vf:
             stages.log(f"quantization error (informational): decode logits rel err vs float "

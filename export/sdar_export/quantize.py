@@ -811,7 +811,7 @@ def _exact_copies(out_dir: Path, graphs: dict) -> dict[str, str]:
 
 def validate_quantized(dq_model, float_model, out_dir, graphs: dict, scheme: QuantScheme, block_length: int,
                        max_context: int, batch: int, dtype: str, tolerance, progress=None,
-                       shipped: bool = True) -> tuple[dict, dict]:
+                       shipped: bool = True, segment_bytes: int | None = None) -> tuple[dict, dict]:
     """Three checks of the quantized graphs.
 
     exact   - every graph with float math in the quantized matmuls (MatMulNBits accuracy_level 0,
@@ -825,8 +825,9 @@ def validate_quantized(dq_model, float_model, out_dir, graphs: dict, scheme: Qua
     {graph: {"max": worst relative error over outputs, "logits": that of the logits}}}, the exact
     ValidationReports). Relative error = max abs error / max |reference|.
     """
-    from .validate import TOLERANCES, as_reference, validate_artifact_graphs
+    from .validate import SEGMENT_BYTES, TOLERANCES, as_reference, validate_artifact_graphs
 
+    segments = {"segment_bytes": segment_bytes or SEGMENT_BYTES}
     out_dir = Path(out_dir)
     tol = tolerance or TOLERANCES[dtype]
     dq_model = as_reference(dq_model, block_length, batch)   # computed once for all three checks
@@ -837,7 +838,8 @@ def validate_quantized(dq_model, float_model, out_dir, graphs: dict, scheme: Qua
         exact = validate_artifact_graphs(dq_model, out_dir, graphs, block_length, max_context, batch, dtype,
                                          tol, progress=progress, files=files,
                                          session_config=EXACT_SESSION_CONFIG,
-                                         what="the PyTorch network with the same dequantized weights")
+                                         what="the PyTorch network with the same dequantized weights",
+                                         **segments)
     finally:
         for f in files.values():
             (out_dir / f).unlink(missing_ok=True)
@@ -855,11 +857,11 @@ def validate_quantized(dq_model, float_model, out_dir, graphs: dict, scheme: Qua
     if shipped and (scheme.format == "QDQ" or scheme.accuracy_level != 0):
         rep = validate_artifact_graphs(dq_model, out_dir, graphs, block_length, max_context, batch, dtype,
                                        SHIPPED_TOLERANCE, progress=progress,
-                                       what="the dequantized network (as shipped)")
+                                       what="the dequantized network (as shipped)", **segments)
         res["shipped_rel"] = summary(rep)
     if float_model is not None:
         vf = validate_artifact_graphs(float_model, out_dir, {"decode": graphs["decode"]}, block_length,
                                       max_context, batch, dtype, SHIPPED_TOLERANCE, progress=progress,
-                                      what="the float network")
+                                      what="the float network", **segments)
         res["vs_float_rel"] = summary(vf)
     return res, exact

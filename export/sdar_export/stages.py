@@ -8,7 +8,8 @@ its own peak exactly; elsewhere a thread samples the RSS every 10 ms.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import ctypes
 import sys
 import threading
 import time
@@ -27,6 +28,15 @@ def _status_bytes(key: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process freed back to the system. glibc keeps freed blocks in its heaps (and
+    ONNX Runtime's and torch's threads allocate from several), so without this a stage's freed
+    weights stay resident into the next stage (measured: 0.77 of 1.06 GiB after an ONNX Runtime
+    session closed)."""
+    with contextlib.suppress(OSError, AttributeError):   # not glibc: its allocator returns memory itself
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss_bytes() -> int:
@@ -114,6 +124,7 @@ class Stages:
         t = time.perf_counter()
         with PeakRSS() as mem:
             out = fn(*a, **kw)
+            release_freed_memory()
         seconds = time.perf_counter() - t
         self.records.append(StageRecord(name, seconds, mem.before, mem.peak, mem.after))
         self.log(f"done in {seconds:.2f} s, peak memory {mem.peak / 2**30:.2f} GiB")
@@ -129,7 +140,3 @@ def console():
         return Console(stderr=True, highlight=False)
     except ImportError:
         return None
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -33,13 +33,22 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ValidationError
-from .ort_segments import SegmentedGraph, numpy_to_ort_value, release_freed_memory
+from .ort_segments import SegmentedGraph, numpy_to_ort_value
 from .reference import ModelReference, StepCase, StepOutputs
+from .stages import release_freed_memory
 
 TOLERANCES = {"float32": (1e-4, 1e-5), "float16": (3e-2, 1e-2), "bfloat16": (1e-1, 2e-2)}
 
 
-SEGMENT_BYTES = 256 << 20   # weights per ONNX Runtime session while validating (sdar_export.ort_segments)
+# Weights per ONNX Runtime session while validating (sdar_export.ort_segments): a sixteenth of the
+# model, between 16 and 256 MiB. A float16 segment costs ONNX Runtime's CPU provider up to ~4x its
+# weights while its session starts (measured), so validation stays well under the model's size.
+SEGMENT_BYTES = 256 << 20
+MIN_SEGMENT_BYTES = 16 << 20
+
+
+def segment_bytes_for(model_bytes: int) -> int:
+    return max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, model_bytes // 16))
 
 
 @dataclass

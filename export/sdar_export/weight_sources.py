@@ -47,8 +47,8 @@ class DictWeights:
 
 class Dequantized:
     """``source`` with every weight of ``plan`` (sdar_export.quantize.QuantPlan) replaced by its
-    dequantized value; a tied head reads the dequantized embedding table when only the table is
-    quantized (the head then computes with the values the embedding lookup returns)."""
+    dequantized value. A tied head the plan leaves float keeps the float table even when the table
+    itself is quantized for the lookup (``--quantize-embeddings`` without ``--quantize-lm-head``)."""
 
     def __init__(self, source, plan):
         self.source, self.plan = source, plan
@@ -60,24 +60,14 @@ class Dequantized:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.source.shape(name)
 
-    def _quantized_name(self, name: str) -> str | None:
-        if name in self.plan.tensors:
-            return name
-        if name == HEAD and self.tied and EMBEDDING in self.plan.tensors:
-            return EMBEDDING
-        return None
-
     def get(self, name: str) -> torch.Tensor:
-        q = self._quantized_name(name)
-        if q is None:
+        if name not in self.plan.tensors:
             return self.source.get(name)
-        return torch.from_numpy(self.plan.tensors[q].dequantize()).to(self.dtype)
+        return torch.from_numpy(self.plan.tensors[name].dequantize()).to(self.dtype)
 
     def rows(self, name: str, ids) -> torch.Tensor:
-        q = self._quantized_name(name)
-        if q is None:
-            if hasattr(self.source, "rows"):
-                return self.source.rows(name, ids)
-            return self.source.get(name)[list(ids)]
-        qt = self.plan.tensors[q]
-        return torch.from_numpy(qt.dequantize_rows(list(ids))).to(self.dtype)
+        if name in self.plan.tensors:
+            return torch.from_numpy(self.plan.tensors[name].dequantize_rows(list(ids))).to(self.dtype)
+        if hasattr(self.source, "rows"):
+            return self.source.rows(name, ids)
+        return self.source.get(name)[list(ids)]
