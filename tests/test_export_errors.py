@@ -160,3 +160,43 @@ def test_trt_requested_without_tensorrt(ck, tmp_path):
         cli.export(ck, tmp_path / "out", engine="trt", max_context=16, quiet=True)
     assert "JetPack" in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ the options object
+
+
+def test_options_are_checked_when_built_before_anything_is_read(tmp_path):
+    """ExportOptions refuses bad values and combinations itself (no checkpoint needed), naming the
+    option and the fix; the command line builds the very same object."""
+    from sdar_export.options import ExportOptions
+
+    missing = tmp_path / "no-such-checkpoint"
+    cases = [({"engine": "tensorrt"}, "--engine must be 'onnx' or 'trt'"),
+             ({"dtype": "int8"}, "dtype must be float32, float16 or bfloat16"),
+             ({"group_size": 64}, "only apply to a quantized export; add --int4 or --int8"),
+             ({"symmetric": False}, "only apply to a quantized export"),
+             ({"quantize": "int4", "calibration": tmp_path / "c.txt"}, "--calibration only applies"),
+             ({"quantize": "int4", "group_size": 48}, "--group-size 48 must be a power of two"),
+             ({"quantize": "int4", "dtype": "bf16"}, "drop --bf16"),
+             ({"block_length": 0}, "--block-length must be positive"),
+             ({"batch": -1}, "--batch must be positive"),
+             ({"opset": 16}, "--opset 16 is too old")]
+    for kwargs, message in cases:
+        with pytest.raises(ExportError, match=message.replace("(", r"\(")):
+            ExportOptions(model_dir=missing, **kwargs)
+    opts = ExportOptions(model_dir=missing, dtype="fp16", quantize="int4")
+    assert opts.dtype == "float16" and opts.compute_dtype == "float16" and opts.scheme().bits == 4
+    assert opts.output_dir() == tmp_path / "no-such-checkpoint-sdar_rt-fp16-int4"
+    argv = [str(missing), "--fp16", "--int4", "--group-size", "64", "--skip-validate"]
+    assert ExportOptions.from_args(cli.parser().parse_args(argv)) == ExportOptions(
+        model_dir=missing, dtype="float16", quantize="int4", group_size=64, validate=False)
+
+
+def test_options_defaults_follow_the_config(pristine):
+    from sdar_export.options import ExportOptions
+
+    cfg = SDARConfig.from_file(pristine)
+    opts = ExportOptions(model_dir=pristine, block_length=8).for_config(cfg)
+    assert (opts.max_context, opts.prefill_chunk) == (1024, 256)   # min(4096, max_position_embeddings)
+    small = ExportOptions(model_dir=pristine, max_context=24).for_config(cfg)
+    assert small.prefill_chunk == 24

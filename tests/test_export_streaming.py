@@ -290,3 +290,27 @@ def test_cpu_engine_float_matrix_packed_in_pieces_equals_whole(monkeypatch, tmp_
     at, n = entry["data"]
     got = np.frombuffer((tmp_path / "f.bin").read_bytes()[at:at + n], np.float32)
     np.testing.assert_array_equal(got, pack_f32(w).data.reshape(-1))
+
+
+def test_bench_export_reports_every_stage(tmp_path, capsys):
+    """``python -m sdar_export.bench_export``: each stage with its time and peak memory, and the
+    artifact's size against the weights it stores (here the tiny preset, float32)."""
+    import json
+
+    from sdar_export.bench_export import main
+
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--workdir", str(tmp_path), "--max-context", "64", "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    names = [s["stage"] for s in res["stages"]]
+    assert names[:4] == ["load checkpoint", "build network", "export ONNX graphs",
+                         "validate with ONNX Runtime"]
+    peaks = [s["peak_rss"] for s in res["stages"]]
+    for s in res["stages"]:
+        assert s["seconds"] >= 0 and s["peak_rss"] >= max(s["rss_before"], s["rss_after"]) > 0
+    assert res["peak_rss_gib"] == round(max(peaks) / 2**30, 2)
+    # the graph files and the rope tables are a tenth of so small a model (the ratio at real sizes is
+    # test_export_memory's)
+    assert 1.0 <= res["graphs_and_weights_vs_weights"] <= 1.5
+    assert "export ONNX graphs" in capsys.readouterr().err

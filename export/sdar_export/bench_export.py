@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .make_checkpoint import PRESETS, make_checkpoint
+from .report import human_bytes
 from .stages import console
 
 GIB = 2**30
@@ -45,6 +46,8 @@ def summarize(report: dict, wall: float, settings: dict) -> dict:
         "graphs_and_weights_gib": round(report["graphs_and_weights_bytes"] / GIB, 3),
         "graphs_and_weights_vs_weights": round(report["graphs_and_weights_bytes"] / report["weights_bytes"],
                                                3),
+        "bytes": {k: report[f"{k}_bytes"]
+                  for k in ("checkpoint", "weights", "artifact", "graphs_and_weights")},
         "files": report["files"],
         "machine": report["machine"],
     }
@@ -55,12 +58,13 @@ def print_table(result: dict) -> None:
     lines = [f"{s['stage']}: {s['seconds']:.1f} s, peak {s['peak_rss'] / GIB:.2f} GiB "
              f"({s['peak_vs_checkpoint']:.2f}x the checkpoint)" for s in result["stages"]]
     r = result
+    size = {k: human_bytes(r["bytes"][k]) for k in r["bytes"]}
     tail = "; ".join([
-        f"peak {r['peak_rss_gib']:.2f} GiB = {r['peak_vs_checkpoint']:.2f}x the "
-        f"{r['checkpoint_gib']:.2f} GiB checkpoint",
-        f"graphs + weights file {r['graphs_and_weights_gib']:.2f} GiB = "
-        f"{r['graphs_and_weights_vs_weights']:.3f}x the {r['weights_gib']:.2f} GiB of weights they store",
-        f"whole artifact {r['artifact_gib']:.2f} GiB",
+        f"peak {r['peak_rss_gib']:.2f} GiB = {r['peak_vs_checkpoint']:.2f}x the {size['checkpoint']} "
+        "checkpoint",
+        f"graphs + weights file {size['graphs_and_weights']} = {r['graphs_and_weights_vs_weights']:.3f}x "
+        f"the {size['weights']} of weights they store",
+        f"whole artifact {size['artifact']}",
         f"{r['wall_seconds']:.0f} s"])
     if c is None:
         print("\n".join([*lines, tail]), file=sys.stderr)

@@ -209,6 +209,27 @@ def load_weights(model_dir: str | Path, cfg: SDARConfig, dtype="float32") -> dic
     return out
 
 
+def read_exportable_config(model_dir: Path) -> SDARConfig:
+    """The checkpoint's config, refusing what sdar-export cannot export (before any weight is read)."""
+    from .quantize import check_not_quantized  # noqa: PLC0415
+
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: checkpoint directory not found.")
+    cfg = SDARConfig.from_file(model_dir)
+    if cfg.autoregressive:
+        # Even at block length 1 the runtime reads the logits of each masked position itself (no
+        # shift), which an autoregressive model spends on the position after it.
+        raise CheckpointError(
+            f"{model_dir / 'config.json'}: model_type {cfg.declared_model_type!r} is a plain autoregressive "
+            "model, not an SDAR block-diffusion model. sdar_rt fills masked positions from their own "
+            "logits, which such a model was never trained to give (at any --block-length, 1 included), so "
+            "its output would be wrong text. Export an SDAR checkpoint (model_type 'sdar' or 'sdar_moe'); "
+            "if this checkpoint is an SDAR model whose config.json says otherwise, set its model_type to "
+            f"{cfg.model_type!r}.")
+    check_not_quantized(model_dir)
+    return cfg
+
+
 def read_eos_ids(model_dir: str | Path) -> list[int]:
     """EOS ids from generation_config.json (int or list); falls back to config.json's eos_token_id."""
     d = Path(model_dir)

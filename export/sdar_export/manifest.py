@@ -4,9 +4,20 @@ runtime's own validator when sdar_rt is importable. No torch import here."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from . import EXPORTER_VERSION
+
+# What the runtime reads from the checkpoint besides the weights (the tokenizer, the chat template,
+# the stop ids), copied as they are.
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json")
+
+
+def copy_checkpoint_files(model_dir: Path, out_dir: Path) -> None:
+    for f in COPIED_FILES:
+        if (Path(model_dir) / f).exists():
+            shutil.copy2(Path(model_dir) / f, Path(out_dir) / f)
 
 
 def manifest_api():

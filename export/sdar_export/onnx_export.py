@@ -369,6 +369,28 @@ def export_all(model: SDARModel, recipes: dict, out_dir: str | Path, block_lengt
     return graphs
 
 
+def export_artifact_graphs(skeleton, network, plan, directory: Path, opts, progress=None):
+    """Every graph of the artifact, traced from ``skeleton`` (sdar_export.model.graph_skeleton), all
+    reading one weights file written from ``network`` (a weight source) and the quantization
+    ``plan``; ``opts``: sdar_export.options.ExportOptions. Returns (the manifest's graphs section, the
+    quantized node counts per graph)."""
+    from .graph_weights import GraphWeights  # noqa: PLC0415
+    from .quantize import make_rewriter  # noqa: PLC0415
+    from .weight_store import WeightStore  # noqa: PLC0415
+
+    model, params = skeleton
+    counts: dict = {}
+    with WeightStore(directory) as store:
+        weights = GraphWeights(network, store, plan.graph_names if plan is not None else None)
+        rewrite = make_rewriter(plan, opts.dtype, counts, store) if plan is not None else None
+        # TensorRT's graph, unless the weights are in a form only ONNX Runtime runs (MatMulNBits)
+        for_trt = plan is None or plan.scheme.format == "QDQ"
+        graphs = export_all(model, params.recipes_of(model), directory, opts.block_length, weights,
+                            batch=opts.batch, opset=opts.opset, progress=progress, rewrite=rewrite,
+                            trt=for_trt)
+    return graphs, counts
+
+
 def graph_manifest_entry(model: SDARModel, spec: GraphSpec, out_dir: Path, batch: int) -> dict:
     cfg = model.config
     n, kvh, D = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim

@@ -150,3 +150,12 @@ class ExportOptions:
         if self.quantize is not None:
             suffix += f"-{self.quantize}"
         return self.model_dir.parent / f"{self.model_dir.name}-sdar_rt-{suffix}"
+
+    def checked_output_dir(self) -> Path:
+        """:meth:`output_dir`, refused when it exists (without ``force``) or is the checkpoint itself."""
+        out = self.output_dir()
+        if out.exists() and not self.force:
+            raise ExportError(f"{out} already exists; pass --force to overwrite it (or choose another -o).")
+        if out.resolve() == self.model_dir.resolve():
+            raise ExportError(f"output {out} is the checkpoint directory itself; choose another -o.")
+        return out

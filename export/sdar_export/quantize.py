@@ -754,9 +754,12 @@ def make_rewriter(plan: QuantPlan, dtype: str, stats: dict | None = None, store=
     return rewrite
 
 
-def manifest_section(plan: QuantPlan, dtype: str, counts: dict) -> dict:
+def manifest_section(plan: QuantPlan, dtype: str, counts: dict, awq=None,
+                     validation: dict | None = None) -> dict:
+    """The manifest's ``quantization`` section; ``awq``: the AWQ result (sdar_export.awq.AwqResult),
+    ``validation``: validate_quantized's record."""
     s = plan.scheme
-    return {
+    section = {
         "weights": s.weights,
         "bits": s.bits,
         "group_size": s.group_size,
@@ -769,6 +772,11 @@ def manifest_section(plan: QuantPlan, dtype: str, counts: dict) -> dict:
         "lm_head": f"int{s.bits_of('lm_head.weight')}" if s.quantize_lm_head else dtype,
         "nodes": counts,
     }
+    if awq is not None:
+        section["awq"] = awq.manifest()
+    if validation is not None:
+        section["validation"] = validation
+    return section
 
 
 def with_accuracy_level(m, level: int):

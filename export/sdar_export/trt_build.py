@@ -327,3 +327,22 @@ def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_ch
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, mpath)
     return entry
+
+
+def check_artifact_engine(artifact_dir: Path, engine: str) -> None:
+    """Refuse to build engines for an artifact whose graphs the engine cannot run (no torch)."""
+    from .manifest import read_manifest  # noqa: PLC0415
+
+    try:
+        from sdar_rt.artifact import check_engine_support  # noqa: PLC0415
+    except Exception:  # sdar_rt not importable: read the manifest directly
+        check_engine_support = None
+    manifest = read_manifest(artifact_dir)
+    if check_engine_support is not None:
+        try:
+            check_engine_support(manifest, engine, str(artifact_dir / "manifest.json"))
+        except ValueError as e:
+            raise ExportError(str(e)) from e
+    elif (manifest.get("quantization") or {}).get("format") == "MatMulNBits" and engine == "trt":
+        raise ExportError(f"{artifact_dir}: MatMulNBits graphs cannot be built by TensorRT; re-export with "
+                          "--quant-format QDQ (or --engine trt).")

@@ -214,3 +214,19 @@ def require_supported(path: str | Path) -> None:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UnsupportedGraph(f"{path}: TensorRT 10.3's ONNX parser does not document support for:"
                                f"\n  {shown}{more}\n(source: {SOURCE})")
+
+
+def check_for_tensorrt(art: Path, graphs: dict, engine: str, log) -> None:
+    """The trt graph against TensorRT 10.3's documented ONNX support: an export for --engine trt
+    fails naming the node; otherwise a note says the artifact will not build on TensorRT."""
+    if "trt" not in graphs:
+        return
+    try:
+        require_supported(art / graphs["trt"]["file"])
+    except UnsupportedGraph as e:
+        detail = str(e).split(": ", 1)[1]   # without the staging directory's path
+        if engine == "trt":
+            from .errors import ExportError  # noqa: PLC0415
+
+            raise ExportError(f"the trt graph cannot go to TensorRT: {detail}") from e
+        log(f"note: TensorRT will not build this artifact: {detail}")

@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .ort_segments import SegmentedGraph, numpy_to_ort_value
-from .reference import ModelReference, StepCase, StepOutputs
+from .reference import ModelReference, ReferenceNetwork, StepCase, StepOutputs
 from .stages import release_freed_memory
 
 TOLERANCES = {"float32": (1e-4, 1e-5), "float16": (3e-2, 1e-2), "bfloat16": (1e-1, 2e-2)}
@@ -261,6 +261,43 @@ def validate_artifact_graphs(reference, out_dir: str | Path, graphs: dict, block
                               + "\nThis is an exporter bug (or a corrupted file); rerun with "
                                 "--skip-validate only to inspect the artifact.")
     return reports
+
+
+def validate_export(reference, checkpoint_weights, plan, graphs: dict, directory: Path, opts, stages,
+                    checkpoint_bytes: int):
+    """The export's validation stage: ONNX Runtime against PyTorch for every graph (``reference``: the
+    network the graphs compute; for a quantized export also against the float network of
+    ``checkpoint_weights``); returns (the manifest's validation errors, the tolerance, the
+    quantization's validation record or None)."""
+    tol = opts.tolerance or TOLERANCES[opts.dtype]
+    args = (directory, graphs, opts.block_length, opts.max_context, opts.batch, opts.dtype, tol)
+    segments = segment_bytes_for(checkpoint_bytes)
+    quant = None
+    if plan is None:
+        reports = stages.run("validate with ONNX Runtime", validate_artifact_graphs, reference, *args,
+                             progress=stages.log, segment_bytes=segments)
+    else:
+        from .quantize import validate_quantized  # noqa: PLC0415
+
+        float_network = ReferenceNetwork(checkpoint_weights, opts.dtype, opts.compute_dtype,
+                                         opts.block_length, opts.batch)
+        quant, reports = stages.run("validate with ONNX Runtime (vs dequantized network)", validate_quantized,
+                                    reference, float_network, directory, graphs, plan.scheme,
+                                    opts.block_length, opts.max_context, opts.batch, opts.dtype, tol,
+                                    progress=stages.log, segment_bytes=segments)
+        vf = quant.get("vs_float_rel", {}).get("decode", {})
+        if "logits" in vf:
+            stages.log(f"quantization error (informational): decode logits rel err vs float "
+                       f"{vf['logits']:.3e}, worst K/V {vf['max']:.3e}")
+    for line in format_report(reports).splitlines():
+        stages.detail(line)
+    return {k: r.errors for k, r in reports.items()}, tol, quant
+
+
+def network_reference(network, opts) -> CachedReference:
+    """The PyTorch network the graphs compute, run layer by layer (computed once per step)."""
+    return CachedReference(ReferenceNetwork(network, opts.dtype, opts.compute_dtype, opts.block_length,
+                                            opts.batch))
 
 
 def format_report(reports: dict[str, ValidationReport]) -> str:

@@ -71,3 +71,21 @@ class Dequantized:
         if hasattr(self.source, "rows"):
             return self.source.rows(name, ids)
         return self.source.get(name)[list(ids)]
+
+
+def stored_bytes(network, plan, dtype: str) -> int:
+    """The network's weights as the artifact stores them, each once: float tensors in the artifact's
+    dtype (the tied head counted with the embedding table), quantized ones at their packed size."""
+    size = torch.empty(0, dtype=to_torch_dtype(dtype)).element_size()
+    total = 0
+    quantized = set(plan.tensors) if plan is not None else set()
+    for name in network.names():
+        if name in quantized:
+            continue
+        if name == "lm_head.weight" and network.tied and "model.embed_tokens.weight" not in quantized:
+            continue
+        n = 1
+        for d in network.shape(name):
+            n *= d
+        total += n * size
+    return total + (plan.packed_bytes() if plan is not None else 0)
