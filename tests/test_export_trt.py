@@ -297,9 +297,19 @@ def test_engine_onnx_on_artifact_is_refused(fp16_art):
         cli.export(fp16_art, None)
 
 
-def test_graph_weight_bytes_counts_every_initializer(fp16_art):
+def test_graph_weight_bytes_counts_every_initializer(fp16_art, tmp_path):
     m = onnx.load(str(fp16_art / "trt.onnx"))
     want = sum(np.prod(t.dims, dtype=np.int64) * 2 for t in m.graph.initializer if t.data_type == 10)
     want += sum(np.prod(t.dims, dtype=np.int64) * 4 for t in m.graph.initializer if t.data_type in (1, 6))
     want += sum(np.prod(t.dims, dtype=np.int64) * 8 for t in m.graph.initializer if t.data_type == 7)
     assert trt_build.graph_weight_bytes(fp16_art / "trt.onnx") == want
+    # tied embeddings: the head is Transpose(table), and the plan holds the folded transpose too
+    ck = make_checkpoint(tmp_path / "tied", seed=4, tie_word_embeddings=True)
+    art = cli.export(ck, tmp_path / "art", dtype="float16", max_context=16, skip_validate=True, quiet=True,
+                     cpu_engine=False)
+    m = onnx.load(str(art / "trt.onnx"), load_external_data=False)
+    table = next(t for t in m.graph.initializer if list(t.dims) == [512, 128])
+    every = sum(int(np.prod(t.dims, dtype=np.int64)) * {10: 2, 7: 8}.get(t.data_type, 4)
+                for t in m.graph.initializer)
+    assert trt_build.graph_weight_bytes(art / "trt.onnx") == every + 512 * 128 * 2
+    assert table.data_type == 10

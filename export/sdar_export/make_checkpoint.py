@@ -49,7 +49,14 @@ PRESETS = {
     "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
                        tie_word_embeddings=True),
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                     tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                     tie_word_embeddings=False),
 }
+SHARD_BYTES = 5 * 10**9     # what Hugging Face's save_pretrained writes per shard by default
 
 
 def build_tokenizer(vocab_size: int):
@@ -115,6 +122,11 @@ def _config_dict(preset: str, moe: bool, vocab_size, dtype: str, overrides: dict
 
 def random_weights(cfg_dict: dict, seed: int = 0) -> dict:
     """Random float32 weights for every tensor; std chosen so logits spread well (std ~3)."""
+    return dict(random_tensors(cfg_dict, seed))
+
+
+def random_tensors(cfg_dict: dict, seed: int = 0):
+    """(name, random float32 tensor) for every tensor in turn (the values of :func:`random_weights`)."""
     import torch
 
     from .checkpoint import expected_tensor_shapes
@@ -122,7 +134,6 @@ def random_weights(cfg_dict: dict, seed: int = 0) -> dict:
 
     cfg = SDARConfig.from_dict(cfg_dict)
     g = torch.Generator().manual_seed(seed)
-    out = {}
     for name, shape in expected_tensor_shapes(cfg).items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -136,36 +147,71 @@ def random_weights(cfg_dict: dict, seed: int = 0) -> dict:
             t = torch.randn(shape, generator=g) * (2.0 / math.sqrt(shape[1]))
         else:
             t = torch.randn(shape, generator=g) * (1.0 / math.sqrt(shape[1]))
-        out[name] = t.contiguous()
-    return out
+        yield name, t.contiguous()
 
 
 def make_checkpoint(out_dir, preset: str = "tiny", seed: int = 0, moe: bool = False, vocab_size=None,
                     dtype: str = "float32", shards: int = 1, **overrides) -> Path:
-    """Write a random checkpoint in the released SDAR format; returns the directory."""
+    """Write a random checkpoint in the released SDAR format; returns the directory.
+
+    ``shards`` > 1 deals the tensors round-robin over that many files. A checkpoint over 5 GB is
+    written in consecutive shards of at most 5 GB, as Hugging Face writes one, one shard in memory
+    at a time (the 8B shape is 16 GB)."""
     import torch
-    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _config_dict(preset, moe, vocab_size, dtype, overrides)
     tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    W = {k: v.to(tdt).contiguous() for k, v in random_weights(cfg, seed).items()}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    names = list(W)
-    if shards <= 1:
-        save_file(W, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tensors = ((k, v.to(tdt).contiguous()) for k, v in random_tensors(cfg, seed))
+    if shards > 1:
+        W = dict(tensors)
+        names = list(W)
+        _write_shards(out, [{k: W[k] for k in names[s::shards]} for s in range(shards)])
     else:
-        weight_map, total = {}, 0
-        for s in range(shards):
-            fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-            part = {k: W[k] for k in names[s::shards]}
-            save_file(part, str(out / fname), metadata={"format": "pt"})
-            for k, v in part.items():
-                weight_map[k] = fname
-                total += v.numel() * v.element_size()
-        (out / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+        _write_consecutive_shards(out, tensors)
+    _write_tokenizer_files(out, cfg)
+    return out
+
+
+def _write_shards(out: Path, parts) -> None:
+    """``parts`` (an iterable of name -> tensor dicts) as model-0000i-of-0000N.safetensors + index;
+    one part alone is model.safetensors."""
+    from safetensors.torch import save_file
+
+    written, weight_map, total = [], {}, 0
+    for s, part in enumerate(parts):
+        tmp = out / f".part-{s}.safetensors"
+        save_file(part, str(tmp), metadata={"format": "pt"})
+        written.append((tmp, list(part)))
+        total += sum(v.numel() * v.element_size() for v in part.values())
+    if len(written) == 1:
+        written[0][0].rename(out / "model.safetensors")
+        return
+    for s, (tmp, names) in enumerate(written):
+        fname = f"model-{s + 1:05d}-of-{len(written):05d}.safetensors"
+        tmp.rename(out / fname)
+        weight_map.update(dict.fromkeys(names, fname))
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+
+
+def _write_consecutive_shards(out: Path, tensors) -> None:
+    def parts():
+        part, size = {}, 0
+        for name, t in tensors:
+            n = t.numel() * t.element_size()
+            if part and size + n > SHARD_BYTES:
+                yield part
+                part, size = {}, 0
+            part[name], size = t, size + n
+        yield part
+
+    _write_shards(out, parts())
+
+
+def _write_tokenizer_files(out: Path, cfg: dict) -> None:
     tok = build_tokenizer(cfg["vocab_size"])
     tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab()
@@ -189,7 +235,6 @@ def make_checkpoint(out_dir, preset: str = "tiny", seed: int = 0, moe: bool = Fa
         "do_sample": False,
         "transformers_version": "4.52.0",
     }, indent=2) + "\n")
-    return out
 
 
 def main(argv=None) -> int:

@@ -100,21 +100,24 @@ def device_free_memory() -> int | None:
 
 
 def graph_weight_bytes(path: Path) -> int:
-    """Bytes of a graph's initializers (external data included), read from the ONNX file's tensor
-    headers without loading the weights."""
+    """Bytes of the weights a plan built from the graph holds, read from the ONNX file's tensor
+    headers without loading them: every initializer, plus each one a Transpose reads (the tied LM
+    head is ``Transpose(embedding table)``: the plan keeps the table for the lookup and its folded
+    transpose for the head)."""
     import onnx  # noqa: PLC0415
 
     m = onnx.load(str(path), load_external_data=False)
-    total = 0
+    size = {}
     for t in m.graph.initializer:
         count = 1
         for d in t.dims:
             count *= d
         if t.data_type in (21, 22):   # uint4 / int4: two per byte
-            total += (count + 1) // 2
+            size[t.name] = (count + 1) // 2
         else:
-            total += count * _ONNX_ELEMENT_BYTES.get(t.data_type, 4)
-    return total
+            size[t.name] = count * _ONNX_ELEMENT_BYTES.get(t.data_type, 4)
+    folded = sum(size[n.input[0]] for n in m.graph.node if n.op_type == "Transpose" and n.input[0] in size)
+    return sum(size.values()) + folded
 
 
 def profile_shapes(manifest: dict, chunk: int) -> dict[str, dict[str, tuple]]:
@@ -162,9 +165,8 @@ def _check_budget(art: Path, manifest: dict, chunk: int, log) -> dict:
         config = json.loads((art / "config.json").read_text(encoding="utf-8"))
     shape = mb.artifact_shape(manifest, config)
     dtype, B, L, S = manifest["dtype"], manifest["batch"], manifest["block_length"], manifest["max_context"]
+    # bfloat16 artifacts: the graph's matmul weights are already float32 (the exporter folds the casts)
     weights = graph_weight_bytes(art / manifest["graphs"][TRT_GRAPH]["file"])
-    if dtype == "bfloat16":   # float32 matmuls: TensorRT folds the weight casts to float32
-        weights *= 2
     scratch = mb.activation_estimate(shape, B, L, chunk, S, dtype) + \
         mb.loop_buffer_bytes(B, L, shape.vocab_size, S, chunk)
     kv = mb.kv_cache_bytes(shape.num_layers, shape.num_kv_heads, shape.head_dim, S, B, dtype)
