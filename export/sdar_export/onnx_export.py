@@ -20,8 +20,9 @@ dtypes (storage of weights and K/V; logits always float32, residual stream float
   float32  - compute float32.
   float16  - compute float16 (ONNX Runtime CPU runs fp16 MatMul/Add/Softmax etc.; checked with
              onnxruntime 1.32).
-  bfloat16 - weights and K/V stored bf16, matmuls in float32 (Cast after each weight / cache
-             read): ONNX Runtime CPU has no bf16 kernel for MatMul, Add, Mul, Where, Softmax, so a
+  bfloat16 - K/V cache and embedding table stored bf16, matmuls in float32 (a Cast after each
+             cache read; the weights' casts are folded, so the matmul weights are stored float32):
+             ONNX Runtime CPU has no bf16 kernel for MatMul, Add, Mul, Where, Softmax, so a
              bf16-compute graph could not be validated (or run) on CPU. TensorRT with the bf16
              flag may still lower the fp32 matmuls.
 """

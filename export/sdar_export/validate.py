@@ -179,8 +179,8 @@ def case_feeds(cfg, batch: int, dtype: str):
 def validate_graph(reference, path: str | Path, kind: str, num_logits: int | str, tokens: int | None,
                    block_length: int, max_context: int, batch: int = 1, dtype: str = "float32",
                    tolerance: tuple[float, float] | None = None, seed: int = 0,
-                   session_config: dict | None = None,
-                   segment_bytes: int = SEGMENT_BYTES) -> ValidationReport:
+                   session_config: dict | None = None, segment_bytes: int = SEGMENT_BYTES,
+                   progress=None) -> ValidationReport:
     """Compare one ONNX graph with the PyTorch network; returns a report (does not raise).
 
     ``reference``: an ``SDARModel`` or a reference (sdar_export.reference) over the same weights.
@@ -195,6 +195,9 @@ def validate_graph(reference, path: str | Path, kind: str, num_logits: int | str
     expected = ref.run(cases)
     rep = ValidationReport(graph=kind)
     graph = SegmentedGraph(path, segment_bytes)
+    if progress:
+        pieces = len(graph.segments)
+        progress(f"validating {Path(path).name}" + (f" in {pieces} pieces" if pieces > 1 else ""))
     quantized = any(n.op_type == "MatMulNBits" for n in graph.model.graph.node)
     graph.options = session_options(session_config, prepack=quantized)
     cfg = ref.config
@@ -250,11 +253,10 @@ def validate_artifact_graphs(reference, out_dir: str | Path, graphs: dict, block
     reports = {}
     for kind, g in graphs.items():
         f = (files or {}).get(kind, g["file"])
-        if progress:
-            progress(f"validating {f}")
         reports[kind] = validate_graph(ref, Path(out_dir) / f, kind, g["logits"], g["tokens"],
                                        block_length, max_context, batch, dtype, tolerance,
-                                       session_config=session_config, segment_bytes=segment_bytes)
+                                       session_config=session_config, segment_bytes=segment_bytes,
+                                       progress=progress)
     fails = [f for r in reports.values() for f in r.failures]
     if fails and raise_on_failure:
         raise ValidationError(f"exported graph(s) disagree with {what}:\n  " + "\n  ".join(fails)
