@@ -3,8 +3,9 @@
 ONNX Runtime's CPU provider keeps a graph's weights in memory while a session is open, and for a
 float16 graph it holds them as float32 (it has no float16 MatMul on most CPUs: about 2x the file,
 and over 4x while the session starts, measured with onnxruntime 1.32). A 1.7B float16 graph would
-need more memory than the whole export is allowed. So the graph's nodes, in their topological order,
-are cut into consecutive segments of at most ``budget`` bytes of weights each; a segment is saved as
+need more memory than the whole export is allowed. So the graph's nodes, in an order where each is
+computed just before its first use, are cut into consecutive segments of at most ``budget`` bytes of
+weights each; a segment is saved as
 a graph of its own (its initializers still point into the artifact's weights file), run for every
 case, and closed before the next one opens. The values a later segment reads from an earlier one
 are passed along as ONNX Runtime values. Every node of the graph runs exactly once per case, on
