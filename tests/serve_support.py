@@ -77,6 +77,13 @@ def serve_process(artifact: Path, log: Path, *args: str):
 def serve_in_thread(generator, **app_kwargs):
     """The app on a free loopback port, served by uvicorn in a thread of this process; yields the
     base url. Lets a test hold the Generator (its core lock) to make requests wait."""
+    with running_in_thread(generator, **app_kwargs) as (url, _server, _thread):
+        yield url
+
+
+@contextlib.contextmanager
+def running_in_thread(generator, **app_kwargs):
+    """As serve_in_thread; yields (base url, the uvicorn server, the thread running its loop)."""
     import uvicorn
     from sdar_rt.serve.app import create_app
     from sdar_rt.serve.cli import _listen
@@ -89,7 +96,7 @@ def serve_in_thread(generator, **app_kwargs):
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         wait_healthy(url)
-        yield url
+        yield url, server, thread
     finally:
         server.should_exit = True
         thread.join(30)

@@ -73,3 +73,19 @@ def test_first_stop():
     assert first_stop("hello world", ["xyz"]) is None
     # a stop string that straddles the previous end is found from `start`
     assert first_stop("abcSTOPx", ["STOP"], start=5) == 3
+
+
+def test_tokens_of_a_cut_text(tokenizer):
+    """The ids of text cut at a stop string: the shortest prefix whose decode holds the kept text,
+    for every cut of a multi-byte text (the token reaching into the cut is kept, the next is not)."""
+    from sdar_rt.incremental_text import tokens_of_text
+
+    text = "héllo wörld ☃ sorted: 1 2 3"
+    ids = tokenizer.encode(text).ids
+    dec = CountingDecoder(tokenizer)
+    for cut in range(len(text) + 1):
+        kept = tokens_of_text(dec, ids, text[:cut])
+        assert kept == ids[:len(kept)] and tokenizer.decode(kept).startswith(text[:cut])
+        assert not kept or not tokenizer.decode(kept[:-1]).startswith(text[:cut]), (cut, kept)
+    assert tokens_of_text(dec, ids, "") == [] and tokens_of_text(dec, ids, text) == ids
+    assert max(dec.lengths) <= len(ids) and len(dec.lengths) <= (len(text) + 1) * (len(ids).bit_length() + 1)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from .artifact import Artifact, load_artifact
 from .core_calls import CoreCall, running, start_thread
-from .incremental_text import IncrementalText, first_stop
+from .incremental_text import IncrementalText, first_stop, tokens_of_text
 from .tokenizer import Tokenizer
 from .unmasking import StepRows, UnmaskingStep
 
@@ -27,7 +27,8 @@ REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dyn
 
 @dataclass
 class GenerationOutput:
-    """One generated sequence: text, token ids (stop token excluded), why it ended, call stats."""
+    """One generated sequence: text, token ids (stop token excluded; cut with the text at a stop
+    string), why it ended, call stats."""
 
     text: str
     token_ids: list[int]
@@ -458,8 +459,9 @@ class Generator:
             text = tok.decode(ids)
             reason = row.finish_reason
             cut = first_stop(text, stop_strings) if stop_strings else None
-            if cut is not None:
+            if cut is not None:   # text and ids end where the stop string begins
                 text, reason = text[:cut], "stop"
+                ids = tokens_of_text(tok, ids, text)
             if reason == "cancelled" and string_stop[r]:
                 reason = "stop"
             if on_text is not None and text.startswith(emitted[r]) and len(text) > len(emitted[r]):

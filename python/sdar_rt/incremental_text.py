@@ -58,3 +58,19 @@ def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
     origin = max(0, start - longest + 1)
     hits = [i for i in (text.find(s, origin) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+def tokens_of_text(decoder: Decoder, ids: list[int], text: str) -> list[int]:
+    """The shortest prefix of ``ids`` whose decoded text begins with ``text`` (a prefix of
+    ``decoder.decode(ids)``): the tokens of the text a stop string cut, the one that reaches into the
+    stop string included when part of it is kept. Once a prefix's text holds ``text`` every longer
+    one does (more tokens only add text, or complete a character held as U+FFFD), so a binary
+    search decodes log2(len(ids)) prefixes."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if decoder.decode(ids[:mid]).startswith(text):
+            hi = mid
+        else:
+            lo = mid + 1
+    return list(ids[:lo])

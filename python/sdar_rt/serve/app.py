@@ -9,17 +9,21 @@ chunk per finished block (and, with ``show_unmasking``, one per denoising step),
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generator import Generator
+from .access import AccessPolicy
 from .errors import ApiError, from_generation
 from .job_events import ClientGone, job_events
+from .openapi import build_schema
 from .protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -34,6 +38,7 @@ from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_QUEUE = 64
+log = logging.getLogger("sdar_rt.serve")
 
 
 def create_app(
@@ -42,8 +47,12 @@ def create_app(
     model_name: str,
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allow_origins: list[str] | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
-    """The server for one Generator. The scheduler's worker starts with the app and stops with it."""
+    """The server for one Generator. The scheduler's worker starts with the app and stops with it.
+    ``allow_origins``: web page origins that may call it (none by default; sdar_rt.serve.access);
+    ``api_key``: required as a Bearer token on /v1/ when given."""
     state = _Server(generator, model_name, max_queue, max_body_bytes)
 
     @asynccontextmanager
@@ -84,14 +93,28 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion)
     async def chat_completions(request: Request) -> Response:
-        body = await state.checks.read(request, ChatCompletionRequest)
-        return await state.complete(request, body, chat=True)
+        return await state.complete(request, ChatCompletionRequest, chat=True)
 
     @app.post("/v1/completions", response_model=Completion)
     async def completions(request: Request) -> Response:
-        body = await state.checks.read(request, CompletionRequest)
-        return await state.complete(request, body, chat=False)
+        return await state.complete(request, CompletionRequest, chat=False)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = generator.spec
+            app.openapi_schema = build_schema(app, model_name=model_name, block_length=spec.block_length,
+                                              vocab_size=spec.vocab_size, api_key=api_key is not None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+    if allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(AccessPolicy, allowed_origins=allow_origins, api_key=api_key)
+        app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    else:
+        app.add_middleware(AccessPolicy, api_key=api_key)
     return app
 
 
@@ -111,9 +134,17 @@ class _Server:
         )
 
     # ------------------------------------------------------------------ completion
-    async def complete(self, request: Request, body: Any, chat: bool) -> Response:
+    async def complete(self, request: Request, model: type, chat: bool) -> Response:
+        try:
+            body = await self.checks.read(request, model)
+        except ClientGone:
+            log.debug("%s %s: the client left during the upload", request.method, request.url.path)
+            return Response(status_code=499)
         self.checks.check_model(body.model)
-        prompt_ids = self.checks.prompt_ids(body, chat)
+        if request.state.large:   # tokenizing a long prompt takes a while: not on the event loop
+            prompt_ids = await run_in_threadpool(self.checks.prompt_ids, body, chat)
+        else:
+            prompt_ids = self.checks.prompt_ids(body, chat)
         params = self.checks.params(body, chat, len(prompt_ids))
         job = Job(prompt_ids, params, asyncio.get_running_loop(), want_steps=body.show_unmasking)
         try:

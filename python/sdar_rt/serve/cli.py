@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
@@ -15,9 +17,14 @@ def _err(msg: str) -> None:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: any free port), so the address printed is the one in use."""
+    """A listening socket (port 0: any free port), so the address printed is the one in use.
+
+    Made with protocol IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on the connections it accepts
+    only when the socket says it is TCP. Without it, Nagle's algorithm holds each reply's last
+    segment until the client's delayed ACK, about 40 ms for every request after the first on a
+    kept-alive connection (how every OpenAI client talks)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -26,6 +33,13 @@ def _listen(host: str, port: int) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
     sock.listen(2048)
     return sock
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default=None, choices=["cpu", "cuda"], help="default: cuda for TensorRT, cpu otherwise"
     )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin (e.g. http://localhost:3000) that may call the server from a browser; "
+        "repeatable, '*' for any. Default: none (requests carrying another page's Origin get 403)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key as 'Authorization: Bearer KEY' on /v1/ (the openai client's api_key); "
+        "also read from SDAR_SERVE_API_KEY",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
     a = p.parse_args(argv)
@@ -72,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.max_queue < 1 or a.max_body_bytes < 1:
         _err("sdar-serve: error: --max-queue and --max-body-bytes must be positive")
         return 2
+    api_key = a.api_key or os.environ.get("SDAR_SERVE_API_KEY") or None
     try:
         from ..generator import Generator
 
@@ -88,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         f"sdar-serve: serving '{name}' on http://{shown}:{port}/v1 (engine {type(gen.engine).__name__}, "
         f"batch {spec.batch}, block length {spec.block_length}, max context {spec.max_context})"
     )
-    app = create_app(gen, model_name=name, max_queue=a.max_queue, max_body_bytes=a.max_body_bytes)
+    if api_key is None and not _loopback(host):
+        _err(f"sdar-serve: warning: listening on {host} without --api-key: anyone who can reach this address "
+             "can use the model")
+    app = create_app(gen, model_name=name, max_queue=a.max_queue, max_body_bytes=a.max_body_bytes,
+                     allow_origins=a.allow_origin, api_key=api_key)
     config = uvicorn.Config(
         app, log_level=a.log_level, access_log=not a.no_access_log, timeout_graceful_shutdown=5
     )

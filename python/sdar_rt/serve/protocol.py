@@ -1,16 +1,21 @@
 """Request and response bodies of the OpenAI-compatible endpoints (pydantic).
 
-Requests are validated strictly (a string is not a number, a number is not a bool); fields the
-server does not know are ignored, as OpenAI clients send many. The SDAR decoding knobs are extra
-request fields: ``threshold``, ``denoising_steps``, ``remasking``, ``fused_commit``, plus ``top_k``,
+Requests are validated strictly (a string is not a number, a number is not a bool; an integral
+number written as a float, ``16.0``, is an integer, as JSON Schema counts it); fields the server
+does not know are ignored, as OpenAI clients send many. The SDAR decoding knobs are extra request
+fields: ``threshold``, ``denoising_steps``, ``remasking``, ``fused_commit``, plus ``top_k``,
 ``show_unmasking`` (stream the denoising steps) and ``return_token_ids``.
+
+Options the server refuses with a message of its own (``n`` > 1, penalties, tools, ...) keep a
+lenient type here and say in their JSON schema (``json_schema_extra``) the one value accepted, so
+the published OpenAPI schema describes exactly what a request may hold (sdar_rt.serve.openapi).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..generator import REMASKING_POLICIES
 
@@ -18,6 +23,28 @@ Remasking = Literal["sequential", "low_confidence_static", "low_confidence_dynam
 assert set(get_args(Remasking)) == set(REMASKING_POLICIES)
 
 MAX_STOP = 16
+
+
+def _integral(value: Any) -> Any:
+    """16.0 -> 16 (a JSON number with no fraction is an integer); anything else is left to the
+    strict int check (so 16.5, "16" and true are still refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def json_int(**constraints: Any) -> Any:
+    """An int field that also takes an integral float; ``constraints`` are Field's (ge, le, ...). The
+    constraints sit on the int itself, so the JSON schema says minimum / maximum."""
+    return Annotated[Annotated[int, Field(**constraints)], BeforeValidator(_integral)]
+
+
+JsonInt = json_int()
+
+
+def _only(value: Any) -> dict[str, Any]:
+    """JSON schema of an option whose only accepted value is ``value`` (the server refuses others)."""
+    return {"json_schema_extra": {"const": value}}
 
 
 class _Body(BaseModel):
@@ -32,22 +59,26 @@ class _GenerationFields(_Body):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: json_int(ge=1) | None = None
     temperature: Annotated[float, Field(ge=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    seed: Annotated[int, Field(ge=0, lt=2**64)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    top_k: json_int(ge=0) | None = None
+    seed: json_int(ge=0, lt=2**64) | None = None
+    stop: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)]
+        | None
+    ) = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1)] = 1
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    n: json_int(ge=1, json_schema_extra={"maximum": 1}) = 1
+    presence_penalty: Annotated[float, Field(**_only(0))] | None = None
+    frequency_penalty: Annotated[float, Field(**_only(0))] | None = None
+    logit_bias: Annotated[dict[str, float], Field(json_schema_extra={"maxProperties": 0})] | None = None
     user: str | None = None
     # SDAR decoding
     threshold: Annotated[float, Field(gt=0, le=1)] | None = None
-    denoising_steps: Annotated[int, Field(ge=1)] | None = None
+    denoising_steps: json_int(ge=1) | None = None
     remasking: Remasking | None = None
     fused_commit: bool | None = None
     show_unmasking: bool = False
@@ -55,6 +86,11 @@ class _GenerationFields(_Body):
 
 
 class TextPart(_Body):
+    """A content part; only text parts are served (others are refused with a message saying so)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=lambda schema, _: schema.update(
+        required=["type", "text"], properties={"type": {"const": "text"}, "text": {"type": "string"}}))
+
     type: str
     text: str | None = None
 
@@ -67,21 +103,43 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_GenerationFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    max_completion_tokens: json_int(ge=1) | None = None
+    logprobs: Annotated[bool, Field(**_only(False))] | None = None
+    top_logprobs: JsonInt | None = None
+    tools: Annotated[list[dict[str, Any]], Field(json_schema_extra={"maxItems": 0})] | None = None
+    response_format: (
+        Annotated[dict[str, Any], Field(json_schema_extra={"const": {"type": "text"}})] | None
+    ) = None
+
+
+TokenIds = Annotated[list[json_int(ge=0)], Field(min_length=1)]
+_ONE_PROMPT = {"minItems": 1, "maxItems": 1}   # a list of prompts holds one (batching is the server's)
 
 
 class CompletionRequest(_GenerationFields):
     prompt: (
-        str | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | list[str] | list[list[int]]
+        Annotated[str, Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(json_schema_extra=_ONE_PROMPT)]
+        | Annotated[list[TokenIds], Field(json_schema_extra=_ONE_PROMPT)]
     )
-    echo: bool | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
+    echo: Annotated[bool, Field(**_only(False))] | None = None
+    logprobs: json_int(**_only(0)) | None = None
+    suffix: Annotated[str, Field(json_schema_extra={"maxLength": 0})] | None = None
+    best_of: json_int(**_only(1)) | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body: every status other than 200."""
+
+    error: ErrorDetail
 
 
 # ---------------------------------------------------------------------------- responses

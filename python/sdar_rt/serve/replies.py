@@ -98,7 +98,13 @@ class Reply:
 
     # ------------------------------------------------------------------ streaming
     def _chunk(
-        self, delta: str | None, finish_reason: str | None = None, *, role: bool = False, **extra: Any
+        self,
+        delta: str | None,
+        finish_reason: str | None = None,
+        *,
+        role: bool = False,
+        token_ids: list[int] | None = None,
+        **extra: Any,
     ) -> str:
         if self.chat:
             content: dict[str, Any] = {}
@@ -116,6 +122,8 @@ class Reply:
         else:
             choice = {"index": 0, "text": delta or "", "finish_reason": finish_reason, "logprobs": None}
             kind = "text_completion"
+        if token_ids is not None:   # the last chunk's choice, as in a whole answer
+            choice["token_ids"] = token_ids
         chunk = {
             "id": self.id,
             "object": kind,
@@ -156,11 +164,7 @@ class Reply:
                     yield _sse(from_generation(value).body())
                     break
                 else:  # done
-                    yield self._chunk(
-                        None,
-                        value.finish_reason,
-                        **({"token_ids": list(value.token_ids)} if self.body.return_token_ids else {}),
-                    )
+                    yield self._chunk(None, value.finish_reason, token_ids=self._token_ids(value))
                     options = self.body.stream_options
                     if options is not None and options.include_usage:
                         usage = self.usage(value).model_dump(mode="json")
