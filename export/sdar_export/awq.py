@@ -387,11 +387,11 @@ class AwqScaled:
         return scaled(t, self.ops[name]) if name in self.ops else t
 
     def rows(self, name: str, ids):
+        from .weight_sources import rows_of  # noqa: PLC0415
+
         if name in self.ops:
             return self.get(name)[list(ids)]
-        if hasattr(self.source, "rows"):
-            return self.source.rows(name, ids)
-        return self.source.get(name)[list(ids)]
+        return rows_of(self.source, name, ids)
 
 
 # --------------------------------------------------------------------------- entry point

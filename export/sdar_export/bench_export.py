@@ -26,10 +26,6 @@ from .stages import console
 GIB = 2**30
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def summarize(report: dict, wall: float, settings: dict) -> dict:
     """The benchmark's JSON: the settings, the stages with their ratios, the sizes and their ratios."""
     ck = report["checkpoint_bytes"]

@@ -15,6 +15,8 @@ HF tensors, transposed or stacked, in the graph's dtype) and becomes:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .weight_store import MIN_BYTES, WeightStore, content_name
@@ -31,7 +33,7 @@ def onnx_type(dtype: torch.dtype) -> int:
 def tensor_chunks(t: torch.Tensor):
     """A tensor's bytes in row-major order, in pieces of about 64 MiB (no copy of the whole)."""
     t = t.contiguous()
-    flat = t.view(-1).view(torch.uint8) if t.dtype != torch.bool else t.view(-1).to(torch.uint8)
+    flat = t.view(-1).view(torch.uint8)
     for start in range(0, flat.numel(), _CHUNK_BYTES):
         yield memoryview(flat[start:start + _CHUNK_BYTES].numpy())
 
@@ -75,7 +77,7 @@ class GraphWeights:
             t = TensorProto(name=q, data_type=elem, dims=recipe.shape, data_location=TensorProto.EXTERNAL)
             e = t.external_data.add()
             e.key, e.value = "location", PENDING_QUANTIZED
-        elif _numel(recipe.shape) * torch.empty(0, dtype=recipe.dtype).element_size() < MIN_BYTES:
+        elif math.prod(recipe.shape) * recipe.dtype.itemsize < MIN_BYTES:
             data = b"".join(bytes(c) for c in self._recipe_chunks(recipe))
             t = TensorProto(name=content_name(elem, recipe.shape, [data]), data_type=elem, dims=recipe.shape,
                             raw_data=data)
@@ -96,9 +98,9 @@ class GraphWeights:
                 and head.dtype == embedding.dtype
                 and self._quantized_name(head) is None and self._quantized_name(embedding) is None)
 
-    def bind(self, m, recipes: dict) -> list[str]:
+    def bind(self, m, recipes: dict) -> None:
         """Replace the parameter inputs of traced graph ``m`` (input name -> recipe) by initializers
-        (and the tied head's Transpose); returns the names of the bound inputs."""
+        (and the tied head's Transpose)."""
         from onnx import helper
 
         from .ort_graph import prepend_nodes  # noqa: PLC0415
@@ -128,14 +130,6 @@ class GraphWeights:
         m.graph.input.extend(keep)
         m.graph.initializer.extend(inits.values())
         prepend_nodes(m, front)
-        return params
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def pending_quantized(m) -> list[str]:

@@ -39,7 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import ExportError
-from .graph_weights import GraphWeights
+from .graph_weights import GraphWeights, onnx_type, pending_quantized
 from .model import SDARModel, dtype_name
 
 
@@ -226,8 +226,6 @@ def export_graph(model: SDARModel, recipes: dict, spec: GraphSpec, path: str | P
     """
     import onnx
 
-    from .graph_weights import pending_quantized  # noqa: PLC0415
-
     path = Path(path)
     m = trace_graph(model, spec, block_length, batch, opset)
     weights.bind(m, {"model." + k: v for k, v in recipes.items()})
@@ -311,8 +309,7 @@ def restore_unused_inputs(m, in_names: list[str], model: SDARModel, batch: int,
     if not missing:
         return []
     cfg = model.config
-    elem = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
-            torch.bfloat16: TensorProto.BFLOAT16}[model.dtype_]
+    elem = onnx_type(model.dtype_)
     new = []
     for name in in_names:
         if name in have:
@@ -328,11 +325,6 @@ def restore_unused_inputs(m, in_names: list[str], model: SDARModel, batch: int,
     del m.graph.input[:]
     m.graph.input.extend(new)
     return missing
-
-
-def unused_inputs(path: str | Path) -> list[str]:
-    """Graph inputs that no node reads (see restore_unused_inputs)."""
-    return graph_file_facts(path)[0]
 
 
 def graph_file_facts(path: str | Path) -> tuple[list[str], str | None]:
@@ -375,7 +367,6 @@ def export_artifact_graphs(skeleton, network, plan, directory: Path, opts, progr
     reading one weights file written from ``network`` (a weight source) and the quantization
     ``plan``; ``opts``: sdar_export.options.ExportOptions. Returns (the manifest's graphs section, the
     quantized node counts per graph)."""
-    from .graph_weights import GraphWeights  # noqa: PLC0415
     from .quantize import make_rewriter  # noqa: PLC0415
     from .weight_store import WeightStore  # noqa: PLC0415
 

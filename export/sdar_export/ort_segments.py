@@ -21,19 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from .stages import release_freed_memory
+from .weight_store import ELEMENT_BYTES, tensor_bytes
 
 _ELEM = {"tensor(float)": 1, "tensor(uint8)": 2, "tensor(int8)": 3, "tensor(int32)": 6, "tensor(int64)": 7,
          "tensor(bool)": 9, "tensor(float16)": 10, "tensor(double)": 11, "tensor(bfloat16)": 16}
-_BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2}
-
-
-def tensor_bytes(t) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    if t.data_type in (21, 22):        # int4 / uint4: two per byte
-        return (n + 1) // 2
-    return n * _BYTES.get(t.data_type, 4)
 
 
 def _demand_order(nodes: list, outputs: list[str]) -> list:
@@ -132,7 +123,8 @@ def copy_ort_value(v):
     shape = v.shape()
     elem = _ELEM[v.data_type()]
     n = int(np.prod(shape)) if shape else 1
-    raw = np.frombuffer(ctypes.string_at(v.data_ptr(), n * _BYTES[elem]) if n else b"", np.uint8).copy()
+    data = ctypes.string_at(v.data_ptr(), n * ELEMENT_BYTES[elem]) if n else b""
+    raw = np.frombuffer(data, np.uint8).copy()
     if elem == 9:
         a = raw.view(np.bool_)
     else:

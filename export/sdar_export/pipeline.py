@@ -36,6 +36,11 @@ class ExportResult:
     def times(self) -> dict[str, float]:
         return {r.name: r.seconds for r in self.stages}
 
+    @property
+    def peak_rss(self) -> int:
+        """The highest peak resident memory of any stage."""
+        return max((r.peak_rss for r in self.stages), default=0)
+
 
 def export(model_dir, out_dir=None, **options) -> Path:
     """Export ``model_dir`` (an HF SDAR checkpoint) to an artifact dir; returns its path. The keyword

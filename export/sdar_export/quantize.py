@@ -40,7 +40,6 @@ external data file when the model is large):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -387,26 +386,26 @@ def _graph_dtype(dtype: str):
     return (np.float16, TensorProto.FLOAT16) if dtype == "float16" else (np.float32, TensorProto.FLOAT)
 
 
-def _transposed_chunks(w: np.ndarray):
-    rows = max(1, (64 << 20) // max(1, w.shape[0] * w.itemsize))
-    for k in range(0, w.shape[1], rows):
-        yield np.ascontiguousarray(w[:, k:k + rows].T).tobytes()
-
-
 def graph_name(qt: QTensor, dtype: str, transposed: bool) -> str:
     """The content name the graphs give this weight's dequantized tensor: [in, out] for a matmul,
     [V, H] for the embedding table (see sdar_export.weight_store)."""
-    from .weight_store import content_name  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from .graph_weights import transposed_chunks  # noqa: PLC0415
+    from .weight_store import array_name, content_name  # noqa: PLC0415
 
     npdt, elem = _graph_dtype(dtype)
     w = qt.dequantize().astype(npdt)
     if not transposed:
-        return content_name(elem, w.shape, [w.tobytes()])
-    return content_name(elem, w.shape[::-1], _transposed_chunks(w))
+        return array_name(w, elem)
+    return content_name(elem, w.shape[::-1], transposed_chunks(torch.from_numpy(w)))
 
 
 def experts_graph_name(qts: list[QTensor], dtype: str) -> str:
     """The content name of one projection's dequantized experts stacked [E, in, out]."""
+    import torch  # noqa: PLC0415
+
+    from .graph_weights import transposed_chunks  # noqa: PLC0415
     from .weight_store import content_name  # noqa: PLC0415
 
     npdt, elem = _graph_dtype(dtype)
@@ -414,7 +413,7 @@ def experts_graph_name(qts: list[QTensor], dtype: str) -> str:
 
     def chunks():
         for qt in qts:
-            yield from _transposed_chunks(qt.dequantize().astype(npdt))
+            yield from transposed_chunks(torch.from_numpy(qt.dequantize().astype(npdt)))
 
     return content_name(elem, (len(qts), K, N), chunks())
 
@@ -454,13 +453,6 @@ def _per_channel_block(K: int, name: str, scheme: QuantScheme) -> int:
 
 
 # --------------------------------------------------------------------------- graph rewrite
-
-
-def canonical_name(arr: np.ndarray, onnx_dtype: int) -> str:
-    """The name onnx_export.canonicalize_initializers gives a tensor with these contents."""
-    a = np.ascontiguousarray(arr)
-    h = hashlib.sha256(f"{onnx_dtype}:{list(a.shape)}:".encode() + a.tobytes()).hexdigest()[:24]
-    return f"w_{h}"
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .model import HFParams, _Layer, head_logits, rope_and_mask, rope_inv_freq, to_torch_dtype
+from .weight_sources import EMBEDDING, rows_of
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,7 @@ def layer_weight_names(cfg, i: int) -> list[str]:
 
 
 def _embedding_rows(source, ids: torch.Tensor) -> torch.Tensor:
-    name = "model.embed_tokens.weight"
-    flat = ids.reshape(-1)
-    rows = source.rows(name, flat.tolist()) if hasattr(source, "rows") else source.get(name)[flat]
-    return rows.reshape(*ids.shape, -1)
+    return rows_of(source, EMBEDDING, ids.reshape(-1).tolist()).reshape(*ids.shape, -1)
 
 
 class ReferenceNetwork:

@@ -23,7 +23,7 @@ def report_dict(result) -> dict:
         "artifact": str(result.path),
         "exporter_version": EXPORTER_VERSION,
         "stages": stages,
-        "peak_rss": max((s["peak_rss"] for s in stages), default=0),
+        "peak_rss": result.peak_rss,
         "checkpoint_bytes": result.checkpoint_bytes,
         "weights_bytes": result.weights_bytes,
         "artifact_bytes": sum(result.files.values()),
@@ -40,8 +40,7 @@ def write_report(path: Path, result) -> None:
 
 def print_summary(result) -> None:
     c = console()
-    peak = max((r.peak_rss for r in result.stages), default=0)
-    total = sum(r.seconds for r in result.stages)
+    peak, total = result.peak_rss, sum(result.times.values())
     if c is None:
         print(f"artifact: {result.path} written in {total:.1f} s, peak memory {peak / 2**30:.2f} GiB",
               file=sys.stderr)

@@ -13,7 +13,7 @@ import ctypes
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -99,10 +99,6 @@ class Stages:
         self.console = None if quiet else console()
         self.records: list[StageRecord] = []
 
-    @property
-    def times(self) -> dict[str, float]:
-        return {r.name: r.seconds for r in self.records}
-
     def log(self, msg: str) -> None:
         if self.quiet:
             return
@@ -129,9 +125,6 @@ class Stages:
         self.records.append(StageRecord(name, seconds, mem.before, mem.peak, mem.after))
         self.log(f"done in {seconds:.2f} s, peak memory {mem.peak / 2**30:.2f} GiB")
         return out
-
-    def as_json(self) -> list[dict]:
-        return [asdict(r) for r in self.records]
 
 
 def console():

@@ -36,6 +36,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import ExportError
+from .weight_store import tensor_bytes
 
 TIMING_CACHE = "timing.cache"
 PLAN_FILE = "trt.plan"
@@ -47,7 +48,6 @@ INSTALL_HINT = (
     "NVIDIA GPU, `pip install tensorrt` (NVIDIA's index, matching your CUDA). Engines must be built "
     "on the GPU that will run them: export the ONNX artifact anywhere with `sdar-export MODEL_DIR -o "
     "ART`, then run `sdar-export ART --engine trt` on the device.")
-_ONNX_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2, 17: 1}
 
 
 def import_tensorrt():
@@ -107,15 +107,7 @@ def graph_weight_bytes(path: Path) -> int:
     import onnx  # noqa: PLC0415
 
     m = onnx.load(str(path), load_external_data=False)
-    size = {}
-    for t in m.graph.initializer:
-        count = 1
-        for d in t.dims:
-            count *= d
-        if t.data_type in (21, 22):   # uint4 / int4: two per byte
-            size[t.name] = (count + 1) // 2
-        else:
-            size[t.name] = count * _ONNX_ELEMENT_BYTES.get(t.data_type, 4)
+    size = {t.name: tensor_bytes(t) for t in m.graph.initializer}
     folded = sum(size[n.input[0]] for n in m.graph.node if n.op_type == "Transpose" and n.input[0] in size)
     return sum(size.values()) + folded
 

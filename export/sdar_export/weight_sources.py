@@ -16,6 +16,8 @@ the embedding table), ``names()``, ``shape(name)`` and ``get(name)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .model import to_torch_dtype
@@ -68,24 +70,25 @@ class Dequantized:
     def rows(self, name: str, ids) -> torch.Tensor:
         if name in self.plan.tensors:
             return torch.from_numpy(self.plan.tensors[name].dequantize_rows(list(ids))).to(self.dtype)
-        if hasattr(self.source, "rows"):
-            return self.source.rows(name, ids)
-        return self.source.get(name)[list(ids)]
+        return rows_of(self.source, name, ids)
+
+
+def rows_of(source, name: str, ids) -> torch.Tensor:
+    """Rows ``ids`` of tensor ``name``: only those rows where the source can read them alone (the
+    embedding lookup of a large table), else indexed from the whole tensor."""
+    return source.rows(name, ids) if hasattr(source, "rows") else source.get(name)[list(ids)]
 
 
 def stored_bytes(network, plan, dtype: str) -> int:
     """The network's weights as the artifact stores them, each once: float tensors in the artifact's
     dtype (the tied head counted with the embedding table), quantized ones at their packed size."""
-    size = torch.empty(0, dtype=to_torch_dtype(dtype)).element_size()
+    size = to_torch_dtype(dtype).itemsize
     total = 0
     quantized = set(plan.tensors) if plan is not None else set()
     for name in network.names():
         if name in quantized:
             continue
-        if name == "lm_head.weight" and network.tied and "model.embed_tokens.weight" not in quantized:
+        if name == HEAD and network.tied and EMBEDDING not in quantized:
             continue
-        n = 1
-        for d in network.shape(name):
-            n *= d
-        total += n * size
+        total += math.prod(network.shape(name)) * size
     return total + (plan.packed_bytes() if plan is not None else 0)

@@ -14,6 +14,7 @@ is written without the weights ever being in memory together:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +23,18 @@ import numpy as np
 FILE_NAME = "weights.onnx.data"
 ALIGN = 64
 MIN_BYTES = 1024   # smaller tensors stay inside the graph (shapes, scalars, norm weights of tiny models)
+
+
+# Bytes per element of the ONNX element types the graphs hold (int4 / uint4, two per byte, aside).
+ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2, 17: 1}
+
+
+def tensor_bytes(t) -> int:
+    """Bytes of an ONNX TensorProto's data, from its header alone (dims and element type)."""
+    n = math.prod(t.dims)
+    if t.data_type in (21, 22):        # int4 / uint4: two per byte
+        return (n + 1) // 2
+    return n * ELEMENT_BYTES.get(t.data_type, 4)
 
 
 def content_name(data_type: int, dims, chunks: Iterable[bytes]) -> str:
