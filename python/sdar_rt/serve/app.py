@@ -107,14 +107,12 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi
-    if allow_origins:
+    app.add_middleware(AccessPolicy, allowed_origins=allow_origins, api_key=api_key)
+    if allow_origins:   # added last, so outermost: it answers the allowed origins' preflights
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(AccessPolicy, allowed_origins=allow_origins, api_key=api_key)
         app.add_middleware(CORSMiddleware, allow_origins=allow_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
-    else:
-        app.add_middleware(AccessPolicy, api_key=api_key)
     return app
 
 
