@@ -182,7 +182,8 @@ PYBIND11_MODULE(_core, m) {
   namespace pv = py_values;
   py::class_<GenerationConfig>(m, "GenerationConfig")
       .def(py::init([](const py::object& max_new_tokens, const py::object& denoising_steps,
-                       const py::object& remasking, const py::object& threshold, const py::object& temperature,
+                       const py::object& remasking, const py::object& threshold, const py::object& eb_threshold,
+                       const py::object& temperature,
                        const py::object& top_k, const py::object& top_p, const py::object& seed,
                        std::vector<std::int64_t> stop_ids, const py::object& fused_commit,
                        std::vector<std::uint32_t> row_ids) {
@@ -191,6 +192,7 @@ PYBIND11_MODULE(_core, m) {
              c.denoising_steps = pv::to_optional_int(denoising_steps, "denoising_steps");
              c.remasking = parse_remask_policy(pv::to_string(remasking, "remasking"));
              c.threshold = pv::to_double(threshold, "threshold");
+             c.eb_threshold = pv::to_double(eb_threshold, "eb_threshold");
              c.temperature = pv::to_double(temperature, "temperature");
              c.top_k = pv::to_int(top_k, "top_k");
              c.top_p = pv::to_double(top_p, "top_p");
@@ -201,7 +203,8 @@ PYBIND11_MODULE(_core, m) {
              return c;
            }),
            py::kw_only(), py::arg("max_new_tokens") = 128, py::arg("denoising_steps") = py::none(),
-           py::arg("remasking") = "low_confidence_dynamic", py::arg("threshold") = 0.9, py::arg("temperature") = 0.0,
+           py::arg("remasking") = "low_confidence_dynamic", py::arg("threshold") = 0.9, py::arg("eb_threshold") = 0.35,
+           py::arg("temperature") = 0.0,
            py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0,
            py::arg("stop_ids") = std::vector<std::int64_t>{}, py::arg("fused_commit") = true,
            py::arg("row_ids") = std::vector<std::uint32_t>{},
@@ -223,6 +226,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "threshold", [](const GenerationConfig& c) { return c.threshold; },
           [](GenerationConfig& c, const py::object& v) { c.threshold = pv::to_double(v, "threshold"); })
+      .def_property(
+          "eb_threshold", [](const GenerationConfig& c) { return c.eb_threshold; },
+          [](GenerationConfig& c, const py::object& v) { c.eb_threshold = pv::to_double(v, "eb_threshold"); })
       .def_property(
           "temperature", [](const GenerationConfig& c) { return c.temperature; },
           [](GenerationConfig& c, const py::object& v) { c.temperature = pv::to_double(v, "temperature"); })
@@ -368,6 +374,16 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("logits"), py::arg("temperature") = 0.0, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
       py::arg("u") = 0.0, "One draw of the core's sampler: (token, confidence).");
+  m.def(
+      "entropy",
+      [](const py::array_t<float, py::array::c_style | py::array::forcecast>& logits, double temperature) {
+        if (logits.ndim() != 1 || logits.size() == 0) throw InvalidArgument("entropy() needs a non-empty 1-D logits array");
+        Sampler sampler(static_cast<int>(logits.size()));
+        return sampler.sample(logits.data(), SampleParams{temperature, 0, 1.0, true}, 0.0).entropy;
+      },
+      py::arg("logits"), py::arg("temperature") = 0.0,
+      "The entropy (nats) entropy_bounded ranks a position by: of softmax(logits / temperature), or of "
+      "softmax(logits) when temperature is 0, over the whole vocabulary.");
   sdar::cpu::bind_cpu(m);
 #ifdef SDAR_HAVE_CUDA
   sdar::cuda::bind_cuda(m);

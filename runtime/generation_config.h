@@ -9,7 +9,7 @@
 
 namespace sdar {
 
-enum class RemaskPolicy { Sequential, LowConfidenceStatic, LowConfidenceDynamic };
+enum class RemaskPolicy { Sequential, LowConfidenceStatic, LowConfidenceDynamic, EntropyBounded };
 
 RemaskPolicy parse_remask_policy(const std::string& name);  // throws InvalidArgument
 std::string remask_policy_name(RemaskPolicy policy);
@@ -19,6 +19,7 @@ struct GenerationConfig {
   std::optional<int> denoising_steps;  // unset -> block_length
   RemaskPolicy remasking = RemaskPolicy::LowConfidenceDynamic;
   double threshold = 0.9;   // low_confidence_dynamic only, in (0, 1]
+  double eb_threshold = 0.35;  // entropy_bounded only: entropy budget per step in nats, finite, >= 0
   double temperature = 0.0; // 0 -> greedy
   int top_k = 0;            // 0 -> off
   double top_p = 1.0;       // 1 -> off
@@ -27,5 +28,10 @@ struct GenerationConfig {
   bool fused_commit = true;
   std::vector<std::uint32_t> row_ids;     // Philox row word per prompt; empty -> 0..n-1
 };
+
+// The number a step's position rule compares with: eb_threshold under entropy_bounded, else threshold.
+inline double step_threshold(const GenerationConfig& config) {
+  return config.remasking == RemaskPolicy::EntropyBounded ? config.eb_threshold : config.threshold;
+}
 
 }  // namespace sdar

@@ -113,6 +113,11 @@ Generator::Plan Generator::validate(const std::vector<std::vector<std::int64_t>>
     throw InvalidArgument("threshold must be in (0, 1], got " + number(config.threshold) +
                           "; 0.9 is the default, lower values unmask more tokens per step");
   }
+  if (!(config.eb_threshold >= 0.0) || !std::isfinite(config.eb_threshold)) {
+    throw InvalidArgument("eb_threshold must be a finite number >= 0 (an entropy budget in nats), got " +
+                          number(config.eb_threshold) +
+                          "; 0.35 is the default, larger values unmask more tokens per step");
+  }
   if (!(config.temperature >= 0.0) || !std::isfinite(config.temperature)) {
     throw InvalidArgument("temperature must be a finite number >= 0 (0 = greedy), got " + number(config.temperature));
   }

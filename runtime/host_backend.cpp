@@ -56,7 +56,8 @@ void HostBackend::sample_tasks(int first, int end, int block_start, Sampler& sam
   const GenerationConfig& config = *call_.config;
   const auto L = static_cast<std::size_t>(spec_.block_length);
   const auto V = static_cast<std::size_t>(spec_.vocab_size);
-  const SampleParams params{config.temperature, config.top_k, config.top_p};
+  const bool entropy_bounded = config.remasking == RemaskPolicy::EntropyBounded;
+  const SampleParams params{config.temperature, config.top_k, config.top_p, entropy_bounded};
   for (int i = first; i < end; ++i) {
     const SampleTask& task = tasks_[static_cast<std::size_t>(i)];
     const std::size_t at = static_cast<std::size_t>(task.row) * L + static_cast<std::size_t>(task.offset);
@@ -73,7 +74,8 @@ void HostBackend::sample_tasks(int first, int end, int block_start, Sampler& sam
                                             static_cast<std::uint32_t>(block_start + task.offset));
       sample = sampler.sample(logits, params, u);
     }
-    confidence_[at] = sample.confidence;
+    // What the step's position rule ranks: the entropy under entropy_bounded, else the confidence.
+    confidence_[at] = entropy_bounded && !task.argmax_only ? sample.entropy : sample.confidence;
   }
 }
 
@@ -137,8 +139,8 @@ int HostBackend::unmask_step(const StepRequest& request) {
     std::int64_t* row = sequence_.as<std::int64_t>() + block_at(r);
     std::uint8_t* row_mask = masked_.as<std::uint8_t>() + block_at(r);
     const std::size_t first = static_cast<std::size_t>(r) * static_cast<std::size_t>(L);
-    const int filled = select_positions(config.remasking, config.threshold, row_mask, L, confidence_.data() + first,
-                                        request.scheduled, chosen_.data());
+    const int filled = select_positions(config.remasking, step_threshold(config), row_mask, L,
+                                        confidence_.data() + first, request.scheduled, chosen_.data());
     for (int j = 0; j < L; ++j) {
       if (chosen_[static_cast<std::size_t>(j)] == 0) continue;
       row[j] = samples_[first + static_cast<std::size_t>(j)].token;

@@ -50,7 +50,7 @@ class HostBackend final : public DecodeBackend {
   std::vector<SampleTask> tasks_;
   std::vector<int> row_masked_;  // [B] masked positions of the block, 0: row left untouched
   std::vector<std::uint8_t> chosen_;
-  std::vector<double> confidence_;
+  std::vector<double> confidence_;  // per position: what the remasking ranks (entropy_bounded: entropy)
   std::vector<Sample> samples_;
 };
 

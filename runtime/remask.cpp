@@ -7,7 +7,8 @@ namespace sdar {
 
 static_assert(static_cast<int>(RemaskPolicy::Sequential) == rules::kSequential &&
                   static_cast<int>(RemaskPolicy::LowConfidenceStatic) == rules::kLowConfidenceStatic &&
-                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic,
+                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic &&
+                  static_cast<int>(RemaskPolicy::EntropyBounded) == rules::kEntropyBounded,
               "step_rules.h's policy numbers mirror generation_config.h's RemaskPolicy");
 
 std::vector<int> denoising_schedule(int block_length, int steps) {

@@ -19,7 +19,9 @@ bool samples_position(RemaskPolicy policy, const std::uint8_t* mask, int block_l
 bool confidence_decides(RemaskPolicy policy, const std::uint8_t* mask, int block_length, int scheduled);
 
 // Which masked positions one step fills, given the block's mask (1 = masked) and the confidence
-// of every sampled position (indexed by block offset; other entries are not read). Writes
+// of every sampled position (indexed by block offset; other entries are not read). Under
+// entropy_bounded, `confidence` holds each position's entropy and `threshold` is eb_threshold
+// (step_threshold in generation_config.h). Writes
 // chosen[j] = 1 for the filled positions (0 elsewhere) and returns how many there are.
 int select_positions(RemaskPolicy policy, double threshold, const std::uint8_t* mask, int block_length,
                      const double* confidence, int scheduled, std::uint8_t* chosen);

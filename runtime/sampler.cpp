@@ -6,6 +6,7 @@
 
 #include "errors.h"
 #include "exp_terms.h"
+#include "step_rules.h"
 
 namespace sdar {
 
@@ -22,13 +23,26 @@ std::int64_t Sampler::argmax(const float* logits) const {
   return best;
 }
 
-Sample Sampler::greedy(const float* logits) {
+Sample Sampler::greedy(const float* logits, bool entropy) {
   const auto best = static_cast<int>(argmax(logits));
   // The terms first (vectorized where the CPU allows), then their sum in index order.
-  exp_terms(logits, vocab_, static_cast<double>(logits[best]), w_.data());
+  const double top = static_cast<double>(logits[best]);
+  exp_terms(logits, vocab_, top, w_.data());
   double sum = 0.0;
   for (int i = 0; i < vocab_; ++i) sum += w_[static_cast<std::size_t>(i)];
-  return {best, 1.0 / sum};
+  return {best, 1.0 / sum, entropy ? this->entropy(logits, 1.0, top) : 0.0};
+}
+
+double Sampler::entropy(const float* logits, double divisor, double x_max) const {
+  double sum = 0.0;
+  double moment = 0.0;
+  for (int i = 0; i < vocab_; ++i) {
+    const double w = w_[static_cast<std::size_t>(i)];
+    sum += w;
+    // exp underflowed (or the logit is -inf, where d is -inf): the term is 0, not 0 * d
+    if (w != 0.0) moment += w * (static_cast<double>(logits[i]) / divisor - x_max);
+  }
+  return rules::entropy_from_sums(sum, moment);
 }
 
 void Sampler::sort_prefix(int size, int count) {
@@ -41,7 +55,7 @@ void Sampler::sort_prefix(int size, int count) {
 }
 
 Sample Sampler::sample(const float* logits, const SampleParams& params, double u) {
-  if (params.temperature == 0.0) return greedy(logits);
+  if (params.temperature == 0.0) return greedy(logits, params.entropy);
 
   const double t = params.temperature;
   double z_max = -INFINITY;
@@ -51,6 +65,8 @@ Sample Sampler::sample(const float* logits, const SampleParams& params, double u
   for (int i = 0; i < vocab_; ++i) {
     w_[static_cast<std::size_t>(i)] = std::exp(static_cast<double>(logits[i]) / t - z_max);
   }
+  // Of the whole distribution, before top-k / top-p cut it.
+  const double entropy = params.entropy ? this->entropy(logits, t, z_max) : 0.0;
   std::iota(order_.begin(), order_.end(), 0);
 
   int size = vocab_;      // candidates occupy order_[0, size)
@@ -102,7 +118,7 @@ Sample Sampler::sample(const float* logits, const SampleParams& params, double u
   }
   const std::int32_t token = order_[static_cast<std::size_t>(chosen)];
   if (chosen >= sorted) weight_at(chosen);
-  return {token, w_[static_cast<std::size_t>(token)] / kept_sum};
+  return {token, w_[static_cast<std::size_t>(token)] / kept_sum, entropy};
 }
 
 }  // namespace sdar

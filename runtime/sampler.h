@@ -11,6 +11,10 @@
 //     prefix whose running sum c (float64, sequential) satisfies c >= p * Z; S = that c; else S = Z.
 //     Draw: the first kept token whose running sum exceeds u * S (the last kept one if rounding
 //     leaves none); confidence = w_token / S.
+//   entropy (asked for by entropy_bounded): of the whole distribution softmax(x) before top-k /
+//     top-p, x = l (greedy) or z (otherwise): with d_i = x_i - x_max and w_i = exp(d_i) as above,
+//     sum = sum_i w_i and moment = sum_i w_i * d_i (w_i = 0 terms left out), both float64 in index
+//     order; H = log(sum) - moment / sum (step_rules.h: entropy_from_sums).
 // Scratch is allocated once (vocab-sized); sorting is partial and grows only as needed.
 #pragma once
 
@@ -23,11 +27,13 @@ struct SampleParams {
   double temperature = 0.0;
   int top_k = 0;
   double top_p = 1.0;
+  bool entropy = false;  // also compute Sample::entropy
 };
 
 struct Sample {
   std::int64_t token = 0;
   double confidence = 0.0;
+  double entropy = 0.0;  // nats, when SampleParams::entropy
 };
 
 class Sampler {
@@ -40,7 +46,10 @@ class Sampler {
   std::int64_t argmax(const float* logits) const;
 
  private:
-  Sample greedy(const float* logits);
+  Sample greedy(const float* logits, bool entropy);
+  // The entropy from w_ = exp(x - x_max) over the vocabulary, x_i = double(logits[i]) / divisor
+  // (1 when greedy, T otherwise: the same x the weights were computed from).
+  double entropy(const float* logits, double divisor, double x_max) const;
   // Sorts the first `count` entries of order_[0, size) by (w desc, index asc).
   void sort_prefix(int size, int count);
   int vocab_;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import math
 
 import numpy as np
@@ -183,6 +184,32 @@ def ref_sample(
     return chosen, w[chosen] / kept_sum
 
 
+def ref_entropy(logits: np.ndarray, temperature: float) -> float:
+    """-sum p log p (nats) of softmax(logits / T), or of softmax(logits) when T is 0, over the whole
+    vocabulary (before any top-k / top-p): written out term by term, not the core's two-sum form."""
+    x = [float(v) for v in logits]
+    if temperature > 0:
+        x = [v / temperature for v in x]
+    top = max(x)
+    w = [math.exp(v - top) for v in x]
+    total = math.fsum(w)
+    h = 0.0
+    for wi in w:
+        if wi > 0.0:
+            p = wi / total
+            h -= p * math.log(p)
+    return h
+
+
+def entropy_bounded_choice(masked: list[int], entropy: dict[int, float], budget: float) -> list[int]:
+    """The masked positions by ascending entropy (ties: lower position), the longest prefix whose
+    cumulative entropy is strictly below ``budget``, at least one."""
+    ranked = sorted(masked, key=lambda j: (entropy[j], j))
+    cumulative = list(itertools.accumulate(entropy[j] for j in ranked))
+    take = max(1, sum(1 for c in cumulative if c < budget))
+    return ranked[:take]
+
+
 def schedule(L: int, steps: int) -> list[int]:
     return [L // steps + (1 if k < L % steps else 0) for k in range(steps)]
 
@@ -198,6 +225,7 @@ def reference_decode(
     denoising_steps=None,
     remasking="low_confidence_dynamic",
     threshold=0.9,
+    eb_threshold=0.35,
     temperature=0.0,
     top_k=0,
     top_p=1.0,
@@ -232,11 +260,17 @@ def reference_decode(
             mpos = [j for j in range(L) if masked[s + j]]
             n_k = min(sched[k] if k < steps else L, len(mpos))
             samples = {}
+            entropy: dict[int, float] = {}
             for j in mpos:
                 u = uniform(seed, row, step_index, s + j) if temperature > 0 else 0.0
-                samples[j] = ref_sample(logits_fn(seq[: s + L], s + j), temperature, top_k, top_p, u)
+                logits = logits_fn(seq[: s + L], s + j)
+                samples[j] = ref_sample(logits, temperature, top_k, top_p, u)
+                if remasking == "entropy_bounded":
+                    entropy[j] = ref_entropy(logits, temperature)
             if remasking == "sequential":
                 chosen = mpos[:n_k]
+            elif remasking == "entropy_bounded":
+                chosen = entropy_bounded_choice(mpos, entropy, eb_threshold)
             else:
                 ranked = sorted(mpos, key=lambda j: (-samples[j][1], j))
                 above = [j for j in mpos if samples[j][1] > threshold]

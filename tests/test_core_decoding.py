@@ -45,7 +45,7 @@ def ref(p, L, row=0, eos=(EOS,), **kw):
     return reference_decode(p, L=L, V=V, mask_id=MASK, eos_ids=eos, row=row, **kw)
 
 
-POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic"]
+POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"]
 
 
 @pytest.mark.parametrize("L", [4, 8])
@@ -85,6 +85,58 @@ def test_dynamic_threshold_and_steps(threshold, steps):
     assert list(out.rows[0].tokens) == tokens
     assert list(out.stats.steps_per_block) == spb
     assert max(spb) <= steps
+
+
+# entropy_bounded: budget 0 fills one position per step, a huge one the whole block in one step;
+# V = 32 puts the fake model's entropies in (0, log 32 = 3.47), so 0.35 .. 6 fill varying counts.
+@pytest.mark.parametrize("eb_threshold", [0.0, 0.35, 1.5, 6.0, 1e9])
+@pytest.mark.parametrize("L,steps", [(4, None), (8, None), (8, 2)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_entropy_bounded_matches_reference(eb_threshold, L, steps, fused):
+    gen, _ = make(L=L, eos=())
+    kw = dict(
+        max_new_tokens=37, remasking="entropy_bounded", eb_threshold=eb_threshold, denoising_steps=steps
+    )
+    out = gen.generate([prompt(6)], config(fused_commit=fused, **kw))
+    tokens, reason, spb = ref(prompt(6), L, eos=(), **kw)
+    assert list(out.rows[0].tokens) == tokens and out.rows[0].finish_reason == reason == "length"
+    assert list(out.stats.steps_per_block) == spb
+    if eb_threshold == 0.0:  # one position per step, whatever denoising_steps says
+        assert spb[1:] == [L] * (len(spb) - 1)
+    if eb_threshold == 1e9:
+        assert spb == [1] * len(spb)
+    if eb_threshold == 1.5:  # neither extreme: the entropies decide
+        assert max(spb[1:]) > 1 and min(spb[1:]) < L
+
+
+def test_entropy_bounded_rows_and_sampling():
+    gen, _ = make(L=4, batch=3, eos=(EOS, 2, 3))
+    prompts = [prompt(9, salt=s) for s in range(3)]
+    kw = dict(
+        max_new_tokens=22, remasking="entropy_bounded", eb_threshold=1.0, temperature=0.5, top_p=0.9, seed=3
+    )
+    out = gen.generate(prompts, config(**kw))
+    for r, p in enumerate(prompts):
+        tokens, reason, _ = ref(p, 4, row=r, eos=(EOS, 2, 3), **kw)
+        assert list(out.rows[r].tokens) == tokens and out.rows[r].finish_reason == reason
+
+
+def test_entropy_against_reference():
+    from sdar_reference import ref_entropy
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        logits = (rng.standard_normal(64) * rng.uniform(0.1, 30)).astype(np.float32)
+        if rng.uniform() < 0.2:
+            logits[rng.integers(0, 64, size=5)] = -np.inf
+        t = float(rng.choice([0.0, 0.3, 1.0, 2.5]))
+        assert _core.entropy(logits, t) == pytest.approx(ref_entropy(logits, t), rel=1e-13, abs=1e-13)
+    # exact cases: one-hot is 0, uniform is log V; the whole vocabulary at a large size
+    assert _core.entropy(np.array([0, -np.inf, -np.inf], np.float32)) == 0.0
+    assert _core.entropy(np.zeros(151936, np.float32), 1.0) == pytest.approx(np.log(151936), rel=1e-14)
+    # temperature sharpens or flattens the distribution the entropy is of
+    x = np.array([2.0, 1.0, 0.0, -1.0], np.float32)
+    assert _core.entropy(x, 0.5) < _core.entropy(x, 0.0) == _core.entropy(x, 1.0) < _core.entropy(x, 2.0)
 
 
 def test_fused_removes_one_forward_per_committed_block():
@@ -323,6 +375,9 @@ BAD = [
     (lambda: [[1, 2]], {"denoising_steps": -1}, "denoising_steps"),
     (lambda: [[1, 2]], {"threshold": 0.0}, "threshold"),
     (lambda: [[1, 2]], {"threshold": 1.5}, "threshold"),
+    (lambda: [[1, 2]], {"remasking": "entropy_bounded", "eb_threshold": -0.1}, "eb_threshold"),
+    (lambda: [[1, 2]], {"eb_threshold": float("nan")}, "eb_threshold"),
+    (lambda: [[1, 2]], {"eb_threshold": float("inf")}, "eb_threshold"),
     (lambda: [[1, 2]], {"temperature": -0.1}, "temperature"),
     (lambda: [[1, 2]], {"temperature": float("nan")}, "temperature"),
     (lambda: [[1, 2]], {"top_p": 0.0}, "top_p"),

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_PREFILL_CHUNK = 512
 # The remasking policies the core knows, for choices in the CLI and the server's request schema
 # (the core validates the value itself; a test keeps this list equal to what it accepts).
-REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
+REMASKING_POLICIES = ("sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded")
 
 
 @dataclass
@@ -150,6 +150,7 @@ class Generator:
         denoising_steps: int | None = None,
         remasking: str = "low_confidence_dynamic",
         threshold: float = 0.9,
+        eb_threshold: float = 0.35,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -169,6 +170,8 @@ class Generator:
         ``prompt``: a string, a chat message list ([{"role": ..., "content": ...}]) or a list of strings;
         or ``prompt_ids``: token ids (a list of ints, or a list of lists). ``stop``: extra stop strings
         and/or token ids. ``on_text(row, text_delta)`` is called after every finished block.
+        ``remasking="entropy_bounded"``: each step fills the masked positions of lowest entropy while
+        their summed entropy stays below ``eb_threshold`` (nats; at least one position per step).
         ``on_step(UnmaskingStep)`` is called after every denoising step with the block being denoised
         (on the GPU this costs a copy back per step, so only pass it to show it).
         ``reuse_cache``: start from the longest whole-block prefix of the prompt that the KV cache
@@ -184,6 +187,7 @@ class Generator:
             denoising_steps,
             remasking,
             threshold,
+            eb_threshold,
             temperature,
             top_k,
             top_p,
@@ -334,6 +338,7 @@ class Generator:
         denoising_steps=None,
         remasking="low_confidence_dynamic",
         threshold=0.9,
+        eb_threshold=0.35,
         temperature=0.0,
         top_k=0,
         top_p=1.0,
@@ -347,6 +352,7 @@ class Generator:
             denoising_steps=denoising_steps,
             remasking=remasking,
             threshold=threshold,
+            eb_threshold=eb_threshold,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -459,7 +465,7 @@ class Generator:
             text = tok.decode(ids)
             reason = row.finish_reason
             cut = first_stop(text, stop_strings) if stop_strings else None
-            if cut is not None:   # text and ids end where the stop string begins
+            if cut is not None:  # text and ids end where the stop string begins
                 text, reason = text[:cut], "stop"
                 ids = tokens_of_text(tok, ids, text)
             if reason == "cancelled" and string_stop[r]:

@@ -136,7 +136,7 @@ int DeviceBackend::unmask_step(const StepRequest& request) {
   params.block_start = request.block_start;
   params.scheduled = request.scheduled;
   params.remasking = config.remasking;
-  params.threshold = config.threshold;
+  params.threshold = step_threshold(config);
   params.temperature = config.temperature;
   params.top_k = config.top_k;
   params.top_p = config.top_p;

@@ -41,10 +41,24 @@ __device__ void merge_chunks(const StepArgs& a, const GreedyScratch& s, int p, i
     }
   }
   total = block_sum<kThreads>(total);
+  // entropy_bounded ranks entropies: the chunks' sum exp(l - m_c) * (l - m_c) rebased to the
+  // row's max M, exp(m_c - M) * (t_c + (m_c - M) * s_c), then step_rules.h's formula.
+  const bool entropy = a.policy == kEntropyBounded;
+  double moment = 0.0;
+  if (entropy && static_cast<int>(threadIdx.x) < chunks) {
+    const float chunk_max = __ldcg(s.partial_max + base + threadIdx.x);
+    if (chunk_max != -INFINITY) {
+      const double shift = static_cast<double>(chunk_max) - static_cast<double>(merged.value);
+      const double chunk_sum = __ldcg(s.partial_sum + base + threadIdx.x);
+      moment = exp(shift) * (__ldcg(s.partial_moment + base + threadIdx.x) + shift * chunk_sum);
+    }
+  }
+  if (entropy) moment = block_sum<kThreads>(moment);
   if (threadIdx.x == 0) {
     a.out_token[p] = merged.index;
     // All -inf row: the CPU computes 1 / sum(exp(-inf - -inf)) = NaN; keep the same answer.
-    a.out_conf[p] = merged.value == -INFINITY ? __longlong_as_double(0x7ff8000000000000LL) : 1.0 / total;
+    const double score = entropy ? rules::entropy_from_sums(total, moment) : 1.0 / total;
+    a.out_conf[p] = merged.value == -INFINITY ? __longlong_as_double(0x7ff8000000000000LL) : score;
     s.position_arrivals[p] = 0;  // ready for the next launch
   }
 }
@@ -110,12 +124,25 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     sum = block_sum<kThreads>(sum);
+    // entropy_bounded: also sum exp(l - chunk max) * (l - chunk max), terms with exp = 0 left out.
+    double moment = 0.0;
+    if (a.policy == kEntropyBounded) {
+      if (best.value != -INFINITY) {
+        for (int i = begin + static_cast<int>(threadIdx.x); i < end; i += kThreads) {
+          const double d = static_cast<double>(to_float(row[i])) - top;
+          const double w = exp(d);
+          if (w != 0.0) moment += w * d;
+        }
+      }
+      moment = block_sum<kThreads>(moment);
+    }
 
     const std::size_t slot = static_cast<std::size_t>(p) * kMaxChunks + c;
     if (threadIdx.x == 0) {
       s.partial_max[slot] = best.value;
       s.partial_index[slot] = best.index;
       s.partial_sum[slot] = sum;
+      s.partial_moment[slot] = moment;
       __threadfence();  // publish the partials before counting this chunk as arrived
       position_last = atomicAdd(&s.position_arrivals[p], 1u) == static_cast<unsigned>(chunks - 1);
     }

@@ -20,6 +20,7 @@ struct GreedyScratch {
   double* partial_sum;
   unsigned int* position_arrivals;  // [positions]
   unsigned int* grid_arrivals;      // [1]
+  double* partial_moment;           // entropy_bounded: per (position, chunk) sum exp(l - m) * (l - m)
 };
 
 // Scratch of the sampling path (sizes for max positions P and vocab V).
@@ -31,6 +32,7 @@ struct SampleScratch {
   int* segment_begin;  // [P]
   int* segment_end;    // [P] == begin for positions not sampled
   double* total;       // [P] sum of w over the whole vocabulary
+  double* moment;      // [P] entropy_bounded: sum of w * (z - z_max) over the whole vocabulary
   void* sort_temp;
   std::size_t sort_temp_bytes;
 };

@@ -4,7 +4,7 @@
 //   2. a CUB segmented radix sort by w descending — radix sort is stable, so equal weights keep
 //      index order: exactly the CPU's (w desc, index asc) candidate order;
 //   3. walk: per position, top-k cut, top-p prefix (running sum >= p * Z), the Philox draw
-//      (first running sum > u * S), confidence = w / S;
+//      (first running sum > u * S), confidence = w / S (entropy_bounded: the entropy instead);
 //   4. select: remasking for every row (one block).
 // Correctness over speed: the full sort costs far more than the greedy path; sampling is the
 // uncommon configuration for SDAR chat models.
@@ -51,14 +51,22 @@ __global__ void __launch_bounds__(kWeightThreads) weights_kernel(const StepArgs 
   const double t = a.temperature;
   const double z_max = static_cast<double>(top) / t;
   double sum = 0.0;
+  double moment = 0.0;  // entropy_bounded: sum of w * (z - z_max), terms with w = 0 left out
+  const bool entropy = a.policy == kEntropyBounded;
   for (int i = threadIdx.x; i < V; i += kWeightThreads) {
-    const double w = exp(static_cast<double>(to_float(row[i])) / t - z_max);
+    const double d = static_cast<double>(to_float(row[i])) / t - z_max;
+    const double w = exp(d);
     s.keys_in[base + i] = w;
     s.values_in[base + i] = i;
     sum += w;
+    if (entropy && w != 0.0) moment += w * d;
   }
   sum = block_sum<kWeightThreads>(sum);
-  if (threadIdx.x == 0) s.total[p] = sum;
+  if (entropy) moment = block_sum<kWeightThreads>(moment);
+  if (threadIdx.x == 0) {
+    s.total[p] = sum;
+    s.moment[p] = moment;
+  }
 }
 
 // First index j in [0, count) whose running sum carry + w[0..j] crosses `target` (> when
@@ -139,7 +147,9 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(const StepArgs a, co
   const int chosen = hit < 0 ? kept - 1 : hit;
   if (threadIdx.x == 0) {
     a.out_token[p] = ids[chosen];
-    a.out_conf[p] = w[chosen] / kept_sum;
+    // entropy_bounded ranks the entropy of the whole distribution (before top-k / top-p).
+    a.out_conf[p] = a.policy == kEntropyBounded ? rules::entropy_from_sums(s.total[p], s.moment[p])
+                                                : w[chosen] / kept_sum;
   }
 }
 

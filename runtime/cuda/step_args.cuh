@@ -9,6 +9,7 @@
 
 namespace sdar::cuda::detail {
 
+using rules::kEntropyBounded;
 using rules::kLowConfidenceDynamic;
 using rules::kLowConfidenceStatic;
 using rules::kSequential;

@@ -19,7 +19,8 @@ using detail::StepArgs;
 
 static_assert(static_cast<int>(RemaskPolicy::Sequential) == rules::kSequential &&
                   static_cast<int>(RemaskPolicy::LowConfidenceStatic) == rules::kLowConfidenceStatic &&
-                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic,
+                  static_cast<int>(RemaskPolicy::LowConfidenceDynamic) == rules::kLowConfidenceDynamic &&
+                  static_cast<int>(RemaskPolicy::EntropyBounded) == rules::kEntropyBounded,
               "step_rules.h mirrors generation_config.h's RemaskPolicy");
 
 struct UnmaskWorkspace::Impl {
@@ -30,9 +31,9 @@ struct UnmaskWorkspace::Impl {
   // results
   Buffer out_token, out_conf, block_done, active_rows;
   // greedy scratch
-  Buffer partial_max, partial_index, partial_sum, position_arrivals, grid_arrivals;
+  Buffer partial_max, partial_index, partial_sum, position_arrivals, grid_arrivals, partial_moment;
   // sampling scratch
-  Buffer keys_in, keys_out, values_in, values_out, segment_begin, segment_end, total, sort_temp;
+  Buffer keys_in, keys_out, values_in, values_out, segment_begin, segment_end, total, moment, sort_temp;
   std::size_t sort_temp_bytes = 0;
   PinnedBuffer host_active;
 
@@ -79,6 +80,7 @@ UnmaskWorkspace::UnmaskWorkspace(const UnmaskLimits& limits) : impl_(std::make_u
   m.partial_sum = m.device<double>(partials);
   m.position_arrivals = m.device<unsigned int>(P);  // zero-filled: the kernels' invariant
   m.grid_arrivals = m.device<unsigned int>(1);
+  m.partial_moment = m.device<double>(partials);
   if (limits.sampling) {
     const std::size_t items = P * static_cast<std::size_t>(limits.vocab_size);
     m.keys_in = m.device<double>(items);
@@ -88,6 +90,7 @@ UnmaskWorkspace::UnmaskWorkspace(const UnmaskLimits& limits) : impl_(std::make_u
     m.segment_begin = m.device<int>(P);
     m.segment_end = m.device<int>(P);
     m.total = m.device<double>(P);
+    m.moment = m.device<double>(P);
     m.sort_temp_bytes = detail::sample_sort_temp_bytes(m.positions, limits.vocab_size);
     m.sort_temp = m.device<std::uint8_t>(m.sort_temp_bytes);
   }
@@ -108,7 +111,11 @@ void UnmaskWorkspace::step(const UnmaskBuffers& b, const UnmaskParams& p, cudaSt
   require(b.tokens_stride >= L && b.masked_stride >= L, "tokens_stride and masked_stride must be >= block_length");
   require(p.scheduled >= 1, "scheduled must be >= 1, got " + std::to_string(p.scheduled));
   require(p.block_start >= 0, "block_start must be >= 0");
-  require(p.threshold > 0.0 && p.threshold <= 1.0, "threshold must be in (0, 1]");
+  if (p.remasking == RemaskPolicy::EntropyBounded) {
+    require(p.threshold >= 0.0 && p.threshold < INFINITY, "the entropy budget must be a finite number >= 0");
+  } else {
+    require(p.threshold > 0.0 && p.threshold <= 1.0, "threshold must be in (0, 1]");
+  }
   require(p.temperature >= 0.0 && p.temperature < INFINITY, "temperature must be a finite number >= 0");
   require(p.top_k >= 0, "top_k must be >= 0");
   require(p.top_p > 0.0 && p.top_p <= 1.0, "top_p must be in (0, 1]");
@@ -151,13 +158,14 @@ void UnmaskWorkspace::step(const UnmaskBuffers& b, const UnmaskParams& p, cudaSt
     const int positions = p.rows * L;
     const detail::GreedyScratch scratch{m.partial_max.as<float>(), m.partial_index.as<int>(),
                                         m.partial_sum.as<double>(), m.position_arrivals.as<unsigned int>(),
-                                        m.grid_arrivals.as<unsigned int>()};
+                                        m.grid_arrivals.as<unsigned int>(), m.partial_moment.as<double>()};
     detail::launch_greedy_step(a, b.logits_type, scratch, detail::greedy_chunks(positions, lim.vocab_size, m.sm_count),
                                vectorized, stream);
   } else {
     const detail::SampleScratch scratch{m.keys_in.as<double>(),   m.keys_out.as<double>(),  m.values_in.as<int>(),
                                         m.values_out.as<int>(),   m.segment_begin.as<int>(), m.segment_end.as<int>(),
-                                        m.total.as<double>(),     m.sort_temp.data(),        m.sort_temp_bytes};
+                                        m.total.as<double>(),     m.moment.as<double>(),     m.sort_temp.data(),
+                                        m.sort_temp_bytes};
     detail::launch_sample_step(a, b.logits_type, scratch, stream);
   }
 }

@@ -11,7 +11,10 @@
 //   - confidences are float64 like the CPU's but summed in a different order (a parallel tree
 //     instead of index order) and with CUDA's exp (<= 1 ulp), so they agree to ~1e-14 relative,
 //     not bit for bit. A decision can differ only where two confidences (or a confidence and the
-//     threshold, or a cumulative probability and the drawn uniform) are that close.
+//     threshold, or a cumulative probability and the drawn uniform) are that close;
+//   - under entropy_bounded the step ranks each position's entropy (of softmax(logits / T), or of
+//     softmax(logits) when greedy, over the whole vocabulary) instead of its confidence: float64
+//     sums like the CPU's (sampler.h), in a parallel order, so also ~1e-14 relative.
 //
 // Plain C++ (no CUDA device code): callable from the core. Nothing is allocated per step: the
 // workspace preallocates every scratch buffer for its limits.
@@ -54,7 +57,7 @@ struct UnmaskParams {
   int block_start = 0;      // absolute position of block offset 0 (Philox position word)
   int scheduled = 1;        // s[k] of this step (rule 3); n_k = min(s[k], masked count)
   RemaskPolicy remasking = RemaskPolicy::LowConfidenceDynamic;
-  double threshold = 0.9;
+  double threshold = 0.9;   // low_confidence_dynamic's; under entropy_bounded the entropy budget
   double temperature = 0.0; // 0: greedy
   int top_k = 0;
   double top_p = 1.0;
@@ -80,7 +83,8 @@ class UnmaskWorkspace {
   int wait_active_rows(cudaStream_t stream);
 
   // Device results of the last step, indexed by position p = r * L + j: the sampled token (-1
-  // where the position was not sampled) and its confidence; per row, 1 when no mask is left.
+  // where the position was not sampled) and its confidence (its entropy under entropy_bounded);
+  // per row, 1 when no mask is left.
   const std::int64_t* sampled_tokens() const;
   const double* confidences() const;
   const std::uint8_t* block_done() const;

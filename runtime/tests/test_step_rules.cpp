@@ -1,6 +1,7 @@
 // step_rules.h on the host: the same source the CUDA kernels compile (ctest -R sdar_step_rules).
 // Philox against the published known-answer vectors of Philox-4x32-10; the position choice on
-// hand-made blocks whose answer follows from CONTRACTS.md rule 5 directly.
+// hand-made blocks whose answer follows from CONTRACTS.md rule 5 directly (entropy_bounded's with
+// budgets and running sums that are exact in binary, so the strict comparison is what is tested).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 namespace {
 
+using sdar::rules::kEntropyBounded;
 using sdar::rules::kLowConfidenceDynamic;
 using sdar::rules::kLowConfidenceStatic;
 using sdar::rules::kSequential;
@@ -80,6 +82,39 @@ int main() {
   CHECK((choose(all, {nan, 0.2, nan, 0.1}, kLowConfidenceStatic, 0.9, 3) == std::vector<int>{0, 1, 3}));
   CHECK((choose(all, {nan, nan, nan, nan}, kLowConfidenceDynamic, 0.5, 1) == std::vector<int>{0}));
 
+  // entropy_bounded: ascending entropy (ties: lower position first), the longest prefix whose running
+  // sum stays strictly below the budget, at least one position; the schedule plays no part.
+  const std::vector<double> ent = {0.375, 0.125, 0.125, 0.5};
+  CHECK((choose(all, ent, kEntropyBounded, 0.375, 1) == std::vector<int>{1, 2}));  // 0.125, 0.25; 0.625 is over
+  CHECK((choose(all, ent, kEntropyBounded, 0.625, 1) == std::vector<int>{1, 2}));  // 0.625 is not below 0.625
+  CHECK((choose(all, ent, kEntropyBounded, 0.6251, 1) == std::vector<int>{0, 1, 2}));
+  CHECK((choose(all, ent, kEntropyBounded, 0.25, 4) == std::vector<int>{1}));  // tie: the lower position first
+  CHECK((choose(all, ent, kEntropyBounded, 0.0, 4) == std::vector<int>{1}));   // budget 0: one per step
+  CHECK((choose(all, ent, kEntropyBounded, 1e9, 1) == std::vector<int>{0, 1, 2, 3}));
+  CHECK((choose(all, {2.0, 3.0, 1.5, 4.0}, kEntropyBounded, 0.35, 4) == std::vector<int>{2}));  // first one alone
+  CHECK((choose(all, {0.25, 0.25, 0.25, 0.25}, kEntropyBounded, 0.6, 1) == std::vector<int>{0, 1}));
+  CHECK((choose(all, {0.0, 0.0, 0.0, 0.0}, kEntropyBounded, 0.0, 1) == std::vector<int>{0}));  // 0 is not below 0
+  CHECK((choose(all, {0.0, 0.0, 0.0, 0.0}, kEntropyBounded, 1e-300, 1) == std::vector<int>{0, 1, 2, 3}));
+  // only masked positions count, and a filled position's entropy is never read
+  CHECK((choose(some, {0.375, nan, 0.125, nan}, kEntropyBounded, 0.625, 1) == std::vector<int>{0, 2}));
+  CHECK((choose(some, {0.375, nan, 0.125, nan}, kEntropyBounded, 0.5, 1) == std::vector<int>{2}));
+  CHECK((choose(tail, {-1.0, 0.5, 0.25, 0.125}, kEntropyBounded, 0.4, 1) == std::vector<int>{2, 3}));
+  // NaN ranks last and stops the running sum; a row of NaNs still fills one position
+  CHECK((choose(all, {nan, 0.25, nan, 0.125}, kEntropyBounded, 1e9, 1) == std::vector<int>{1, 3}));
+  CHECK((choose(all, {nan, nan, nan, nan}, kEntropyBounded, 1e9, 1) == std::vector<int>{0}));
+  // entropy from the two sums: a one-hot row is exactly 0, a uniform one log V
+  CHECK(sdar::rules::entropy_from_sums(1.0, 0.0) == 0.0);
+  CHECK(std::fabs(sdar::rules::entropy_from_sums(4.0, 0.0) - std::log(4.0)) < 1e-15);
+  {  // logits {0, -1, -2}: against -sum p log p written out
+    const double w1 = std::exp(-1.0), w2 = std::exp(-2.0), sum = 1.0 + w1 + w2;
+    const double direct = -(1.0 / sum) * std::log(1.0 / sum) - (w1 / sum) * std::log(w1 / sum) -
+                          (w2 / sum) * std::log(w2 / sum);
+    CHECK(std::fabs(sdar::rules::entropy_from_sums(sum, -w1 - 2.0 * w2) - direct) < 1e-15);
+  }
+  CHECK(sdar::rules::confidence_decides(all.data(), 4, kEntropyBounded, 4));  // n_k = masked: still decides
+  const std::vector<std::uint8_t> last = {0, 0, 0, 1};
+  CHECK(!sdar::rules::confidence_decides(last.data(), 4, kEntropyBounded, 1));  // one masked: it is filled
+
   // confidence_decides: when it says no, every set of confidences gives the same choice (so the host
   // may skip computing them); checked over every mask of L = 4, every n_k, every policy, against
   // random, NaN and reversed confidences. When it says yes, some confidences change the choice.
@@ -91,7 +126,7 @@ int main() {
   for (int bits = 1; bits < 16; ++bits) {
     std::vector<std::uint8_t> mask(4);
     for (int j = 0; j < 4; ++j) mask[static_cast<std::size_t>(j)] = (bits >> j) & 1;
-    for (int policy : {kSequential, kLowConfidenceStatic, kLowConfidenceDynamic}) {
+    for (int policy : {kSequential, kLowConfidenceStatic, kLowConfidenceDynamic, kEntropyBounded}) {
       for (int scheduled = 1; scheduled <= 4; ++scheduled) {
         const bool decides = sdar::rules::confidence_decides(mask.data(), 4, policy, scheduled);
         const std::vector<double> up = {0.1, 0.2, 0.3, 0.4}, down = {0.4, 0.3, 0.2, 0.1};
