@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sdar_fixtures import tiny_artifact
+from sdar_fixtures import PACKAGED_CHECKPOINT, packaged_artifact, tiny_artifact
 from sdar_reference import reference_decode
 
 
@@ -42,6 +42,12 @@ CASES = [
     dict(remasking="low_confidence_dynamic", threshold=0.2),
     dict(remasking="sequential", denoising_steps=2),
     dict(remasking="low_confidence_static", temperature=0.8, top_k=20, top_p=0.9, seed=3),
+    # The random network's distributions are nearly flat (entropy ~ log V ~ 6.2 nats): budget 0
+    # fills one position per step in entropy order, 14 two or so, 1e9 the whole block.
+    dict(remasking="entropy_bounded", eb_threshold=0.0),
+    dict(remasking="entropy_bounded", eb_threshold=14.0, denoising_steps=2),
+    dict(remasking="entropy_bounded", eb_threshold=1e9),
+    dict(remasking="entropy_bounded", eb_threshold=14.0, temperature=0.8, top_k=20, seed=3),
 ]
 
 
@@ -107,3 +113,46 @@ def test_batched_block8_moe_equals_reference(batched_l8, case):
     # Each row alone gives the same tokens as inside the batch.
     alone = gen.generate(prompt_ids=prompts[1], max_new_tokens=20, **case)
     assert alone.token_ids == outs[1].token_ids
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    """The shipped trained checkpoint (it sorts digits; its distributions are sharp, entropies well
+    below 1 nat), exported, with its PyTorch logits for the reference."""
+    torch = pytest.importorskip("torch")
+    from sdar_export.model import build_model, full_sequence_logits
+
+    art = packaged_artifact(tmp_path_factory)
+    model = build_model(PACKAGED_CHECKPOINT, dtype="float32")
+    memo: dict[tuple, np.ndarray] = {}
+
+    def logits_fn(visible, position):
+        key = tuple(visible)
+        if key not in memo:
+            ids = torch.tensor([list(visible)], dtype=torch.int64)
+            memo[key] = full_sequence_logits(model, ids, 4)[0].float().numpy()
+        return memo[key][position]
+
+    return art, logits_fn
+
+
+@pytest.mark.parametrize("engine", ["cpu", "ort"])
+def test_entropy_bounded_on_packaged_checkpoint_equals_reference(packaged, engine):
+    from sdar_rt import Generator
+
+    art, logits_fn = packaged
+    gen = Generator(art, engine=engine, threads=1)
+    steps_seen = set()
+    for text in ("sort: 4 1 3 9 7 2", "sort: 8 0 5 5 1"):
+        ids = gen.tokenizer.encode(gen.tokenizer.apply_chat_template([{"role": "user", "content": text}]))
+        for eb in (0.0, 0.05, 0.35):
+            for fused in (True, False):
+                kw = dict(remasking="entropy_bounded", eb_threshold=eb)
+                out = gen.generate(prompt_ids=ids, max_new_tokens=16, fused_commit=fused, **kw)
+                tokens, reason, steps = ref(gen, ids, max_new_tokens=16, logits_fn=logits_fn, **kw)
+                assert out.token_ids == tokens and out.finish_reason == reason == "stop"
+                assert out.stats["steps_per_block"] == steps
+                steps_seen.add((eb, tuple(steps)))
+    # the budget changes the steps: one position per step at 0, more per step as it grows
+    by_budget = {eb: sum(sum(s) for b, s in steps_seen if b == eb) for eb in (0.0, 0.05, 0.35)}
+    assert by_budget[0.0] > by_budget[0.05] > by_budget[0.35]
