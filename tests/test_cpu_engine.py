@@ -35,6 +35,9 @@ POLICIES = [
     dict(remasking="low_confidence_static", denoising_steps=2),
     dict(remasking="low_confidence_dynamic", threshold=0.9),
     dict(remasking="low_confidence_dynamic", threshold=0.3, denoising_steps=2),
+    # entropies: ~6.2 nats per position on the random network, well below 1 on the task checkpoint
+    dict(remasking="entropy_bounded", eb_threshold=0.05),
+    dict(remasking="entropy_bounded", eb_threshold=14.0),
 ]
 
 
