@@ -90,6 +90,10 @@ def test_bfloat16_refused_and_trt_not_built(art, tmp_path):
         (dict(threshold=0), r"threshold must be in \(0, 1\], got 0;"),
         (dict(threshold=1.5), r"threshold must be in \(0, 1\], got 1\.5;"),
         (dict(threshold="high"), r"threshold must be a number, got 'high'"),
+        (dict(eb_threshold=-0.5), r"eb_threshold must be a finite number >= 0 \(an entropy .*got -0\.5;"),
+        (dict(remasking="entropy_bounded", eb_threshold=float("nan")), r"eb_threshold must be .*got nan"),
+        (dict(eb_threshold=float("inf")), r"eb_threshold must be a finite number >= 0 .*got inf"),
+        (dict(eb_threshold="low"), r"eb_threshold must be a number, got 'low'"),
         (dict(temperature=-1), r"temperature must be a finite number >= 0 \(0 = greedy\), got -1"),
         (dict(temperature=float("inf")), r"temperature must be a finite number >= 0 .*got inf"),
         (dict(temperature=1j), r"temperature must be a real number, got 1j"),
@@ -224,6 +228,30 @@ def test_cli_generate(art):
         timeout=120,
     )
     assert bad.returncode == 2 and "threshold" in bad.stderr
+
+
+def test_cli_entropy_bounded(gen, art):
+    main = "import sys; from sdar_rt.cli import generate_main; sys.exit(generate_main())"
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-c", main, str(art), "Hello", "--max-new-tokens", "12",
+             "--remasking", "entropy_bounded", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    for budget in ("0", "1e9"):
+        proc = cli("--eb-threshold", budget, "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        kw = dict(remasking="entropy_bounded", eb_threshold=float(budget))
+        api = gen.generate("Hello", max_new_tokens=12, **kw)
+        assert out["token_ids"] == api.token_ids and out["stats"]["nfe"] == api.stats["nfe"]
+        if budget == "1e9":  # the whole block in one step
+            assert set(api.stats["steps_per_block"]) == {1}
+    bad = cli("--eb-threshold", "-1")
+    assert bad.returncode == 2 and "eb_threshold must be a finite number >= 0" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_remasking_choices_are_what_the_core_accepts():

@@ -62,6 +62,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
         choices=list(REMASKING_POLICIES),
     )
     p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--eb-threshold", type=float, default=0.35,
+                   help="entropy_bounded: entropy budget per step in nats (larger unmasks more per step)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -81,6 +83,7 @@ def _decoding_kwargs(a: argparse.Namespace) -> dict:
         denoising_steps=a.steps,
         remasking=a.remasking,
         threshold=a.threshold,
+        eb_threshold=a.eb_threshold,
         temperature=a.temperature,
         top_k=a.top_k,
         top_p=a.top_p,
