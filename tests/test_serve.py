@@ -64,6 +64,8 @@ def test_models_and_health(server, client):
         {"threshold": 0.5},
         {"threshold": 0.999, "denoising_steps": 2, "remasking": "low_confidence_static"},
         {"remasking": "sequential", "fused_commit": False},
+        {"remasking": "entropy_bounded"},
+        {"remasking": "entropy_bounded", "eb_threshold": 0.05, "fused_commit": False},
     ],
 )
 def test_chat_equals_generate(client, direct, knobs):
@@ -83,6 +85,7 @@ def test_chat_equals_generate(client, direct, knobs):
         sdar = resp.usage.model_extra["sdar"]
         assert sdar["steps_per_block"] == ref.stats["steps_per_block"]
         assert sdar["threshold"] == knobs.get("threshold", 0.9)
+        assert sdar["eb_threshold"] == knobs.get("eb_threshold", 0.35)
         assert sdar["remasking"] == knobs.get("remasking", "low_confidence_dynamic")
         assert sdar["denoising_steps"] == knobs.get("denoising_steps", 4)
         assert sdar["nfe"] == ref.stats["nfe"] - (ref.stats["nfe_prefill"] - sdar["nfe_prefill"])
@@ -199,6 +202,8 @@ def test_errors_through_the_openai_client(server, client):
         ({"threshold": "high"}, "threshold"),
         ({"threshold": 1.5}, "threshold"),
         ({"remasking": "random"}, "remasking"),
+        ({"eb_threshold": -0.1}, "eb_threshold"),
+        ({"eb_threshold": "low"}, "eb_threshold"),
         ({"denoising_steps": 9}, "denoising_steps"),
         ({"show_unmasking": True}, "show_unmasking"),
         ({"n": 2}, "n"),

@@ -3,7 +3,7 @@
 Requests are validated strictly (a string is not a number, a number is not a bool; an integral
 number written as a float, ``16.0``, is an integer, as JSON Schema counts it); fields the server
 does not know are ignored, as OpenAI clients send many. The SDAR decoding knobs are extra request
-fields: ``threshold``, ``denoising_steps``, ``remasking``, ``fused_commit``, plus ``top_k``,
+fields: ``threshold``, ``eb_threshold``, ``denoising_steps``, ``remasking``, ``fused_commit``, plus ``top_k``,
 ``show_unmasking`` (stream the denoising steps) and ``return_token_ids``.
 
 Options the server refuses with a message of its own (``n`` > 1, penalties, tools, ...) keep a
@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..generator import REMASKING_POLICIES
 
-Remasking = Literal["sequential", "low_confidence_static", "low_confidence_dynamic"]
+Remasking = Literal["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"]
 assert set(get_args(Remasking)) == set(REMASKING_POLICIES)
 
 MAX_STOP = 16
@@ -78,6 +78,7 @@ class _GenerationFields(_Body):
     user: str | None = None
     # SDAR decoding
     threshold: Annotated[float, Field(gt=0, le=1)] | None = None
+    eb_threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # entropy_bounded's budget
     denoising_steps: json_int(ge=1) | None = None
     remasking: Remasking | None = None
     fused_commit: bool | None = None
@@ -153,6 +154,7 @@ class SdarUsage(BaseModel):
     """How the SDAR decoder ran this request."""
 
     threshold: float
+    eb_threshold: float
     denoising_steps: int
     remasking: str
     fused_commit: bool

@@ -51,6 +51,7 @@ class Reply:
         queued = (self.job.started or self.job.submitted) - self.job.submitted
         sdar = SdarUsage(
             threshold=params.get("threshold", 0.9),
+            eb_threshold=params.get("eb_threshold", 0.35),
             denoising_steps=params.get("denoising_steps", L),
             remasking=params.get("remasking", "low_confidence_dynamic"),
             fused_commit=params.get("fused_commit", True),

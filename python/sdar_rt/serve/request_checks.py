@@ -187,6 +187,7 @@ class RequestChecks:
             ("top_k", "top_k"),
             ("seed", "seed"),
             ("threshold", "threshold"),
+            ("eb_threshold", "eb_threshold"),
             ("denoising_steps", "denoising_steps"),
             ("remasking", "remasking"),
             ("fused_commit", "fused_commit"),
