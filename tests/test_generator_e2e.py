@@ -156,3 +156,21 @@ def test_entropy_bounded_on_packaged_checkpoint_equals_reference(packaged, engin
     # the budget changes the steps: one position per step at 0, more per step as it grows
     by_budget = {eb: sum(sum(s) for b, s in steps_seen if b == eb) for eb in (0.0, 0.05, 0.35)}
     assert by_budget[0.0] > by_budget[0.05] > by_budget[0.35]
+
+
+def test_bench_reference_decoder_entropy_bounded_equals_runtime(packaged):
+    """sdar-bench's own PyTorch decoder (what it checks sdar_rt's tokens against) follows the rule too."""
+    from sdar_rt import Generator
+    from sdar_rt.bench.reference import ReferenceDecoder
+
+    art, _ = packaged
+    gen = Generator(art, threads=1)
+    a = gen.artifact
+    bench_ref = ReferenceDecoder(PACKAGED_CHECKPOINT, block_length=a.block_length, mask_id=a.mask_id,
+                                 eos_ids=a.eos_ids)
+    messages = [{"role": "user", "content": "sort: 6 2 9 4"}]
+    ids = gen.tokenizer.encode(gen.tokenizer.apply_chat_template(messages))
+    out = gen.generate(prompt_ids=ids, max_new_tokens=16, remasking="entropy_bounded", fused_commit=False)
+    got = bench_ref.generate(ids, max_new_tokens=16, remasking="entropy_bounded")
+    assert got["token_ids"][: len(out.token_ids)] == out.token_ids
+    assert got["steps_per_block"] == out.stats["steps_per_block"]

@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remasking",
         default="low_confidence_dynamic",
-        choices=["sequential", "low_confidence_static", "low_confidence_dynamic"],
+        choices=["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"],
+        help="entropy_bounded runs at its default budget, eb_threshold 0.35",
     )
     p.add_argument(
         "--batch", type=int, nargs="+", default=[1], help="parallel samples per call (num_samples)"

@@ -38,11 +38,20 @@ class ReferenceDecoder:
         self.model = build_model(model_dir, dtype="float32")
         self.L, self.mask_id, self.eos_ids = block_length, mask_id, set(eos_ids)
 
-    def _select(self, remasking, conf, masked, n_k, threshold):
-        """Positions (python ints) to unmask; conf: list of float, masked: list of bool."""
+    def _select(self, remasking, conf, masked, n_k, threshold, entropy=None, eb_threshold=0.35):
+        """Positions (python ints) to unmask; conf, entropy: lists of float, masked: list of bool."""
         cand = [j for j in range(self.L) if masked[j]]
         if remasking == "sequential":
             return cand[:n_k]
+        if remasking == "entropy_bounded":  # ascending entropy while the running sum stays below
+            by_entropy = sorted(cand, key=lambda j: (entropy[j], j))
+            running, take = 0.0, 0
+            for j in by_entropy:
+                running += entropy[j]
+                if take and not running < eb_threshold:
+                    break
+                take += 1
+            return by_entropy[:take]
         ranked = sorted(cand, key=lambda j: (-conf[j], j))
         if remasking == "low_confidence_dynamic":
             above = [j for j in cand if conf[j] > threshold]
@@ -90,8 +99,9 @@ class ReferenceDecoder:
                     probs = torch.softmax(logits[0].double(), dim=-1)
                     conf_t, tok_t = probs.max(dim=-1)  # first maximum on ties = lowest index
                     conf, tok = conf_t.tolist(), tok_t.tolist()
+                    entropy = torch.special.entr(probs).sum(dim=-1).tolist()
                     n_k = min(sched[k], sum(masked))
-                    for j in self._select(remasking, conf, masked, n_k, threshold):
+                    for j in self._select(remasking, conf, masked, n_k, threshold, entropy):
                         cur[0, j] = tok[j]
                         masked[j] = False
                     k += 1
