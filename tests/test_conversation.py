@@ -14,7 +14,7 @@ from sdar_fixtures import packaged_artifact, tiny_artifact
 from sdar_rt import ContextOverflowError, Generator
 from sdar_rt.conversation import ConversationBusyError
 
-POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic"]
+POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"]
 QUESTIONS = ["sort: 5 9 1 3", "sort: 7 7 2 0 1 4", "sort: 9 8 7 6 5 4 3 2"]
 
 
@@ -58,6 +58,7 @@ def committed(prompt: list[int], out, L: int) -> list[int]:
 def test_turns_equal_fresh_generate(sort_gen, fresh_gen, policy, fused):
     L = sort_gen.spec.block_length
     kw = dict(max_new_tokens=16, remasking=policy, denoising_steps=2, threshold=0.8, fused_commit=fused)
+    kw["eb_threshold"] = 0.05  # entropy_bounded's budget (the others ignore it)
     conv = sort_gen.session()
     prev = None
     for i, question in enumerate(QUESTIONS):
