@@ -5,8 +5,9 @@ The CPU side is the core itself (_core.sample, _core.philox_uniform) plus an ind
 statement of the remasking rule (CONTRACTS.md rule 5; the kernels and the core share
 runtime/step_rules.h, so comparing them with each other alone would prove little), on the same
 logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox
-uniforms and every remasking decision must be identical; confidences agree to ~1e-12 relative
-(float64 on both sides, different summation order).
+uniforms and every remasking decision must be identical; confidences (entropies under
+entropy_bounded, compared with _core.entropy) agree to ~1e-12 relative (float64 on both sides,
+different summation order).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ needs_gpu = pytest.mark.skipif(
 )
 
 VOCAB = 151_936  # Qwen3 / SDAR vocabulary
-POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic"]
+POLICIES = ["sequential", "low_confidence_static", "low_confidence_dynamic", "entropy_bounded"]
 DTYPES = ["float32", "float16", "bfloat16"]
 CONF_RTOL = 1e-12
 
@@ -83,6 +84,15 @@ def random_logits(rng, rows: int, L: int, V: int) -> np.ndarray:
 def select_positions(policy, threshold, masked, confidence, n_step):
     """CONTRACTS.md rule 5 (ties to the lower position), written independently of step_rules.h."""
     n = min(n_step, len(masked))
+    if policy == "entropy_bounded":  # `confidence` holds entropies, `threshold` the budget
+        order = sorted(range(len(masked)), key=lambda i: (confidence[i], masked[i]))
+        take, running = 0, 0.0
+        for i in order:
+            running += confidence[i]
+            if take and not running < threshold:
+                break
+            take += 1
+        return [masked[i] for i in order[:take]]
     if policy == "sequential":
         return list(masked[:n])
     order = sorted(range(len(masked)), key=lambda i: (-confidence[i], masked[i]))
@@ -113,6 +123,8 @@ def cpu_step(logits32, tokens, masked, row_done, row_ids, row_steps, p):
             if p["temperature"] != 0.0:
                 u = _core.philox_uniform(p["seed"], int(row_ids[r]), int(row_steps[r]), p["block_start"] + j)
             token, c = _core.sample(logits32[r, j], p["temperature"], p["top_k"], p["top_p"], u)
+            if p["remasking"] == "entropy_bounded":
+                c = _core.entropy(logits32[r, j], p["temperature"])
             samples[(r, j)] = (token, c)
             conf.append(c)
         for j in select_positions(p["remasking"], p["threshold"], offsets, conf, n_step):
@@ -255,6 +267,8 @@ def test_greedy_step_matches_cpu(dtype, policy):
         p = params(
             remasking=policy, scheduled=int(rng.integers(1, L + 1)), threshold=float(rng.uniform(0.3, 0.95))
         )
+        if policy == "entropy_bounded":  # budgets from one position to several (entropies <= log V)
+            p["threshold"] = float(rng.uniform(0.0, 30.0))
         check_step(ws, block, cpu_logits, d_logits, dtype, p)
 
 
@@ -272,7 +286,7 @@ def test_sampling_step_matches_cpu(dtype, temperature, top_k, top_p):
         logits32 = random_logits(rng, rows, L, VOCAB)
         d_logits, cpu_logits = device_logits(logits32, dtype)
         block = Block(rng, rows, L, np.ones((rows, L)))
-        policy = POLICIES[seed % 3]
+        policy = POLICIES[seed % 4]
         p = params(
             remasking=policy, scheduled=2, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed * 7919
         )
