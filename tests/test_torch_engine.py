@@ -47,6 +47,7 @@ GREEDY = [
     dict(remasking="low_confidence_dynamic", threshold=0.9),
     dict(remasking="low_confidence_static", denoising_steps=2),
     dict(remasking="sequential", denoising_steps=4),
+    dict(remasking="entropy_bounded", eb_threshold=0.05),  # the trained model: some steps fill several
 ]
 # Hot enough that the trained model's confident choices do change (checked below), still filtered.
 SAMPLED = dict(
