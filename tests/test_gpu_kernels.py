@@ -6,10 +6,13 @@ statement of the remasking rule (CONTRACTS.md rule 5; the kernels and the core s
 runtime/step_rules.h, so comparing them with each other alone would prove little), on the same
 logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox
 uniforms and every remasking decision must be identical; confidences agree to ~1e-12 relative
-(float64 on both sides, different summation order).
+(float64 on both sides, different summation order), and are NaN on both where a greedy step
+needs none.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -107,13 +110,16 @@ def cpu_step(logits32, tokens, masked, row_done, row_ids, row_steps, p):
             continue
         n_step = min(p["scheduled"], len(offsets))
         to_sample = offsets[:n_step] if p["remasking"] == "sequential" else offsets
+        # a greedy step whose confidences cannot change the choice (sequential, or every masked
+        # position filled) computes none: NaN, on the host and on the device
+        skip = p["temperature"] == 0.0 and (p["remasking"] == "sequential" or n_step == len(offsets))
         conf = []
         for j in to_sample:
             u = 0.0
             if p["temperature"] != 0.0:
                 u = _core.philox_uniform(p["seed"], int(row_ids[r]), int(row_steps[r]), p["block_start"] + j)
             token, c = _core.sample(logits32[r, j], p["temperature"], p["top_k"], p["top_p"], u)
-            samples[(r, j)] = (token, c)
+            samples[(r, j)] = (token, math.nan if skip else c)
             conf.append(c)
         for j in select_positions(p["remasking"], p["threshold"], offsets, conf, n_step):
             tokens[r, j] = samples[(r, j)][0]
@@ -186,7 +192,8 @@ def check_step(ws, block, logits32, d_logits, dtype, p):
             if (r, j) in expected:
                 token, conf = expected[(r, j)]
                 assert got_tokens[r * L + j] == token, (r, j, p)
-                assert got_conf[r * L + j] == pytest.approx(conf, rel=CONF_RTOL, abs=1e-300), (r, j, p)
+                want = pytest.approx(conf, rel=CONF_RTOL, abs=1e-300, nan_ok=True)
+                assert got_conf[r * L + j] == want, (r, j, p)
             else:
                 assert got_tokens[r * L + j] == -1, (r, j, "sampled a position the CPU did not")
     dev_tokens, dev_masked, dev_steps = block.device_state()
