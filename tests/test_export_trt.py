@@ -389,3 +389,19 @@ def test_integrated_gpu_reads_available_memory_from_the_os(fp16_art, rec, monkey
     monkeypatch.setattr(trt_build, "gpu_info", lambda: dict(DISCRETE))
     with pytest.raises(ExportError, match="needs .* but the GPU has 0.00 GiB free"):
         trt_build.build_engines(fp16_art, log=lambda s: None)
+
+
+def test_operator_check_and_weight_count_never_read_the_weights(fp16_art, tmp_path):
+    """The checks before the build read the graph's structure only (onnx's load_external_data=False):
+    they work with the weights file gone, so they never hold a copy of the weights next to the
+    builder's."""
+    from sdar_export.trt_onnx_support import require_supported
+
+    art = _copy(fp16_art, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    data = art / m["graphs"]["trt"]["external_data"]
+    assert data.stat().st_size > 10 * (art / "trt.onnx").stat().st_size   # the weights are outside
+    want = trt_build.graph_weight_bytes(art / "trt.onnx")
+    data.unlink()
+    require_supported(art / "trt.onnx")
+    assert trt_build.graph_weight_bytes(art / "trt.onnx") == want
