@@ -58,6 +58,13 @@ int main() {
   CHECK(!library_runs_headers(110100, 10, 3));   // another major
   CHECK(!library_runs_headers(100314, 11, 1));
 
+  // MemAvailable from /proc/meminfo's text (kB), -1 without it.
+  using sdar::trt::rules::mem_available_bytes;
+  CHECK(mem_available_bytes("MemTotal:        7990000 kB\nMemFree:          400000 kB\n"
+                            "MemAvailable:    5120000 kB\nBuffers: 1 kB\n") == 5120000LL * 1024);
+  CHECK(mem_available_bytes("MemTotal: 1 kB\nMemFree: 2 kB\n") == -1);
+  CHECK(mem_available_bytes("MemAvailable: kB\n") == -1);
+
   if (sdar::testing::failure_count() == 0) std::puts("trt_rules tests passed");
   return sdar::testing::failure_count() == 0 ? 0 : 1;
 }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <set>
 #include <string>
 #include <utility>
@@ -91,6 +93,7 @@ struct TrtEngine::Impl {
   EngineBindings b;
   bool bound = false;
   bool synchronous = true;  // options.synchronous, off when a device loop shares the stream
+  bool integrated = false;  // the GPU shares the board's RAM
 
   ~Impl() {
     // Nothing in flight on memory about to be freed. A stream adopted from the bindings may be
@@ -128,10 +131,17 @@ void TrtEngine::Impl::create_contexts() {
   }
   std::size_t free_bytes = 0, total_bytes = 0;
   SDAR_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (integrated) {  // the board's RAM: what the OS says is available, page cache included
+    std::ifstream meminfo("/proc/meminfo");
+    std::ostringstream text;
+    text << meminfo.rdbuf();
+    const std::int64_t available = rules::mem_available_bytes(text.str());
+    if (available > 0) free_bytes = std::max(free_bytes, static_cast<std::size_t>(available));
+  }
   if (static_cast<std::size_t>(need) > free_bytes) {
     throw EngineError("the TensorRT plan needs " + std::to_string(need >> 20) + " MiB of scratch memory but the GPU has " +
-                      std::to_string(free_bytes >> 20) + " MiB free; re-export with a smaller --max-context or "
-                      "--int4, or close other GPU users");
+                      std::to_string(free_bytes >> 20) + " MiB " + (integrated ? "available" : "free") +
+                      "; re-export with a smaller --max-context or --int4, or close other GPU users");
   }
   scratch = Buffer(allocator, static_cast<std::size_t>(std::max<std::int64_t>(need, 1)), 256);
   for (KindState& k : kinds) {
@@ -336,6 +346,7 @@ TrtEngine::TrtEngine(const TrtEngineOptions& options) : impl_(std::make_unique<I
                       "against the installed TensorRT");
   }
   check_compatible(options.plan, device, version);
+  m.integrated = device.integrated;
   for (std::size_t i = 0; i < kKinds.size(); ++i) {
     m.kinds[i].kind = kKinds[i];
     m.kinds[i].profile = options.plan.profiles[i];

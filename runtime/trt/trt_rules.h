@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 namespace sdar::trt::rules {
 
@@ -61,6 +62,25 @@ inline bool library_runs_headers(int library_version, int compiled_major, int co
   const int major = library_version / 10000;
   const int minor = library_version / 100 % 100;
   return major == compiled_major && minor >= compiled_minor;
+}
+
+// Bytes of `MemAvailable:` in the text of /proc/meminfo ("MemAvailable:  123456 kB"), -1 when it
+// is not there. On an integrated GPU (Jetson) device memory is the board's RAM, and this (free RAM
+// plus the page cache the kernel can reclaim) is what an allocation can get; cudaMemGetInfo's free
+// figure leaves the page cache out and would refuse a model that fits.
+inline std::int64_t mem_available_bytes(const std::string& meminfo) {
+  const std::string key = "MemAvailable:";
+  const std::size_t at = meminfo.find(key);
+  if (at == std::string::npos) return -1;
+  std::size_t i = at + key.size();
+  while (i < meminfo.size() && meminfo[i] == ' ') ++i;
+  std::int64_t kib = 0;
+  bool digits = false;
+  for (; i < meminfo.size() && meminfo[i] >= '0' && meminfo[i] <= '9'; ++i) {
+    kib = kib * 10 + (meminfo[i] - '0');
+    digits = true;
+  }
+  return digits ? kib * 1024 : -1;
 }
 
 }  // namespace sdar::trt::rules
