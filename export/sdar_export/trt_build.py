@@ -209,7 +209,7 @@ def _check_budget(art: Path, manifest: dict, chunk: int, workspace_mb: int, stre
                              "quarter of fp16's, in every copy the build holds)")
             if workspace_mb > 256:
                 fixes.append(f"a smaller --workspace-mb than {workspace_mb} (e.g. 512)")
-            fixes.append("build the plan on a larger Orin with the same JetPack and copy it here")
+            fixes.append("build it on an Orin with more RAM and the same JetPack, and copy the artifact here")
             msg = mb.peak_refusal(peak, available, fixes)
         if msg:
             raise ExportError(msg + "; nothing was built")
