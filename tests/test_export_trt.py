@@ -1,13 +1,14 @@
 """trt_build drives the TensorRT Python API as documented; checked here with a recording stand-in
-for the ``tensorrt`` module (TensorRT cannot be installed on these machines). The stand-in builds
-its network inputs from the ONNX graph the parser is given (name, shape with -1 for dynamic axes,
-element type), so the checks below see what TensorRT's parser would report."""
+for the ``tensorrt`` module (tests/trt_fake.py: TensorRT cannot be installed on these machines)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,141 +17,12 @@ from onnx import helper
 from sdar_export import cli, trt_build
 from sdar_export.errors import ExportError
 from sdar_export.make_checkpoint import make_checkpoint
+from sdar_rt import memory_budget as mb
+from trt_fake import PLAN, STRONGLY_TYPED, Recorder, fake_tensorrt
 
-_DT = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", BF16="BF16", INT64="INT64", INT32="INT32",
-                            BOOL="BOOL")
-_ONNX_TO_TRT = {1: _DT.FLOAT, 10: _DT.HALF, 16: _DT.BF16, 7: _DT.INT64, 6: _DT.INT32, 9: _DT.BOOL}
-STRONGLY_TYPED = 5
-
-
-class Recorder:
-    def __init__(self):
-        self.flags = []            # create_network flags
-        self.builder_flags = []    # config.set_flag calls
-        self.profiles = []         # one dict {name: (min, opt, max)} per added profile
-        self.shape_inputs = []
-        self.inputs = []           # the parsed network's inputs
-        self.workspace = None
-        self.built = 0
-
-
-def fake_tensorrt(rec: Recorder, scratch=(3 << 20, 1 << 20, 2 << 20)):
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
-    trt.DataType = _DT
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            pass
-
-    class Tensor:
-        def __init__(self, vi):
-            dims = vi.type.tensor_type.shape.dim
-            self.name = vi.name
-            self.shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-            self.dtype = _ONNX_TO_TRT[vi.type.tensor_type.elem_type]
-            self.is_shape_tensor = False
-
-    class Network:
-        def __init__(self):
-            self.inputs = []
-
-        @property
-        def num_inputs(self):
-            return len(self.inputs)
-
-        def get_input(self, i):
-            return self.inputs[i]
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.network = network
-            self.num_errors = 0
-
-        def parse_from_file(self, path):
-            m = onnx.load(path, load_external_data=False)
-            self.network.inputs = [Tensor(i) for i in m.graph.input]
-            rec.inputs = self.network.inputs
-            return True
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
-
-        def set_shape_input(self, name, lo, opt, hi):
-            rec.shape_inputs.append(name)
-            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
-
-    class Cache:
-        def serialize(self):
-            return b"cache"
-
-    class Config:
-        def __init__(self):
-            self.profiles = 0
-
-        def set_memory_pool_limit(self, pool, n):
-            rec.workspace = n
-
-        def set_flag(self, f):
-            rec.builder_flags.append(f)
-
-        def create_timing_cache(self, b):
-            return Cache()
-
-        def set_timing_cache(self, c, ignore_mismatch):
-            pass
-
-        def get_timing_cache(self):
-            return Cache()
-
-        def add_optimization_profile(self, p):
-            rec.profiles.append(p.shapes)
-            self.profiles += 1
-            return self.profiles - 1
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            rec.flags.append(flags)
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            rec.built += 1
-            return b"PLAN" * 1000
-
-    class Engine:
-        num_optimization_profiles = 3
-
-        def get_device_memory_size_for_profile_v2(self, i):
-            return scratch[i]
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, buffer):
-            assert bytes(buffer[:4]) == b"PLAN"   # the plan on disk, mapped
-            return Engine()
-
-    trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=STRONGLY_TYPED)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", BF16="bf16")
-    return trt
+ROOT = Path(__file__).resolve().parents[1]
+DISCRETE = {"gpu": "NVIDIA H100", "compute_capability": "9.0", "integrated": False}
+ORIN = {"gpu": "Orin", "compute_capability": "8.7", "integrated": True}
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +37,8 @@ def rec(monkeypatch):
     r = Recorder()
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(r))
     monkeypatch.setattr(trt_build, "device_free_memory", lambda: 64 << 30)
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: dict(DISCRETE))
+    monkeypatch.setattr(mb, "host_memory", lambda: (64 << 30, 0))
     return r
 
 
@@ -178,12 +52,13 @@ def test_one_strongly_typed_plan_with_a_profile_per_kind(fp16_art, rec):
 
     # strongly typed, and no precision flag that would let TensorRT move float32 islands to half
     assert rec.flags == [1 << STRONGLY_TYPED]
-    assert rec.builder_flags == []
+    assert rec.builder_flags == set()   # TF32 (on by default) cleared: float32 stays float32
     assert rec.workspace == 512 << 20
     # one plan, built once, from the trt graph
     assert rec.built == 1
     assert sorted(p.name for p in art.glob("*.plan")) == ["trt.plan"]
-    assert (art / "timing.cache").exists()
+    assert (art / "timing-10.3.0.cache").read_bytes() == b"cache-10.3.0"
+    assert rec.parsers_alive_at_load == 0   # the parser's copy of the weights went before the load
 
     # every network input has a profile in every kind, with its own rank and min <= opt <= max
     names = [t.name for t in rec.inputs]
@@ -236,7 +111,7 @@ def test_device_memory_budget_refuses_before_building(fp16_art, rec, monkeypatch
 
 def test_budget_names_the_context_that_fits(fp16_art, rec, monkeypatch, capsys):
     m = json.loads((fp16_art / "manifest.json").read_text())
-    budget = trt_build._check_budget(fp16_art, m, m["prefill_chunk"], log=lambda s: None)
+    budget = trt_build._check_budget(fp16_art, m, m["prefill_chunk"], 1024, False, False, log=lambda s: None)
     per_token = budget["kv_cache"] // m["max_context"]
     # room for the weights, the scratch and 12 tokens of cache: --max-context 12 (a multiple of L = 4)
     free = budget["weights"] + budget["scratch_estimate"] + 13 * per_token
@@ -265,10 +140,7 @@ def test_unknown_input_is_refused(fp16_art, rec, tmp_path):
 
 
 def test_graph_outside_the_parser_fails_the_build_naming_the_node(fp16_art, rec, tmp_path):
-    import shutil
-
-    art = tmp_path / "art"
-    shutil.copytree(fp16_art, art)
+    art = _copy(fp16_art, tmp_path)
     m = onnx.load(str(art / "trt.onnx"))
     x = m.graph.input[0].name
     m.graph.node.append(helper.make_node("Det", [x], ["det_out"], name="my_det"))
@@ -313,3 +185,223 @@ def test_graph_weight_bytes_counts_every_initializer(fp16_art, tmp_path):
                 for t in m.graph.initializer)
     assert trt_build.graph_weight_bytes(art / "trt.onnx") == every + 512 * 128 * 2
     assert table.data_type == 10
+
+
+# ------------------------------------------------------------------ the on-device install
+
+
+def _copy(art, tmp_path):
+    """A copy of the artifact without what earlier builds left in it (timing caches)."""
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    for cache in copy.glob("timing*.cache"):
+        cache.unlink()
+    return copy
+
+
+def _install_modules(extras: tuple[str, ...]) -> set[str]:
+    """Top-level modules of the base install plus ``extras`` (pyproject.toml's requirements and,
+    transitively, theirs as installed here), the standard library and the two packages."""
+    tomllib = pytest.importorskip("tomllib")
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    todo = list(project["dependencies"]) + [r for e in extras for r in project["optional-dependencies"][e]]
+    dists: set[str] = set()
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = req.name.lower().replace("_", "-")
+        if name in dists:
+            continue
+        dists.add(name)
+        todo += metadata.requires(req.name) or []
+    modules = {m for m, owners in metadata.packages_distributions().items()
+               if any(o.lower().replace("_", "-") in dists for o in owners)}
+    return modules | set(sys.stdlib_module_names) | {"sdar_rt", "sdar_export", "trt_fake", "tensorrt"}
+
+
+def _build_in_install(art, extras: tuple[str, ...], tmp_path):
+    allowed = tmp_path / "allowed.json"
+    allowed.write_text(json.dumps(sorted(_install_modules(extras))))
+    tests = ROOT / "tests"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(tests / "trt_build_child.py"), str(art), str(allowed)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_engine_build_needs_only_the_trt_extra(fp16_art, tmp_path):
+    """`sdar-export ART --engine trt` where only the base install, the trt extra (and TensorRT) are:
+    no torch, safetensors or anything of the export extra."""
+    art = _copy(fp16_art, tmp_path)
+    modules = _install_modules(("trt",))
+    assert "onnx" in modules and "torch" not in modules and "safetensors" not in modules
+    done = _build_in_install(art, ("trt",), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (art / "trt.plan").read_bytes() == PLAN
+
+
+def test_engine_build_without_onnx_names_the_extra_in_one_line(fp16_art, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    before = (art / "manifest.json").read_text()
+    done = _build_in_install(art, (), tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "sdar_rt[trt]"' in lines[0], done.stderr
+    assert (art / "manifest.json").read_text() == before
+
+
+# ------------------------------------------------------------------ corners of the TensorRT API
+
+
+def test_shape_tensor_input_is_refused(fp16_art, rec):
+    """The runtime binds past_len as a device tensor: a plan where TensorRT made it a shape tensor
+    (a host value) would read garbage, so the build refuses it."""
+    rec.shape_tensor_names = {"past_len"}
+    with pytest.raises(ExportError, match="'past_len'.*shape tensor"):
+        trt_build.build_engines(fp16_art, log=lambda s: None)
+    assert rec.built == 0 and rec.shape_inputs == []
+
+
+def test_missing_timing_cache_is_a_note_and_the_manifest_is_fresh(fp16_art, rec, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    rec.cache_available = False   # get_timing_cache() -> None
+    notes = []
+    entry = trt_build.build_engines(art, prefill_chunk=8, log=notes.append)
+    assert any("no timing cache" in n for n in notes)
+    m = json.loads((art / "manifest.json").read_text())
+    assert [e["prefill_chunk"] for e in m["engines"]] == [8] == [entry["prefill_chunk"]]
+    assert not list(art.glob("timing*.cache"))
+
+
+def test_refused_timing_cache_builds_from_an_empty_one(fp16_art, rec, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    (art / "timing-10.3.0.cache").write_bytes(b"corrupt")
+    rec.accept_cache = False   # set_timing_cache() -> False for every cache
+    notes = []
+    trt_build.build_engines(art, log=notes.append)
+    assert rec.cache_blobs == [b"corrupt", b""]
+    assert any("refused the timing cache" in n for n in notes)
+    assert rec.built == 1
+
+
+def test_timing_cache_of_another_tensorrt_is_not_used(fp16_art, rec, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    (art / "timing-10.2.0.cache").write_bytes(b"cache-10.2.0")
+    trt_build.build_engines(art, log=lambda s: None)
+    assert rec.cache_blobs == [b""]
+    assert sorted(p.name for p in art.glob("timing*.cache")) == ["timing-10.3.0.cache"]
+    trt_build.build_engines(art, log=lambda s: None)   # the same version's cache is used
+    assert rec.cache_blobs == [b"", b"cache-10.3.0"]
+
+
+def test_failed_build_leaves_plan_and_manifest_as_they_were(fp16_art, rec, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    trt_build.build_engines(art, log=lambda s: None)
+    before = (art / "manifest.json").read_text()
+    rec.fail_build = True
+    with pytest.raises(ExportError, match="failed to build"):
+        trt_build.build_engines(art, prefill_chunk=8, log=lambda s: None)
+    assert (art / "manifest.json").read_text() == before
+    assert (art / "trt.plan").read_bytes() == PLAN
+    assert not list(art.glob("*.tmp"))
+
+
+def test_stream_writer_writes_the_plan(fp16_art, rec, tmp_path):
+    art = _copy(fp16_art, tmp_path)
+    rec.stream_writer = True
+    sys.modules["tensorrt"] = fake_tensorrt(rec)
+    trt_build.build_engines(art, log=lambda s: None)
+    assert (art / "trt.plan").read_bytes() == PLAN and rec.parsers_alive_at_load == 0
+
+
+def test_int4_needs_a_float16_artifact(fp16_art, rec, tmp_path):
+    """TensorRT's weight-only INT4 is W4A16: a float32 (or bfloat16, whose graph computes in
+    float32) int4 artifact is refused before anything is built."""
+    art = _copy(fp16_art, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    m["quantization"] = {"weights": "int4", "bits": 4, "format": "QDQ", "group_size": 16}
+    for dtype in ("float32", "bfloat16"):
+        m["dtype"] = dtype
+        (art / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ExportError, match="W4A16.*--fp16 --int4"):
+            trt_build.build_engines(art, log=lambda s: None)
+    assert rec.built == 0
+
+
+def test_int4_export_for_trt_in_float32_is_refused_before_the_export(tmp_path, rec):
+    ck = make_checkpoint(tmp_path / "ck")
+    with pytest.raises(ExportError, match="W4A16"):
+        cli.export(ck, tmp_path / "art", dtype="float32", quantize="int4", group_size=16, max_context=16,
+                   skip_validate=True, quiet=True, engine="trt")
+    assert not (tmp_path / "art").exists()
+
+
+# ------------------------------------------------------------------ memory on an integrated GPU
+
+
+def _weights(art) -> int:
+    return trt_build.graph_weight_bytes(art / "trt.onnx")
+
+
+def test_integrated_gpu_budgets_the_build_peak(fp16_art, rec, monkeypatch):
+    """On an integrated GPU the build holds the parser's weights, the engine's and the serialized
+    plan at once (TensorRT 10.3: no stream writer): a board whose RAM holds the steady state but
+    not that peak is refused before anything is built, naming the fixes; swap lets the host copies
+    go; the fixes are right."""
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: dict(ORIN))
+    w, workspace = _weights(fp16_art), 64 << 20
+    m = json.loads((fp16_art / "manifest.json").read_text())
+    steady = trt_build._check_budget(fp16_art, m, m["prefill_chunk"], 64, False, False, log=lambda s: None)
+    run_total = steady["weights"] + steady["kv_cache"] + steady["scratch_estimate"]
+    peak = 3 * w + workspace
+    assert steady["build_peak"] == peak
+    ram = max(run_total, w + workspace) + (peak - max(run_total, w + workspace)) // 2   # between the two
+    monkeypatch.setattr(mb, "host_memory", lambda: (ram, 0))
+    with pytest.raises(ExportError) as e:
+        trt_build.build_engines(fp16_art, workspace_mb=64, log=lambda s: None)
+    msg = str(e.value)
+    assert "TensorRT engine build needs" in msg and "RAM available" in msg and "nothing was built" in msg
+    assert "--int4" in msg and "add swap" in msg and "--workspace-mb" not in msg   # 64 MiB is small already
+    assert rec.built == 0
+    # swap for the host copies (the parser's weights and the plan): the same RAM builds
+    monkeypatch.setattr(mb, "host_memory", lambda: (ram, peak - ram))
+    trt_build.build_engines(fp16_art, workspace_mb=64, log=lambda s: None)
+    assert rec.built == 1
+    # but swap never holds device allocations: engine weights + workspace must fit the RAM
+    monkeypatch.setattr(mb, "host_memory", lambda: (w + workspace - 1, 1 << 40))
+    with pytest.raises(ExportError, match="--workspace-mb than 2048"):
+        trt_build.build_engines(fp16_art, log=lambda s: None)
+
+
+def test_integrated_gpu_reads_available_memory_from_the_os(fp16_art, rec, monkeypatch):
+    """cudaMemGetInfo's free figure on Jetson leaves out the page cache the kernel would reclaim: a
+    board with little 'free' but plenty available builds."""
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: dict(ORIN))
+    monkeypatch.setattr(trt_build, "device_free_memory", lambda: 1 << 20)
+    monkeypatch.setattr(mb, "host_memory", lambda: (16 << 30, 0))
+    trt_build.build_engines(fp16_art, log=lambda s: None)
+    assert rec.built == 1
+    # a discrete GPU is checked against its own free memory
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: dict(DISCRETE))
+    with pytest.raises(ExportError, match="needs .* but the GPU has 0.00 GiB free"):
+        trt_build.build_engines(fp16_art, log=lambda s: None)
+
+
+def test_operator_check_and_weight_count_never_read_the_weights(fp16_art, tmp_path):
+    """The checks before the build read the graph's structure only (onnx's load_external_data=False):
+    they work with the weights file gone, so they never hold a copy of the weights next to the
+    builder's."""
+    from sdar_export.trt_onnx_support import require_supported
+
+    art = _copy(fp16_art, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    data = art / m["graphs"]["trt"]["external_data"]
+    assert data.stat().st_size > 10 * (art / "trt.onnx").stat().st_size   # the weights are outside
+    want = trt_build.graph_weight_bytes(art / "trt.onnx")
+    data.unlink()
+    require_supported(art / "trt.onnx")
+    assert trt_build.graph_weight_bytes(art / "trt.onnx") == want

@@ -7,10 +7,12 @@ runtime/step_rules.h, so comparing them with each other alone would prove little
 logits (fp16 / bf16 logits are widened to float32 for the CPU, as the kernels do). Tokens, Philox
 uniforms and every remasking decision must be identical; confidences (entropies under
 entropy_bounded, compared with _core.entropy) agree to ~1e-12 relative (float64 on both sides,
-different summation order).
+different summation order), and are NaN on both where a greedy step needs none.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -117,6 +119,11 @@ def cpu_step(logits32, tokens, masked, row_done, row_ids, row_steps, p):
             continue
         n_step = min(p["scheduled"], len(offsets))
         to_sample = offsets[:n_step] if p["remasking"] == "sequential" else offsets
+        # a greedy step whose confidences cannot change the choice (sequential, or every masked
+        # position filled) computes none: NaN, on the host and on the device
+        # (entropy_bounded: a single masked position, which a step always fills)
+        decides = len(offsets) > 1 if p["remasking"] == "entropy_bounded" else n_step < len(offsets)
+        skip = p["temperature"] == 0.0 and (p["remasking"] == "sequential" or not decides)
         conf = []
         for j in to_sample:
             u = 0.0
@@ -125,7 +132,7 @@ def cpu_step(logits32, tokens, masked, row_done, row_ids, row_steps, p):
             token, c = _core.sample(logits32[r, j], p["temperature"], p["top_k"], p["top_p"], u)
             if p["remasking"] == "entropy_bounded":
                 c = _core.entropy(logits32[r, j], p["temperature"])
-            samples[(r, j)] = (token, c)
+            samples[(r, j)] = (token, math.nan if skip else c)
             conf.append(c)
         for j in select_positions(p["remasking"], p["threshold"], offsets, conf, n_step):
             tokens[r, j] = samples[(r, j)][0]
@@ -198,7 +205,8 @@ def check_step(ws, block, logits32, d_logits, dtype, p):
             if (r, j) in expected:
                 token, conf = expected[(r, j)]
                 assert got_tokens[r * L + j] == token, (r, j, p)
-                assert got_conf[r * L + j] == pytest.approx(conf, rel=CONF_RTOL, abs=1e-300), (r, j, p)
+                want = pytest.approx(conf, rel=CONF_RTOL, abs=1e-300, nan_ok=True)
+                assert got_conf[r * L + j] == want, (r, j, p)
             else:
                 assert got_tokens[r * L + j] == -1, (r, j, "sampled a position the CPU did not")
     dev_tokens, dev_masked, dev_steps = block.device_state()

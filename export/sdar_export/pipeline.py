@@ -81,6 +81,9 @@ def export_checkpoint(opts: ExportOptions, stages: Stages) -> ExportResult:
         import_tensorrt()
     cfg = read_exportable_config(opts.model_dir)
     opts = opts.for_config(cfg)
+    if opts.engine == "trt":
+        from .trt_build import check_trt_precision  # noqa: PLC0415
+        check_trt_precision(opts.dtype, {"weights": opts.quantize}, str(opts.model_dir))
     prompts = calibration_prompts(opts, cfg)
     out = opts.checked_output_dir()
 

@@ -23,7 +23,10 @@ Memory: the device-memory budget (weights + KV cache + scratch) is printed and c
 GPU's free memory before the build; ``--workspace-mb`` caps the builder's scratch; the plan goes to
 disk through TensorRT's stream writer where it has one (10.14+), else straight from TensorRT's
 buffer (never copied into a Python bytes object), and the parser's copy of the weights is released
-before the plan is checked. A timing cache (``timing.cache``) in the artifact makes rebuilds fast.
+as soon as the plan is built, before it is written or loaded. On an integrated GPU (Jetson: the
+GPU's memory is the board's RAM) the build's peak is budgeted too, against what the OS reports
+available (sdar_rt.memory_budget). A timing cache per TensorRT version (``timing-X.Y.Z.cache``)
+in the artifact makes rebuilds fast. TF32 is off: float32 stays float32.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from pathlib import Path
 from .errors import ExportError
 from .weight_store import tensor_bytes
 
-TIMING_CACHE = "timing.cache"
 PLAN_FILE = "trt.plan"
 TRT_GRAPH = "trt"
 STEP_KINDS = ("prefill", "decode", "fused")
@@ -58,6 +60,20 @@ def import_tensorrt():
     return trt
 
 
+ONNX_MISSING = 'the TensorRT engine build needs the onnx package: pip install "sdar_rt[trt]"'
+# TensorRT's weight-only INT4 is W4A16: the activations (and so the artifact) must be half precision.
+INT4_DTYPES = ("float16",)
+
+
+def require_onnx():
+    """The onnx module, or an ExportError naming the extra that brings it (one line)."""
+    try:
+        import onnx  # noqa: PLC0415
+    except ImportError as e:
+        raise ExportError(f"{ONNX_MISSING} ({e})") from None
+    return onnx
+
+
 def _cudart():
     for lib in ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"):
         try:
@@ -68,24 +84,27 @@ def _cudart():
 
 
 def gpu_info() -> dict:
-    """Name and compute capability of GPU 0 through libcudart (no torch, works on Jetson)."""
+    """Name, compute capability and whether GPU 0 is integrated (shares the board's RAM, as on
+    Jetson) through libcudart (no torch, works on Jetson)."""
     rt = _cudart()
     if rt is not None:
-        major, minor = ctypes.c_int(), ctypes.c_int()
+        major, minor, integrated = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         if rt.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0) == 0 and \
                 rt.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0) == 0:
             props = ctypes.create_string_buffer(4096)   # cudaDeviceProp starts with char name[256]
             name = "unknown"
             if rt.cudaGetDeviceProperties(props, 0) == 0:
                 name = props.raw[:256].split(b"\0", 1)[0].decode(errors="replace") or name
-            return {"gpu": name, "compute_capability": f"{major.value}.{minor.value}"}
+            # cudaDevAttrIntegrated = 18
+            shared = rt.cudaDeviceGetAttribute(ctypes.byref(integrated), 18, 0) == 0 and integrated.value == 1
+            return {"gpu": name, "compute_capability": f"{major.value}.{minor.value}", "integrated": shared}
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
         name, cc = [s.strip() for s in out.splitlines()[0].split(",")]
-        return {"gpu": name, "compute_capability": cc}
+        return {"gpu": name, "compute_capability": cc, "integrated": False}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return {"gpu": "unknown", "compute_capability": "unknown"}
+        return {"gpu": "unknown", "compute_capability": "unknown", "integrated": False}
 
 
 def device_free_memory() -> int | None:
@@ -104,8 +123,7 @@ def graph_weight_bytes(path: Path) -> int:
     headers without loading them: every initializer, plus each one a Transpose reads (the tied LM
     head is ``Transpose(embedding table)``: the plan keeps the table for the lookup and its folded
     transpose for the head)."""
-    import onnx  # noqa: PLC0415
-
+    onnx = require_onnx()
     m = onnx.load(str(path), load_external_data=False)
     size = {t.name: tensor_bytes(t) for t in m.graph.initializer}
     folded = sum(size[n.input[0]] for n in m.graph.node if n.op_type == "Transpose" and n.input[0] in size)
@@ -148,8 +166,21 @@ def _expected_dtypes(trt, manifest: dict) -> dict[str, object]:
     return out
 
 
-def _check_budget(art: Path, manifest: dict, chunk: int, log) -> dict:
-    """Prints the device-memory budget of the artifact and refuses when the GPU cannot hold it."""
+def check_trt_precision(dtype: str, quantization: dict | None, where: str) -> None:
+    """TensorRT runs 4-bit weights only as weight-only INT4 with half-precision activations (W4A16):
+    an int4 artifact for TensorRT must be float16 (a bfloat16 artifact's graph computes in float32)."""
+    q = quantization or {}
+    if (q.get("bits") == 4 or q.get("weights") == "int4") and dtype not in INT4_DTYPES:
+        raise ExportError(f"{where}: TensorRT's 4-bit weights are weight-only INT4 with float16 activations "
+                          f"(W4A16), but the artifact is {dtype}; export with --fp16 --int4 --quant-format "
+                          "QDQ for --engine trt")
+
+
+def _check_budget(art: Path, manifest: dict, chunk: int, workspace_mb: int, stream_writer: bool,
+                  integrated: bool, log) -> dict:
+    """Prints the memory budget of the artifact and refuses, before anything is allocated, when the
+    GPU cannot hold it: the steady state against the GPU's free memory, and on an integrated GPU
+    (the board's RAM) also the build's peak against what the OS says is available."""
     from sdar_rt import memory_budget as mb  # noqa: PLC0415
 
     config = {}
@@ -163,48 +194,113 @@ def _check_budget(art: Path, manifest: dict, chunk: int, log) -> dict:
         mb.loop_buffer_bytes(B, L, shape.vocab_size, S, chunk)
     kv = mb.kv_cache_bytes(shape.num_layers, shape.num_kv_heads, shape.head_dim, S, B, dtype)
     budget = mb.DeviceMemoryBudget(weights, kv, scratch, scratch_is_estimate=True)
-    free = device_free_memory()
-    log(f"device memory: {budget.describe()}" + (f"; {mb.gib(free)} free" if free is not None else ""))
-    if free is not None:
-        kv_per_token = kv // S
-        msg = mb.refusal(budget, free, what=f"the model ({dtype}, max_context {S}, batch {B})",
-                         kv_per_token=kv_per_token, block_length=L, max_context=S,
-                         quantized=bool(manifest.get("quantization")))
+    peak = mb.build_peak(weights, workspace_mb * mb.MIB, stream_writer=stream_writer)
+    available = mb.available_memory(integrated, None if integrated else device_free_memory())
+    log(f"device memory: {budget.describe()}; build peak {mb.gib(peak.total)} ({peak.parts})"
+        + (f"; {available.describe()}" if available is not None else ""))
+    quantized = bool(manifest.get("quantization"))
+    if available is not None:
+        msg = mb.refusal(budget, available.device, what=f"the model ({dtype}, max_context {S}, batch {B})",
+                         kv_per_token=kv // S, block_length=L, max_context=S, quantized=quantized)
+        if msg is None and integrated:
+            fixes = []
+            if not quantized:
+                fixes.append("re-export with --fp16 --int4 --quant-format QDQ (4-bit weights: about a "
+                             "quarter of fp16's, in every copy the build holds)")
+            if workspace_mb > 256:
+                fixes.append(f"a smaller --workspace-mb than {workspace_mb} (e.g. 512)")
+            fixes.append("build it on an Orin with more RAM and the same JetPack, and copy the artifact here")
+            msg = mb.peak_refusal(peak, available, fixes)
         if msg:
             raise ExportError(msg + "; nothing was built")
-    return {"weights": weights, "kv_cache": kv, "scratch_estimate": scratch}
+    return {"weights": weights, "kv_cache": kv, "scratch_estimate": scratch, "build_peak": peak.total}
 
 
-def _write_plan(trt, builder, network, config, out: Path) -> None:
-    """Builds and writes the plan without a Python copy of it: through TensorRT's stream writer
-    (10.14+), else from TensorRT's own buffer via a memoryview."""
-    tmp = out.with_suffix(".plan.tmp")
-    try:
-        if hasattr(builder, "build_serialized_network_to_stream") and hasattr(trt, "IStreamWriter"):
-            class PlanWriter(trt.IStreamWriter):
-                def __init__(self, f):
-                    trt.IStreamWriter.__init__(self)
-                    self.f = f
+class _Parsed:
+    """The builder, network and parser of one build. The parser owns a host copy of the ONNX
+    weights (the network points into it): release() drops both as soon as the plan is built."""
 
-                def write(self, data):
-                    self.f.write(data)
-                    return len(data)
+    def __init__(self, trt, logger, graph_path: Path):
+        self.builder = trt.Builder(logger)
+        self.network = self.builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        self.parser = trt.OnnxParser(self.network, logger)
+        # from the file: the parser reads the graph and its external weights itself, no Python copy
+        if not self.parser.parse_from_file(str(graph_path)):
+            errs = "; ".join(str(self.parser.get_error(i)) for i in range(self.parser.num_errors))
+            raise ExportError(f"{graph_path}: TensorRT {trt.__version__} cannot parse the graph: {errs}")
 
+    def release(self) -> None:
+        self.parser = None
+        self.network = None
+
+
+def _has_stream_writer(trt) -> bool:
+    return hasattr(trt.Builder, "build_serialized_network_to_stream") and hasattr(trt, "IStreamWriter")
+
+
+def _build_plan(trt, parsed: _Parsed, config, tmp: Path) -> None:
+    """Builds the plan into ``tmp`` without a Python copy of it: through TensorRT's stream writer
+    (10.14+), else from TensorRT's own buffer via a memoryview, written after the parser's copy of
+    the weights is released (the two are never held together)."""
+    if _has_stream_writer(trt):
+        class PlanWriter(trt.IStreamWriter):
+            def __init__(self, f):
+                trt.IStreamWriter.__init__(self)
+                self.f = f
+
+            def write(self, data):
+                self.f.write(data)
+                return len(data)
+
+        with open(tmp, "wb") as f:
+            ok = parsed.builder.build_serialized_network_to_stream(parsed.network, config, PlanWriter(f))
+        parsed.release()
+    else:
+        plan = parsed.builder.build_serialized_network(parsed.network, config)
+        parsed.release()
+        ok = plan is not None
+        if ok:
             with open(tmp, "wb") as f:
-                ok = builder.build_serialized_network_to_stream(network, config, PlanWriter(f))
-        else:
-            plan = builder.build_serialized_network(network, config)
-            ok = plan is not None
-            if ok:
-                with open(tmp, "wb") as f:
-                    f.write(memoryview(plan))
-            del plan
-        if not ok:
-            raise ExportError("TensorRT failed to build the engine (see its log above); try a smaller "
-                              "--workspace-mb, close other GPU users, or check free memory")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+                f.write(memoryview(plan))
+        del plan
+    if not ok:
+        raise ExportError("TensorRT failed to build the engine (see its log above); try a smaller "
+                          "--workspace-mb, close other GPU users, or check free memory")
+
+
+def timing_cache_path(art: Path, version: str) -> Path:
+    """The artifact's timing cache for one TensorRT version (a cache is only valid for the version
+    that wrote it)."""
+    return art / f"timing-{version}.cache"
+
+
+def _attach_timing_cache(config, path: Path, log) -> None:
+    """Starts the build from the saved timing cache; one TensorRT refuses (corrupt, or another
+    device) is dropped with a note and the build tunes from an empty cache."""
+    blob = path.read_bytes() if path.is_file() else b""
+    for data in ((blob, b"") if blob else (b"",)):
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        if data:
+            log(f"note: TensorRT refused the timing cache {path.name}; building without it")
+    log("note: TensorRT gave the build no timing cache; it tunes every layer from scratch")
+
+
+def _save_timing_cache(config, path: Path, log) -> None:
+    """Saves the build's timing cache for the next build (a missing one is a note, never a failed
+    build), and removes the caches of other TensorRT versions."""
+    cache = config.get_timing_cache()
+    data = cache.serialize() if cache is not None else None
+    if not data:
+        log("note: TensorRT returned no timing cache; the next build tunes from scratch")
+        return
+    tmp = path.with_suffix(".cache.tmp")
+    tmp.write_bytes(memoryview(data))
+    os.replace(tmp, path)
+    for old in path.parent.glob("timing*.cache"):
+        if old != path:
+            old.unlink()
 
 
 def _plan_scratch(trt, logger, plan_path: Path, profiles: dict[str, int]) -> dict[str, int]:
@@ -228,9 +324,51 @@ def _plan_scratch(trt, logger, plan_path: Path, profiles: dict[str, int]) -> dic
     return sizes
 
 
+def _write_manifest(path: Path, manifest: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _add_profiles(trt, builder, network, config, manifest: dict, chunk: int) -> dict[str, int]:
+    """One optimization profile per step kind, every input matched by name, element type and rank."""
+    shapes = profile_shapes(manifest, chunk)
+    want_dtypes = _expected_dtypes(trt, manifest)
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    unknown = [t.name for t in inputs if t.name not in want_dtypes]
+    if unknown:
+        raise ExportError(f"the parsed trt graph has inputs {unknown} that the manifest does not list; "
+                          "re-export the artifact")
+    for t in inputs:
+        if t.dtype != want_dtypes[t.name]:
+            want = manifest["graphs"][TRT_GRAPH]["inputs"][t.name]["dtype"]
+            raise ExportError(f"the trt graph's input {t.name!r} is {t.dtype}, the manifest says {want}; "
+                              "re-export the artifact")
+        if t.is_shape_tensor:
+            # TensorRT would need its value on the host at enqueue time; the runtime binds every
+            # input (past_len included) as a device tensor.
+            raise ExportError(f"TensorRT parsed the trt graph's input {t.name!r} as a shape tensor (a host "
+                              "value), but the runtime binds it as a device tensor; re-export the artifact "
+                              "with this sdar-export")
+    profiles: dict[str, int] = {}
+    for kind in STEP_KINDS:
+        prof = builder.create_optimization_profile()
+        for t in inputs:
+            lo, opt, hi = shapes[kind][t.name]
+            if len(t.shape) != len(lo):
+                raise ExportError(f"the trt graph's input {t.name!r} has rank {len(t.shape)}, the {kind} "
+                                  f"profile expects {len(lo)}; re-export the artifact")
+            prof.set_shape(t.name, lo, opt, hi)
+        profiles[kind] = config.add_optimization_profile(prof)
+        if profiles[kind] < 0:
+            raise ExportError(f"TensorRT rejected the {kind} optimization profile (see its log above)")
+    return profiles
+
+
 def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_chunk: int | None = None,
                   log=print) -> dict:
     """Build ``trt.plan`` from the artifact's trt graph; update manifest.json; return its entry."""
+    require_onnx()
     art = Path(artifact_dir)
     mpath = art / "manifest.json"
     if not mpath.is_file():
@@ -240,6 +378,7 @@ def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_ch
     if TRT_GRAPH not in manifest.get("graphs", {}):
         raise ExportError(f"{art}: the artifact has no trt graph (it was exported by an older sdar-export); "
                           "re-export the checkpoint with `sdar-export MODEL_DIR -o ART`.")
+    check_trt_precision(manifest["dtype"], manifest.get("quantization"), str(art))
     L, S = manifest["block_length"], manifest["max_context"]
     chunk = prefill_chunk or manifest.get("prefill_chunk") or L
     if chunk % L or not L <= chunk <= S:
@@ -253,73 +392,50 @@ def build_engines(artifact_dir: str | Path, workspace_mb: int = 2048, prefill_ch
         require_supported(graph_path)
     except UnsupportedGraph as e:
         raise ExportError(str(e)) from e
-    budget = _check_budget(art, manifest, chunk, log)
     trt = import_tensorrt()
     if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         raise ExportError(f"TensorRT {trt.__version__} has no strongly typed networks; the engine build "
                           "needs TensorRT 10 (JetPack 6.1 or newer).")
-    logger = trt.Logger(trt.Logger.WARNING)
     info = gpu_info()
+    budget = _check_budget(art, manifest, chunk, workspace_mb, _has_stream_writer(trt),
+                           bool(info.get("integrated")), log)
+    logger = trt.Logger(trt.Logger.WARNING)
     log(f"building TensorRT {trt.__version__} engine from {graph_path.name} on {info['gpu']} "
         f"(profiles: prefill [{L}, {chunk}] tokens, decode {L}, fused {2 * L}; past [0, {S}])")
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(graph_path)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"{graph_path}: TensorRT {trt.__version__} cannot parse the graph: {errs}")
-    config = builder.create_builder_config()
+    parsed = _Parsed(trt, logger, graph_path)
+    config = parsed.builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if hasattr(config, "max_aux_streams"):
         config.max_aux_streams = 0   # one stream: no extra activation memory for parallel branches
-    cache_path = art / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    shapes = profile_shapes(manifest, chunk)
-    want_dtypes = _expected_dtypes(trt, manifest)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    unknown = [t.name for t in inputs if t.name not in want_dtypes]
-    if unknown:
-        raise ExportError(f"the parsed trt graph has inputs {unknown} that the manifest does not list; "
-                          "re-export the artifact")
-    for t in inputs:
-        if t.dtype != want_dtypes[t.name]:
-            want = manifest["graphs"][TRT_GRAPH]["inputs"][t.name]["dtype"]
-            raise ExportError(f"the trt graph's input {t.name!r} is {t.dtype}, the manifest says {want}; "
-                              "re-export the artifact")
-    profiles: dict[str, int] = {}
-    for kind in STEP_KINDS:
-        prof = builder.create_optimization_profile()
-        for t in inputs:
-            lo, opt, hi = shapes[kind][t.name]
-            if len(t.shape) != len(lo):
-                raise ExportError(f"the trt graph's input {t.name!r} has rank {len(t.shape)}, the {kind} "
-                                  f"profile expects {len(lo)}; re-export the artifact")
-            if t.is_shape_tensor:   # a value TensorRT needs at build time: past_len in [0, S - L]
-                prof.set_shape_input(t.name, [0], [S // 2 // L * L], [S - L])
-            else:
-                prof.set_shape(t.name, lo, opt, hi)
-        profiles[kind] = config.add_optimization_profile(prof)
-        if profiles[kind] < 0:
-            raise ExportError(f"TensorRT rejected the {kind} optimization profile (see its log above)")
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)   # on by default: float32 matmuls would round to TF32
+    cache_path = timing_cache_path(art, trt.__version__)
+    _attach_timing_cache(config, cache_path, log)
+    profiles = _add_profiles(trt, parsed.builder, parsed.network, config, manifest, chunk)
 
     out = art / PLAN_FILE
-    _write_plan(trt, builder, network, config, out)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    del parser, network, builder   # the parser holds a host copy of the weights
-    scratch = _plan_scratch(trt, logger, out, profiles)
+    tmp = out.with_suffix(".plan.tmp")
+    try:
+        _build_plan(trt, parsed, config, tmp)
+        del parsed
+        _save_timing_cache(config, cache_path, log)
+        scratch = _plan_scratch(trt, logger, tmp, profiles)
+        plan_bytes = tmp.stat().st_size
+        # The manifest never names a plan that is not the one on disk: its old entry goes first.
+        manifest["engines"] = [e for e in manifest.get("engines", []) if e.get("kind") != "trt"]
+        _write_manifest(mpath, manifest)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     entry = {"kind": "trt", "graph": TRT_GRAPH, "file": out.name, "tensorrt": trt.__version__, **info,
              "profiles": profiles, "prefill_chunk": chunk, "max_context": S, "strongly_typed": True,
-             "workspace_mb": workspace_mb, "plan_bytes": out.stat().st_size,
+             "tf32": False, "workspace_mb": workspace_mb, "plan_bytes": plan_bytes,
              "scratch_bytes": max(scratch.values()), "scratch_bytes_per_profile": scratch,
              "budget_estimate": budget}
-    log(f"wrote {out.name}: {out.stat().st_size / (1 << 20):.1f} MiB plan, "
+    log(f"wrote {out.name}: {plan_bytes / (1 << 20):.1f} MiB plan, "
         f"{max(scratch.values()) / (1 << 20):.1f} MiB scratch")
-    manifest["engines"] = [e for e in manifest.get("engines", []) if e.get("kind") != "trt"] + [entry]
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, mpath)
+    manifest["engines"].append(entry)
+    _write_manifest(mpath, manifest)
     return entry
 
 

@@ -11,7 +11,20 @@
 
 `sdar-export ARTIFACT --engine trt` prints it and refuses to build, and ``Generator`` refuses to load,
 when the device's free memory cannot hold it, naming both numbers and the fix (--max-context, --int4).
-``python -m sdar_rt.memory_budget`` prints the table of runtime/trt/JETSON.md. No torch.
+
+On an integrated GPU (Jetson) the GPU's memory is the board's RAM, and two moments need more than
+the steady state above, so they are budgeted too (:func:`build_peak`, :func:`load_peak`):
+
+    build : the parser's host copy of the ONNX weights + TensorRT's engine weights + the builder's
+            workspace + the serialized plan in host memory (none with TensorRT's stream writer,
+            10.14+): about 3x the weights on TensorRT 10.3
+    load  : the engine's weights + the plan in host memory while it is deserialized (none when the
+            plan is mapped from its file or streamed, as sdar_rt loads it), then the steady state
+
+What is available is what the OS says (``MemAvailable``: free RAM plus the page cache it can
+reclaim, which ``cudaMemGetInfo`` does not count on Jetson), and swap for the pageable host copies
+only (device allocations stay in RAM). ``python -m sdar_rt.memory_budget`` prints the table of
+runtime/trt/JETSON.md. No torch.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # the Python process (tokenizer, ONNX Runtime, CUDA and TensorRT libraries), measured nowhere here:
 # an assumption the table states.
 JETSON_RESERVE = 2 * GIB
+# The builder workspace the table assumes (JETSON.md recommends --workspace-mb 1024 on 8 GB boards).
+JETSON_WORKSPACE_MB = 1024
 JETSON_BOARDS = (("Orin Nano 8 GB", 8 * GIB), ("Orin NX 16 GB", 16 * GIB), ("AGX Orin 64 GB", 64 * GIB))
 
 
@@ -162,18 +177,127 @@ def refusal(budget: DeviceMemoryBudget, free: int, *, what: str, kv_per_token: i
             f"{gib(free)} free; " + "; or ".join(fixes))
 
 
-def jetson_table(contexts: tuple[int, ...] = (2048, 4096), group_size: int = 128) -> str:
-    """Markdown table of the budget of the released SDAR sizes against the Jetson Orin boards."""
-    head = "| model | format | context | weights | KV cache | scratch | total | " + \
+@dataclass(frozen=True)
+class Peak:
+    """What one phase holds at once: device allocations (never swapped out) and pageable host
+    copies (which swap can take)."""
+
+    what: str
+    device: int
+    host: int
+    parts: str
+
+    @property
+    def total(self) -> int:
+        return self.device + self.host
+
+
+@dataclass(frozen=True)
+class Available:
+    """Memory a phase can use: ``device`` for device allocations; ``host`` for pageable host copies
+    (RAM the OS reports available plus free swap); ``shared``: one pool (an integrated GPU), so
+    device allocations and host copies draw from the same RAM."""
+
+    device: int
+    host: int
+    shared: bool
+    source: str
+
+    def describe(self) -> str:
+        if self.shared:
+            swap = self.host - self.device
+            return f"{gib(self.device)} of RAM available" + (f" and {gib(swap)} of swap" if swap > 0 else "")
+        return f"{gib(self.device)} free on the GPU and {gib(self.host)} of host memory available"
+
+
+def build_peak(weights: int, workspace: int, *, stream_writer: bool) -> Peak:
+    """The engine build's peak: the parser's copy of the ONNX weights (host), TensorRT's engine
+    weights and the builder's workspace (device), and the serialized plan (host, about the weights'
+    size) unless TensorRT writes it to the file as it serializes (its stream writer, 10.14+)."""
+    plan = 0 if stream_writer else weights
+    parts = (f"parser's ONNX weights {gib(weights)} + engine weights {gib(weights)} + workspace "
+             f"{gib(workspace)}")
+    if plan:
+        parts += f" + serialized plan {gib(plan)}"
+    return Peak("the TensorRT engine build", weights + workspace, weights + plan, parts)
+
+
+def load_peak(budget: DeviceMemoryBudget, plan_bytes: int, *, plan_in_host_memory: bool) -> Peak:
+    """Loading a plan: the engine's weights plus, where the loader reads the plan into host memory,
+    its bytes; then the steady state (KV cache and scratch are allocated after the load). The
+    larger of the two."""
+    host = plan_bytes if plan_in_host_memory else 0
+    if budget.weights + host > budget.total:
+        return Peak("loading the plan", budget.weights, host,
+                    f"engine weights {gib(budget.weights)} + the plan read into host memory {gib(host)}")
+    return Peak("the TensorRT Generator", budget.total, 0, budget.describe())
+
+
+def host_memory() -> tuple[int, int]:
+    """(bytes the OS reports available, free swap): psutil reads MemAvailable and SwapFree on Linux,
+    the page cache the kernel can reclaim included."""
+    import psutil  # noqa: PLC0415
+
+    return int(psutil.virtual_memory().available), int(psutil.swap_memory().free)
+
+
+def available_memory(integrated: bool, cuda_free: int | None) -> Available | None:
+    """What the budget is checked against: on an integrated GPU the OS's available RAM (device
+    allocations) and that plus free swap (pageable host copies); on a discrete GPU cudaMemGetInfo's
+    free bytes and the host's available memory. None without a GPU."""
+    if not integrated and cuda_free is None:
+        return None
+    ram, swap = host_memory()
+    if integrated:
+        return Available(ram, ram + swap, True, "MemAvailable")
+    return Available(int(cuda_free), ram + swap, False, "cudaMemGetInfo")
+
+
+def peak_refusal(peak: Peak, available: Available, fixes: list[str]) -> str | None:
+    """None when ``peak`` fits ``available``; otherwise one line naming what it needs, what there
+    is and the fixes."""
+    device_fits = peak.device <= available.device
+    if available.shared:
+        fits = device_fits and peak.total <= available.host
+    else:
+        fits = device_fits and peak.host <= available.host
+    if fits:
+        return None
+    fixes = list(fixes)
+    if available.shared and device_fits and peak.host:
+        fixes.append(f"add swap (the {gib(peak.host)} of host copies can be swapped out; device "
+                     "allocations cannot)")
+    fixes.append("close other programs" + (" (the GPU shares the board's RAM)" if available.shared else ""))
+    return (f"{peak.what} needs {gib(peak.total)} at its peak ({peak.parts}) but there is "
+            f"{available.describe()}; " + "; or ".join(fixes))
+
+
+def board_verdict(run_total: int, build_total: int, ram: int) -> str:
+    """A board's column of the JETSON.md table: 'build + run', 'run' (build the plan on a larger
+    Orin with the same JetPack, or add swap) or 'no'."""
+    room = ram - JETSON_RESERVE
+    if build_total <= room:
+        return "build + run"
+    return "run" if run_total <= room else "no"
+
+
+def jetson_table(contexts: tuple[int, ...] = (2048, 4096), group_size: int = 128,
+                 workspace_mb: int = JETSON_WORKSPACE_MB) -> str:
+    """Markdown table of the budget of the released SDAR sizes against the Jetson Orin boards: the
+    steady state (run), the engine build's peak on JetPack 6's TensorRT 10.3 (no stream writer) with
+    a ``workspace_mb`` builder workspace, and per board whether it can build and run the shape."""
+    head = "| model | format | context | weights | KV cache | scratch | run | build peak | " + \
         " | ".join(name for name, _ in JETSON_BOARDS) + " |"
-    lines = [head, "|" + "---|" * (7 + len(JETSON_BOARDS))]
+    lines = [head, "|" + "---|" * (8 + len(JETSON_BOARDS))]
     for name, shape in QWEN3_SHAPES.items():
         for label, group in (("fp16", None), ("int4", group_size)):
             for ctx in contexts:
                 b = shape_budget(shape, "float16", ctx, int4_group=group)
-                fits = ["yes" if b.total <= ram - JETSON_RESERVE else "no" for _, ram in JETSON_BOARDS]
+                build = build_peak(b.weights, workspace_mb * MIB, stream_writer=False)
+                verdicts = [board_verdict(b.total, build.total, ram) for _, ram in JETSON_BOARDS]
                 lines.append(f"| {name} | {label} | {ctx} | {gib(b.weights)} | {gib(b.kv_cache)} | "
-                             f"{gib(b.scratch)} | {gib(b.total)} | " + " | ".join(fits) + " |")
+                             f"{gib(b.scratch)} | {gib(b.total)} | {gib(build.total)} | "
+                             + " | ".join(verdicts) + " |")
     return "\n".join(lines)
 
 

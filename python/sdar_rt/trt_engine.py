@@ -73,24 +73,35 @@ def device_memory_budget(artifact: Artifact, plan: dict | None = None) -> mb.Dev
     return mb.DeviceMemoryBudget(weights, kv, scratch)
 
 
+def available_memory(plan: dict) -> mb.Available | None:
+    """What the budget is checked against (None without a GPU): the GPU's free memory, or on an
+    integrated GPU (Jetson; the plan records it, and it only loads on the GPU model that built it)
+    what the OS reports available, which counts the page cache cudaMemGetInfo leaves out."""
+    if not (hasattr(_core, "cuda_memory_info") and _core.cuda_device_count() > 0):
+        return None
+    integrated = bool(plan.get("integrated"))
+    return mb.available_memory(integrated, None if integrated else int(_core.cuda_memory_info()[0]))
+
+
 def check_device_memory(artifact: Artifact, plan: dict) -> mb.DeviceMemoryBudget:
     """Logs the budget and raises MemoryError (naming both numbers and the fix) when the GPU's
-    free memory cannot hold it."""
+    free memory (on an integrated GPU: the RAM the OS reports available) cannot hold it."""
     budget = device_memory_budget(artifact, plan)
-    free = None
-    if hasattr(_core, "cuda_memory_info") and _core.cuda_device_count() > 0:
-        free = int(_core.cuda_memory_info()[0])
+    available = available_memory(plan)
     log.info("%s: device memory %s%s", artifact.path.name, budget.describe(),
-             "" if free is None else f"; {mb.gib(free)} free")
-    if free is not None:
-        m = artifact.model
-        per_token = mb.kv_cache_bytes(m["num_layers"], m["num_kv_heads"], m["head_dim"], 1, artifact.batch,
-                                      artifact.dtype)
-        msg = mb.refusal(budget, free, what=f"{artifact.path.name} on TensorRT", kv_per_token=per_token,
-                         block_length=artifact.block_length, max_context=artifact.max_context,
-                         quantized=bool(artifact.quantization))
-        if msg:
-            raise MemoryError(msg + " (then rebuild the plan with `sdar-export ARTIFACT --engine trt`)")
+             "" if available is None else f"; {available.describe()}")
+    if available is None:
+        return budget
+    m = artifact.model
+    per_token = mb.kv_cache_bytes(m["num_layers"], m["num_kv_heads"], m["head_dim"], 1, artifact.batch,
+                                  artifact.dtype)
+    # The load's peak is the steady state (memory_budget.load_peak with no host copy): the plan is
+    # mapped (TensorRT < 10.7) or streamed (10.7+) from its file, never read whole into host memory.
+    msg = mb.refusal(budget, available.device, what=f"{artifact.path.name} on TensorRT",
+                     kv_per_token=per_token, block_length=artifact.block_length,
+                     max_context=artifact.max_context, quantized=bool(artifact.quantization))
+    if msg:
+        raise MemoryError(msg + " (then rebuild the plan with `sdar-export ARTIFACT --engine trt`)")
     return budget
 
 

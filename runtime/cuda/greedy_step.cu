@@ -5,6 +5,10 @@
 // a row over many blocks is what fills the GPU when B * L is only 4 positions; the last-block
 // pattern saves the separate merge and select launches.
 //
+// A row whose confidences cannot decide the step (step_rules.h confidence_decides: the same rule
+// the host step applies) skips the float64 softmax sum, the only float64 work per logit (Orin's
+// GPU is slow at float64): its positions get the argmax and a NaN confidence, as on the host.
+//
 // Race-free by construction: every block of the grid, sampled position or not, reads the masks
 // (needs_sample) before it counts itself in `grid_arrivals`, and the remasking (the only writer
 // of the masks) runs in the block that arrives last. So no block can read a mask the remasking
@@ -24,7 +28,7 @@ constexpr int kThreads = 256;
 // The last chunk of position p to arrive merges the chunks' partials (written by other blocks:
 // read past L1) into the token and the confidence, and resets the position's counter. Every
 // thread of the block calls it (block reductions).
-__device__ void merge_chunks(const StepArgs& a, const GreedyScratch& s, int p, int chunks) {
+__device__ void merge_chunks(const StepArgs& a, const GreedyScratch& s, int p, int chunks, bool softmax) {
   __threadfence();
   const std::size_t base = static_cast<std::size_t>(p) * kMaxChunks;
   ArgMax merged{-INFINITY, INT_MAX};
@@ -32,6 +36,14 @@ __device__ void merge_chunks(const StepArgs& a, const GreedyScratch& s, int p, i
     merged = ArgMax{__ldcg(s.partial_max + base + threadIdx.x), __ldcg(s.partial_index + base + threadIdx.x)};
   }
   merged = block_argmax<kThreads>(merged);
+  if (!softmax) {  // block-uniform: every thread of the block sees the same flag
+    if (threadIdx.x == 0) {
+      a.out_token[p] = merged.index;
+      a.out_conf[p] = __longlong_as_double(0x7ff8000000000000LL);  // never read (confidence_decides)
+      s.position_arrivals[p] = 0;
+    }
+    return;
+  }
   double total = 0.0;
   if (static_cast<int>(threadIdx.x) < chunks) {
     const float chunk_max = __ldcg(s.partial_max + base + threadIdx.x);
@@ -67,6 +79,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     greedy_step_kernel(const StepArgs a, const GreedyScratch s, const int chunks, const bool vectorized) {
   __shared__ bool sampled;
+  __shared__ bool softmax;
   __shared__ bool position_last;
   __shared__ bool grid_last;
   const int p = blockIdx.y;
@@ -74,7 +87,11 @@ __global__ void __launch_bounds__(kThreads)
   const int j = p - r * a.block_length;
   const int c = blockIdx.x;
   const int V = a.vocab;
-  if (threadIdx.x == 0) sampled = needs_sample(a, r, j);
+  if (threadIdx.x == 0) {
+    sampled = needs_sample(a, r, j);
+    softmax = sampled && rules::confidence_decides(a.masked + static_cast<std::size_t>(r) * a.masked_stride,
+                                                   a.block_length, a.policy, a.scheduled);
+  }
   __syncthreads();
 
   if (!sampled) {
@@ -109,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
     // Pass 2 (the chunk is in L1/L2 now): sum exp(l - chunk max) in float64.
     const double top = static_cast<double>(best.value);
     double sum = 0.0;
-    if (best.value != -INFINITY) {
+    if (softmax && best.value != -INFINITY) {
       if (vectorized) {
         for (int i = begin + static_cast<int>(threadIdx.x) * kWidth; i < end; i += kThreads * kWidth) {
           float v[kWidth];
@@ -147,7 +164,7 @@ __global__ void __launch_bounds__(kThreads)
       position_last = atomicAdd(&s.position_arrivals[p], 1u) == static_cast<unsigned>(chunks - 1);
     }
     __syncthreads();
-    if (position_last) merge_chunks(a, s, p, chunks);
+    if (position_last) merge_chunks(a, s, p, chunks, softmax);
   }
 
   // Every block counts itself; the last one of the grid selects for every row.

@@ -116,7 +116,7 @@ int main() {
   CHECK(!sdar::rules::confidence_decides(last.data(), 4, kEntropyBounded, 1));  // one masked: it is filled
 
   // confidence_decides: when it says no, every set of confidences gives the same choice (so the host
-  // may skip computing them); checked over every mask of L = 4, every n_k, every policy, against
+  // step and the device's greedy kernel skip computing them); checked over every mask of L = 4, every n_k, every policy, against
   // random, NaN and reversed confidences. When it says yes, some confidences change the choice.
   std::uint32_t state = 12345u;
   const auto uniform = [&state]() {
@@ -138,6 +138,9 @@ int main() {
           differs = differs || choose(mask, conf, policy, 0.25, scheduled) != first;
         }
         CHECK(decides == differs);
+        // A greedy step they do not decide computes no confidence: the host and the device greedy
+        // kernel (greedy_step.cu) both leave NaN in every position, and the choice is the same.
+        if (!decides) CHECK(choose(mask, {nan, nan, nan, nan}, policy, 0.25, scheduled) == first);
       }
     }
   }

@@ -14,6 +14,8 @@
 #include <cuda_runtime_api.h>
 #else
 #define SDAR_TRT_STREAM_READER_V2 0
+#include <sys/mman.h>
+#include <sys/stat.h>
 #endif
 
 namespace sdar::trt {
@@ -25,6 +27,7 @@ struct FileCloser {
 };
 using File = std::unique_ptr<std::FILE, FileCloser>;
 
+#if SDAR_TRT_STREAM_READER_V2
 // Reads `bytes` from `file` into host memory; the count read, -1 on an I/O error.
 std::int64_t read_host(std::FILE* file, void* destination, std::int64_t bytes) noexcept {
   const std::size_t got = std::fread(destination, 1, static_cast<std::size_t>(bytes), file);
@@ -32,7 +35,6 @@ std::int64_t read_host(std::FILE* file, void* destination, std::int64_t bytes) n
   return static_cast<std::int64_t>(got);
 }
 
-#if SDAR_TRT_STREAM_READER_V2
 class PlanStream final : public nvinfer1::IStreamReaderV2 {
  public:
   explicit PlanStream(std::FILE* file) : file_(file) {}
@@ -80,13 +82,33 @@ class PlanStream final : public nvinfer1::IStreamReaderV2 {
   std::vector<char> staging_;
 };
 #else
-class PlanStream final : public nvinfer1::IStreamReader {
+// TensorRT before 10.7: IStreamReader saves host memory only with weight streaming on (its
+// NvInferRuntime.h says so), otherwise it gathers the whole plan in host memory first. The file is
+// mapped instead and TensorRT reads the mapping: page cache the kernel can drop, not a second,
+// anonymous copy of the weights.
+class MappedPlan {
  public:
-  explicit PlanStream(std::FILE* file) : file_(file) {}
-  std::int64_t read(void* destination, std::int64_t bytes) override { return read_host(file_, destination, bytes); }
+  explicit MappedPlan(std::FILE* file) {
+    struct stat info {};
+    if (fstat(fileno(file), &info) != 0 || info.st_size <= 0) return;
+    void* const address = mmap(nullptr, static_cast<std::size_t>(info.st_size), PROT_READ, MAP_PRIVATE, fileno(file), 0);
+    if (address == MAP_FAILED) return;
+    address_ = address;
+    size_ = static_cast<std::size_t>(info.st_size);
+    madvise(address_, size_, MADV_SEQUENTIAL);  // read once, front to back
+  }
+  ~MappedPlan() {
+    if (address_ != nullptr) munmap(address_, size_);
+  }
+  MappedPlan(const MappedPlan&) = delete;
+  MappedPlan& operator=(const MappedPlan&) = delete;
+
+  const void* data() const { return address_; }
+  std::size_t size() const { return size_; }
 
  private:
-  std::FILE* file_;
+  void* address_ = nullptr;
+  std::size_t size_ = 0;
 };
 #endif
 
@@ -98,8 +120,17 @@ std::unique_ptr<nvinfer1::ICudaEngine> load_plan(nvinfer1::IRuntime& runtime, co
     throw EngineError("cannot open the TensorRT plan " + path +
                       "; build it on this device with: sdar-export ARTIFACT --engine trt");
   }
+#if SDAR_TRT_STREAM_READER_V2
   PlanStream stream(file.get());
   return std::unique_ptr<nvinfer1::ICudaEngine>(runtime.deserializeCudaEngine(stream));
+#else
+  const MappedPlan plan(file.get());
+  if (plan.data() == nullptr) {
+    throw EngineError("cannot map the TensorRT plan " + path + " (empty or unreadable); build it on this device with: "
+                      "sdar-export ARTIFACT --engine trt");
+  }
+  return std::unique_ptr<nvinfer1::ICudaEngine>(runtime.deserializeCudaEngine(plan.data(), plan.size()));
+#endif
 }
 
 }  // namespace sdar::trt

@@ -1,6 +1,6 @@
 // Loads a TensorRT plan from disk without a second full copy in host memory: the file is streamed
-// to TensorRT's deserializer in pieces (IStreamReaderV2 from TensorRT 10.7, IStreamReader before),
-// instead of being read whole into a buffer first. On Jetson the GPU shares that RAM, so a whole
+// to TensorRT's deserializer in pieces (IStreamReaderV2, TensorRT 10.7+), or mapped and read by
+// TensorRT from the mapping (before 10.7), instead of being read whole into a buffer first. On Jetson the GPU shares that RAM, so a whole
 // extra copy of the weights would cost as much as the model itself.
 #pragma once
 

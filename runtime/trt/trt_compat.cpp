@@ -24,7 +24,7 @@ DeviceInfo current_device() {
   SDAR_CUDA_CHECK(cudaGetDevice(&device));
   cudaDeviceProp prop{};
   SDAR_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  return {prop.name, std::to_string(prop.major) + "." + std::to_string(prop.minor)};
+  return {prop.name, std::to_string(prop.major) + "." + std::to_string(prop.minor), prop.integrated != 0};
 }
 
 void check_compatible(const TrtPlanFile& file, const DeviceInfo& device, const std::string& runtime_version) {

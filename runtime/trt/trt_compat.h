@@ -11,6 +11,7 @@ namespace sdar::trt {
 struct DeviceInfo {
   std::string name;                // cudaDeviceProp::name
   std::string compute_capability;  // "major.minor"
+  bool integrated = false;         // shares the board's RAM (Jetson)
 };
 
 // The current CUDA device; throws DeviceError without one.

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <set>
 #include <string>
 #include <utility>
@@ -18,6 +20,7 @@
 #include "plan_reader.h"
 #include "trt_compat.h"
 #include "trt_logger.h"
+#include "trt_rules.h"
 
 // The V2 device-memory API (int64 sizes, per-profile sizes) is what this engine uses: 10.1+.
 #if NV_TENSORRT_MAJOR < 10 || (NV_TENSORRT_MAJOR == 10 && NV_TENSORRT_MINOR < 1)
@@ -66,7 +69,9 @@ struct KindState {
   int min_tokens = 0, max_tokens = 0;  // the profile's range of input_ids' token axis
   std::int64_t max_past_rows = 0;       // the profile's limit on the bound past length
   std::int64_t bound_past_rows = -1;
+  int bound_past_source = -1;            // 0: the cache, 1: the scratch rows (rules::PastBinding)
   int bound_tokens = -1;
+  bool shapes_set_since_enqueue = true;  // rules::decode_launch
   std::int64_t bound_present_row = -1;  // -2: decode scratch
   // Captured steps, keyed by the shapes they were captured with: (token count, bound past rows).
   std::map<std::pair<int, std::int64_t>, cuda::GraphExec> graphs;
@@ -88,6 +93,7 @@ struct TrtEngine::Impl {
   EngineBindings b;
   bool bound = false;
   bool synchronous = true;  // options.synchronous, off when a device loop shares the stream
+  bool integrated = false;  // the GPU shares the board's RAM
 
   ~Impl() {
     // Nothing in flight on memory about to be freed. A stream adopted from the bindings may be
@@ -109,7 +115,9 @@ struct TrtEngine::Impl {
   bool has_input(const std::string& name) const;
   void set_address(KindState& k, const std::string& name, std::uintptr_t address);
   void set_shape(KindState& k, const std::string& name, const nvinfer1::Dims& shape);
-  void prepare(KindState& k, std::int64_t past_rows, int tokens, std::int64_t present_row);
+  std::uintptr_t scratch_rows(int layer, bool value) const;
+  void bind_past(KindState& k, bool scratch);
+  void prepare(KindState& k, const rules::PastBinding& past, int tokens, std::int64_t present_row);
   void enqueue(KindState& k);
   void launch_captured(KindState& k, int tokens, std::int64_t past_rows);
 };
@@ -123,10 +131,17 @@ void TrtEngine::Impl::create_contexts() {
   }
   std::size_t free_bytes = 0, total_bytes = 0;
   SDAR_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (integrated) {  // the board's RAM: what the OS says is available, page cache included
+    std::ifstream meminfo("/proc/meminfo");
+    std::ostringstream text;
+    text << meminfo.rdbuf();
+    const std::int64_t available = rules::mem_available_bytes(text.str());
+    if (available > 0) free_bytes = std::max(free_bytes, static_cast<std::size_t>(available));
+  }
   if (static_cast<std::size_t>(need) > free_bytes) {
     throw EngineError("the TensorRT plan needs " + std::to_string(need >> 20) + " MiB of scratch memory but the GPU has " +
-                      std::to_string(free_bytes >> 20) + " MiB free; re-export with a smaller --max-context or "
-                      "--int4, or close other GPU users");
+                      std::to_string(free_bytes >> 20) + " MiB " + (integrated ? "available" : "free") +
+                      "; re-export with a smaller --max-context or --int4, or close other GPU users");
   }
   scratch = Buffer(allocator, static_cast<std::size_t>(std::max<std::int64_t>(need, 1)), 256);
   for (KindState& k : kinds) {
@@ -220,27 +235,47 @@ void TrtEngine::Impl::set_shape(KindState& k, const std::string& name, const nvi
   }
 }
 
-// Shapes and the present-output addresses of one run; only what changed is set again.
-void TrtEngine::Impl::prepare(KindState& k, std::int64_t past_rows, int tokens, std::int64_t present_row) {
+// Layer `layer`'s L scratch rows of K (or V): decode steps write their K/V there, and a step at
+// past 0 that writes the cache reads them as its (masked) past. Zeroed at allocation.
+std::uintptr_t TrtEngine::Impl::scratch_rows(int layer, bool value) const {
+  const std::size_t block_bytes = b.row_bytes * static_cast<std::size_t>(b.block_length);
+  return reinterpret_cast<std::uintptr_t>(present_scratch.data()) +
+         (2 * static_cast<std::size_t>(layer) + (value ? 1 : 0)) * block_bytes;
+}
+
+// Past K/V from the cache base (the cache prefix, in place) or from the scratch rows.
+void TrtEngine::Impl::bind_past(KindState& k, bool scratch) {
+  for (int i = 0; i < b.num_layers; ++i) {
+    const auto layer = static_cast<std::size_t>(i);
+    set_address(k, layer_name("past_key_", i), scratch ? scratch_rows(i, false) : b.key_cache[layer]);
+    set_address(k, layer_name("past_value_", i), scratch ? scratch_rows(i, true) : b.value_cache[layer]);
+  }
+  k.bound_past_source = scratch ? 1 : 0;
+}
+
+// Shapes and addresses of one run; only what changed is set again.
+void TrtEngine::Impl::prepare(KindState& k, const rules::PastBinding& past, int tokens, std::int64_t present_row) {
   if (k.bound_tokens != tokens) {
     set_shape(k, "input_ids", dims({b.batch, tokens}));
     k.bound_tokens = tokens;
+    k.shapes_set_since_enqueue = true;
   }
-  if (k.bound_past_rows != past_rows) {
-    const nvinfer1::Dims past = dims({past_rows, b.batch, b.num_kv_heads, b.head_dim});
+  if (k.bound_past_rows != past.rows) {
+    const nvinfer1::Dims shape = dims({past.rows, b.batch, b.num_kv_heads, b.head_dim});
     for (int i = 0; i < b.num_layers; ++i) {
-      set_shape(k, layer_name("past_key_", i), past);
-      set_shape(k, layer_name("past_value_", i), past);
+      set_shape(k, layer_name("past_key_", i), shape);
+      set_shape(k, layer_name("past_value_", i), shape);
     }
-    k.bound_past_rows = past_rows;
+    k.bound_past_rows = past.rows;
+    k.shapes_set_since_enqueue = true;
   }
+  if (k.bound_past_source != (past.scratch ? 1 : 0)) bind_past(k, past.scratch);
   if (k.bound_present_row != present_row) {
     for (int i = 0; i < b.num_layers; ++i) {
       std::uintptr_t key = 0, value = 0;
       if (present_row == -2) {  // decode: scratch rows, identical for every step
-        const std::size_t block_bytes = b.row_bytes * static_cast<std::size_t>(b.block_length);
-        key = reinterpret_cast<std::uintptr_t>(present_scratch.data()) + (2 * i) * block_bytes;
-        value = key + block_bytes;
+        key = scratch_rows(i, false);
+        value = scratch_rows(i, true);
       } else {  // straight into the cache slot [past_len, past_len + T)
         const std::size_t offset = b.row_bytes * static_cast<std::size_t>(present_row);
         key = b.key_cache[static_cast<std::size_t>(i)] + offset;
@@ -256,18 +291,26 @@ void TrtEngine::Impl::prepare(KindState& k, std::int64_t past_rows, int tokens, 
 void TrtEngine::Impl::enqueue(KindState& k) {
   if (!k.context->enqueueV3(stream)) fail(std::string("TensorRT enqueueV3 failed for the ") + graph_name(k.kind) + " steps");
   cuda::check_launch("TensorRT enqueueV3");
+  k.shapes_set_since_enqueue = false;
 }
 
 // Decode steps of one (token count, past bucket) share one CUDA graph: every address is fixed
 // (past = cache base, present = scratch, ids, logits, past_len scalar) and the past length is
 // data. The key is exactly the shapes the capture ran with, so a graph never replays another
-// shape's work.
+// shape's work; and after the context's shapes were set again (a bucket A -> B -> A sequence) one
+// plain enqueue runs TensorRT's deferred setup for them before the graph is replayed.
 void TrtEngine::Impl::launch_captured(KindState& k, int tokens, std::int64_t past_rows) {
   const std::pair<int, std::int64_t> key{tokens, past_rows};
   const auto found = k.graphs.find(key);
-  if (found != k.graphs.end()) {
-    SDAR_CUDA_CHECK(cudaGraphLaunch(found->second.get(), stream));
-    return;
+  switch (rules::decode_launch(found != k.graphs.end(), k.shapes_set_since_enqueue)) {
+    case rules::DecodeLaunch::Replay:
+      SDAR_CUDA_CHECK(cudaGraphLaunch(found->second.get(), stream));
+      return;
+    case rules::DecodeLaunch::Enqueue:
+      enqueue(k);
+      return;
+    case rules::DecodeLaunch::EnqueueThenCapture:
+      break;
   }
   // First step of these shapes: a plain enqueue runs it (and TensorRT's deferred setup for the
   // new shapes, which must not be captured), then the stream is drained so the capture starts
@@ -296,11 +339,14 @@ TrtEngine::TrtEngine(const TrtEngineOptions& options) : impl_(std::make_unique<I
   if (options.past_bucket < 0) throw InvalidArgument("past_bucket must be >= 0");
   const DeviceInfo device = current_device();  // throws a clear DeviceError without a GPU
   const std::string version = tensorrt_runtime_version();
-  if (getInferLibVersion() / 10000 != NV_TENSORRT_MAJOR) {
-    throw EngineError("sdar_rt was compiled against TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + ".x but TensorRT " +
-                      version + " is loaded; rebuild sdar_rt against the installed TensorRT");
+  if (!rules::library_runs_headers(getInferLibVersion(), NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR)) {
+    throw EngineError("sdar_rt was compiled against TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + "." +
+                      std::to_string(NV_TENSORRT_MINOR) + " but TensorRT " + version +
+                      " is loaded (it needs the same major version and at least that minor one); rebuild sdar_rt "
+                      "against the installed TensorRT");
   }
   check_compatible(options.plan, device, version);
+  m.integrated = device.integrated;
   for (std::size_t i = 0; i < kKinds.size(); ++i) {
     m.kinds[i].kind = kKinds[i];
     m.kinds[i].profile = options.plan.profiles[i];
@@ -380,13 +426,11 @@ void TrtEngine::bind(const EngineBindings& bindings) {
     // Every kind writes the logits of its last L positions; a prefill's are overwritten by the
     // decode step that follows before anything reads them.
     m.set_address(k, "logits", bindings.logits);
-    for (int i = 0; i < bindings.num_layers; ++i) {  // past = the cache prefix, bound in place
-      m.set_address(k, layer_name("past_key_", i), bindings.key_cache[static_cast<std::size_t>(i)]);
-      m.set_address(k, layer_name("past_value_", i), bindings.value_cache[static_cast<std::size_t>(i)]);
-    }
+    m.bind_past(k, false);  // past = the cache prefix, bound in place
     k.bound_past_rows = -1;
     k.bound_tokens = -1;
     k.bound_present_row = -1;
+    k.shapes_set_since_enqueue = true;
     k.graphs.clear();  // addresses changed: old captures are stale
   }
   m.bound = true;
@@ -431,24 +475,21 @@ void TrtEngine::run(GraphKind kind, std::int64_t past_len, int tokens) {
   }
   cuda::write_int64(m.past_len.as<std::int64_t>(), past_len, m.stream);
 
-  if (kind == GraphKind::Decode) {
-    // Round the bound past up to a bucket (valid memory: the cache is preallocated; the graph
-    // masks rows >= past_len), and write the scratch K/V of the denoising step aside.
-    std::int64_t rows = past_len;
-    if (m.options.past_bucket > 0) {
-      const std::int64_t bucket = m.options.past_bucket;
-      rows = std::max(past_len, std::min((past_len + bucket - 1) / bucket * bucket, k.max_past_rows));
-    }
-    m.prepare(k, rows, tokens, -2);
+  // Decode: the bound past is rounded up to a bucket (valid memory: the cache is preallocated; the
+  // graph masks rows >= past_len), and the denoising step's K/V go to scratch. Prefill / fused:
+  // their K/V land in the cache right after the prefix, bound at its exact length so it never
+  // overlaps the slot being written. Never zero past rows (rules::past_binding).
+  const bool writes_cache = kind != GraphKind::Decode;
+  const rules::PastBinding past = rules::past_binding(writes_cache, past_len, L, m.options.past_bucket, k.max_past_rows);
+  if (!writes_cache) {
+    m.prepare(k, past, tokens, -2);
     if (m.options.cuda_graphs && m.options.past_bucket > 0 && !k.graphs_failed) {
-      m.launch_captured(k, tokens, rows);
+      m.launch_captured(k, tokens, past.rows);
     } else {
       m.enqueue(k);
     }
   } else {
-    // Prefill / fused write K/V that must land in the cache: present = the slot after the prefix;
-    // the past is bound at its exact length so it never overlaps the slot being written.
-    m.prepare(k, past_len, tokens, past_len);
+    m.prepare(k, past, tokens, past_len);
     m.enqueue(k);
   }
   if (m.synchronous) SDAR_CUDA_CHECK(cudaStreamSynchronize(m.stream));

@@ -8,11 +8,20 @@
 #   3. times the unmasking kernel per step (L = 4 and 16, fp32 / fp16 / bf16 logits) and the host
 #      time per denoising step of the device loop (and, with an artifact with TensorRT plans given
 #      as ARTIFACT, the loop around TensorRT with CUDA graphs on and off);
-#   4. writes OUT/gpu-check.json (GPU, driver, CUDA, pass/fail per test, timings) and prints a table.
+#   4. when TensorRT's Python package is importable: builds the plan of the shipped tiny checkpoint
+#      and checks TensorRT's greedy tokens against the CPU engine's and ONNX Runtime's
+#      (tests/gpu/trt_check.py: every policy, fused and separate commit, prefill from past 0, past
+#      buckets A -> B -> A with CUDA graphs on and off), recording the plan's build time and peaks;
+#   5. writes OUT/gpu-check.json (GPU, driver, CUDA, pass/fail per test, timings, the TensorRT check)
+#      and prints a table.
+#
+# The GPU and its architecture come from the CUDA driver through the build's own probe
+# (cmake/cuda_driver_probe.cpp), not nvidia-smi, which JetPack does not ship: the same on Orin and H100.
 #
 #   tests/gpu/check.sh [OUT] [ARTIFACT]          OUT defaults to build/gpu-check
 #
-# On a machine without a GPU it says so in one line and exits 0. Nothing is downloaded: the Python
+# On a machine without a GPU (or without a C++ compiler for the probe) it says so in one line and
+# exits 0. Nothing is downloaded: the Python
 # packages the tests use (torch with CUDA, onnxruntime, onnx, safetensors, tokenizers, jinja2, rich,
 # psutil, pytest, pybind11) must already be installed for the python3 on PATH (or $PYTHON).
 # Exit status: 0 when every step passed, 1 otherwise.
@@ -22,12 +31,18 @@ OUT=$(mkdir -p "${1:-$ROOT/build/gpu-check}" && cd "${1:-$ROOT/build/gpu-check}"
 ARTIFACT=${2:-}
 PYTHON=${PYTHON:-python3}
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
-  echo "GPU check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing to check."
+PROBE=$OUT/cuda_driver_probe
+if ! "${CXX:-c++}" -std=c++17 -O1 -o "$PROBE" "$ROOT/cmake/cuda_driver_probe.cpp" -ldl >"$OUT/probe.log" 2>&1; then
+  echo "GPU check: the CUDA driver probe does not compile here (a C++ compiler is needed; $OUT/probe.log); nothing to check."
   exit 0
 fi
-
-ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' .')
+if ! GPU_LINE=$("$PROBE" --describe); then
+  echo "GPU check: no NVIDIA GPU on this machine ($GPU_LINE); nothing to check."
+  exit 0
+fi
+printf '%s\n' "$GPU_LINE" >"$OUT/gpu.tsv"   # name, compute capability, integrated, driver CUDA (summary.py)
+IFS=$'\t' read -r GPU_NAME CC _ _ <<<"$GPU_LINE"
+ARCH=${CC//./}
 JOBS=$(nproc 2>/dev/null || echo 4)
 STEPS=$OUT/steps.tsv  # one line per step: name, exit status, milliseconds
 : >"$STEPS"
@@ -43,7 +58,7 @@ step() {  # step NAME LOG COMMAND...: runs COMMAND, logs to OUT/LOG, records sta
   return $rc
 }
 
-echo "GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1), compute capability $ARCH; output in $OUT"
+echo "GPU check: $GPU_NAME, compute capability $CC; output in $OUT"
 # 1. Build for this GPU only (a carried or earlier OUT/build is reused: only what changed recompiles).
 PYBIND11_DIR=$("$PYTHON" -m pybind11 --cmakedir 2>/dev/null)
 build() {
@@ -65,6 +80,13 @@ if step build build.log build; then
   # 3. Timings.
   (cd "$ROOT" && step timings timings.log "$PYTHON" tests/bench_gpu_unmask.py --json "$OUT/timings.json" \
       ${ARTIFACT:+--artifact "$ARTIFACT"})
+  # 4. TensorRT: a plan of the shipped checkpoint, its tokens against the CPU engine's and ONNX Runtime's.
+  if "$PYTHON" -c "import tensorrt" >/dev/null 2>&1; then
+    rm -f "$OUT/trt-check.json"
+    (cd "$ROOT" && step trt trt.log "$PYTHON" tests/gpu/trt_check.py "$OUT")
+  else
+    echo "== trt: TensorRT's Python package is not importable here; the TensorRT check is skipped"
+  fi
 fi
-# 4. Summary (also when a step failed: it says which).
+# 5. Summary (also when a step failed: it says which).
 "$PYTHON" "$ROOT/tests/gpu/summary.py" "$OUT"

@@ -1,5 +1,6 @@
-"""The summary of tests/gpu/check.sh: reads what its steps left in OUT (steps.tsv, junit.xml,
-timings.json), adds the machine (GPU, driver, CUDA), writes OUT/gpu-check.json and prints a table.
+"""The summary of tests/gpu/check.sh: reads what its steps left in OUT (gpu.tsv, steps.tsv, junit.xml,
+timings.json, trt-check.json), adds the machine (GPU and driver from the CUDA driver's probe, CUDA,
+TensorRT), writes OUT/gpu-check.json and prints a table.
 
     python tests/gpu/summary.py OUT
 
@@ -24,19 +25,22 @@ def _run(*cmd: str) -> str:
         return ""
 
 
-def machine() -> dict:
-    query = _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
-                 "--format=csv,noheader")
-    fields = [f.strip() for f in query.splitlines()[0].split(",")] if query else []
+def machine(out: Path) -> dict:
+    """The GPU as the CUDA driver describes it (check.sh's probe wrote gpu.tsv: no nvidia-smi, which
+    JetPack does not ship), and the toolchain."""
+    path = out / "gpu.tsv"
+    fields = path.read_text().rstrip("\n").split("\t") if path.is_file() else []
     nvcc = _run("nvcc", "--version").splitlines()
     torch_cuda = _run(sys.executable, "-c", "import torch; print(torch.__version__, torch.version.cuda)")
     build = _run(sys.executable, "-c", "import json, sdar_rt._core as c; "
                  "print(json.dumps({'module': c.__file__, **c.build_info()}))")
-    names = ("gpu", "driver", "memory", "compute_capability")
+    tensorrt = _run(sys.executable, "-c", "import tensorrt; print(tensorrt.__version__)")
+    names = ("gpu", "compute_capability", "integrated", "driver_cuda")
     return {
         **dict(zip(names, fields, strict=False)),
         "nvcc": nvcc[-1] if nvcc else "not found",
         "torch_and_cuda": torch_cuda or "torch not importable",
+        "tensorrt": tensorrt or "not importable",
         "sdar_rt_build": json.loads(build) if build else "sdar_rt not importable",
     }
 
@@ -68,8 +72,11 @@ def tests(out: Path) -> list[dict]:
 
 
 def table(summary: dict) -> str:
-    lines = [f"GPU: {summary['machine'].get('gpu', '?')}  driver {summary['machine'].get('driver', '?')}  "
-             f"{summary['machine']['nvcc']}  torch/CUDA {summary['machine']['torch_and_cuda']}"]
+    m = summary["machine"]
+    lines = [f"GPU: {m.get('gpu', '?')} (compute capability {m.get('compute_capability', '?')}"
+             f"{', integrated' if m.get('integrated') == '1' else ''})  "
+             f"driver CUDA {m.get('driver_cuda', '?')}  {m['nvcc']}  torch/CUDA {m['torch_and_cuda']}  "
+             f"TensorRT {m['tensorrt']}"]
     for s in summary["steps"]:
         status = "ok" if s["exit_status"] == 0 else "FAILED"
         lines.append(f"  {s['step']:<8s} {status:<7s} {s['seconds']:7.1f} s")
@@ -97,6 +104,17 @@ def table(summary: dict) -> str:
         lines.append(f"  device loop L={r['block_length']} ({r['engine']} engine{graphs}): "
                      f"{r['host_us_per_step']:.1f} us host time per step, "
                      f"{r['wall_us_per_step']:.1f} us wall")
+    trt = summary.get("tensorrt_check")
+    if trt:
+        mib = 1 << 20
+        lines.append(f"  TensorRT {trt['tensorrt']}: plan {trt['plan_bytes'] / mib:.1f} MiB built in "
+                     f"{trt['build_seconds']:.1f} s; build peak "
+                     f"{trt['build_peak_device_bytes'] / mib:.0f} MiB GPU, "
+                     f"{trt['build_peak_rss_bytes'] / mib:.0f} MiB RSS (budgeted "
+                     f"{(trt.get('build_peak_budgeted_bytes') or 0) / mib:.0f} MiB)")
+        for c in trt["cases"]:
+            verdict = "ok" if c["equal_cpu"] and c["equal_ort"] is not False else "DIFFERS"
+            lines.append(f"    {verdict:<8s}{c['case']}")
     lines.append("  result: " + ("PASS" if summary["passed"] else "FAIL"))
     return "\n".join(lines)
 
@@ -108,13 +126,17 @@ def main(argv: list[str]) -> int:
     for c in cases:
         counts[c["outcome"]] = counts.get(c["outcome"], 0) + 1
     timings_path = out / "timings.json"
+    trt_path = out / "trt-check.json"
     step_rows = steps(out)
     summary = {
-        "machine": machine(),
+        "machine": machine(out),
         "steps": step_rows,
         "test_counts": counts,
         "tests": cases,
         "timings": json.loads(timings_path.read_text()) if timings_path.is_file() else None,
+        # only when the trt step ran (TensorRT importable): a file of an earlier run is not this one's
+        "tensorrt_check": json.loads(trt_path.read_text())
+        if trt_path.is_file() and any(s["step"] == "trt" for s in step_rows) else None,
     }
     summary["passed"] = (
         bool(step_rows)
