@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
-from .artifact_cache import ExportOptions, artifact_path, cache_root
+from .artifact_cache import ExportOptions, artifact_path, cache_root, export_cached
 from .generator import REMASKING_POLICIES
 
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
@@ -169,8 +169,15 @@ def generate_main(argv=None) -> int:
         return 130
 
 
-def ensure_checkpoint(model_dir: str | None) -> Path:
+def ensure_checkpoint(model_dir: str | None, revision: str | None = None) -> Path:
+    """The checkpoint dir to export: ``model_dir``, a Hugging Face Hub id's snapshot (fetched into the
+    Hugging Face cache when missing), or the packaged one."""
     if model_dir:
+        from sdar_export.hub import is_hub_id, resolve_checkpoint  # no torch import
+
+        if is_hub_id(model_dir) or revision is not None:
+            _err(f"[1/3] fetching {model_dir} from the Hugging Face Hub (reused from its cache when there)")
+            return resolve_checkpoint(model_dir, revision, log=lambda msg: _err(f"      {msg}"))
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
             raise ArtifactError(f"{path}: no config.json; pass a Hugging Face SDAR checkpoint directory")
@@ -202,9 +209,12 @@ def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
             _err(f"[2/3] the artifact {art} is unusable ({exc}); exporting again")
     _err(f"[2/3] exporting {model_dir} -> {art} ({dtype}); this takes a minute")
     t0 = time.perf_counter()
-    from sdar_export.cli import export
+    if out:
+        from sdar_export.cli import export
 
-    export(model_dir, art, **options.export_kwargs(), force=True, quiet=False)
+        export(model_dir, art, **options.export_kwargs(), force=True, quiet=False)
+    else:  # replaces the cached artifacts of earlier versions of this checkpoint
+        export_cached(model_dir, options)
     _err(f"      exported in {time.perf_counter() - t0:.1f} s")
     return art
 
@@ -217,7 +227,8 @@ def demo_main(argv=None) -> int:
         "model_dir",
         nargs="?",
         default=None,
-        help="HF SDAR checkpoint (default: the packaged tiny one, else a random tiny one)",
+        help="HF SDAR checkpoint dir or Hub id such as JetLM/SDAR-1.7B-Chat (default: the packaged tiny "
+        "one, else a random tiny one)",
     )
     p.add_argument(
         "-o", "--output", default=None, help="artifact directory (default: cached under ~/.cache/sdar_rt)"
