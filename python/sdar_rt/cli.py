@@ -102,7 +102,7 @@ def _print_stats(stats: dict, finish_reason: str) -> None:
     )
 
 
-def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
+def _stream(gen, prompt: str | list[dict], kwargs: dict, as_json: bool = False) -> int:
     # Closed on every way out (Ctrl-C while writing included): the decoding thread stops and is
     # joined here, before the interpreter exits.
     with contextlib.closing(gen.stream(prompt, **kwargs)) as pieces:
@@ -128,7 +128,7 @@ def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
     return 0
 
 
-def _show_unmasking(gen, prompt: str, kwargs: dict, delay: float) -> int:
+def _show_unmasking(gen, prompt: str | list[dict], kwargs: dict, delay: float) -> int:
     """Draws every denoising step of the block being decoded, then prints the statistics."""
     from .unmasking_view import UnmaskingView
 
@@ -141,7 +141,8 @@ def _show_unmasking(gen, prompt: str, kwargs: dict, delay: float) -> int:
 def generate_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sdar-generate", description="Generate text from an sdar_rt artifact.")
     p.add_argument("artifact", help="artifact directory written by sdar-export")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the prompt; - reads it from standard input")
+    p.add_argument("--system", default=None, help="system prompt (chat template)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     p.add_argument("--show-unmasking", action="store_true",
                    help="draw the block being denoised in the terminal, step by step")
@@ -153,14 +154,19 @@ def generate_main(argv=None) -> int:
         p.error("--show-unmasking draws in the terminal; it cannot be combined with --json")
     if a.step_delay < 0:
         p.error(f"--step-delay must be >= 0, got {a.step_delay}")
+    if a.system is not None and a.no_chat:
+        p.error("--system needs the chat template; it cannot be combined with --no-chat")
     try:
         from .generator import Generator
 
+        text = sys.stdin.read() if a.prompt == "-" else a.prompt
+        prompt = text if a.system is None else [{"role": "system", "content": a.system},
+                                                {"role": "user", "content": text}]
         gen = Generator(a.artifact, engine=a.engine, device=a.device, threads=a.threads)
         with _first_ctrl_c_only():
             if a.show_unmasking:
-                return _show_unmasking(gen, a.prompt, _decoding_kwargs(a), a.step_delay)
-            return _stream(gen, a.prompt, _decoding_kwargs(a), a.json)
+                return _show_unmasking(gen, prompt, _decoding_kwargs(a), a.step_delay)
+            return _stream(gen, prompt, _decoding_kwargs(a), a.json)
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-generate: error: {exc}")
         return 2
