@@ -92,6 +92,8 @@ def test_chat_turns_reset_system_interrupt_and_exit(artifact, tmp_path):
     assert sys_ref("sort: 6 0").text in _turn(chat, "sort: 6 0")  # the view's last frame is the answer
     assert _turn(chat, "/unmasking off") == "[unmasking view off]"
     assert "unknown command '/bogus'" in _turn(chat, "/bogus")
+    too_long = "sort: " + " ".join("7" * 300)
+    assert "fills the context (256 tokens); /reset starts a new one" in _turn(chat, too_long)
     assert "/system TEXT" in _turn(chat, "/help")
 
     chat.sendeof()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
+from .extras import missing_extra
 
 # sdar_export's default block length (its cli module imports no torch, but the exporter may be
 # absent where only cached artifacts are used, so the value is repeated here).
@@ -208,20 +209,21 @@ def export_cached(model_dir: Path, options: ExportOptions, *, in_child: bool = F
     143-170 ms in a process that had just exported the model and at 106-123 ms in a fresh one, so a
     benchmark never exports in the process it times.
     """
-    try:
-        from sdar_export.cli import export
-    except ImportError as exc:
-        raise RuntimeError(
-            f"exporting a checkpoint needs torch ({exc}): pip install torch==2.13.0 (CPU wheel) and "
-            "the package's [export] extra, or pass an artifact directory"
-        ) from exc
+    from sdar_export.cli import export  # imports no torch: the export itself does (the export extra)
+
     art = artifact_path(model_dir, options)
     art.parent.mkdir(parents=True, exist_ok=True)
     kwargs = dict(options.export_kwargs(), force=True, quiet=False)
-    if in_child:
-        _in_child(export, model_dir, art, **kwargs)
-    else:
-        export(model_dir, art, **kwargs)
+    try:
+        if in_child:
+            _in_child(export, model_dir, art, **kwargs)
+        else:
+            export(model_dir, art, **kwargs)
+    except ImportError as exc:
+        error = missing_extra(exc, "exporting a checkpoint (pass an artifact directory instead)")
+        if error is None:
+            raise
+        raise error from exc
     remove_superseded(art, checkpoint_source(model_dir), _options_tag(options))
     return art
 

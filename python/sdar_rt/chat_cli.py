@@ -87,18 +87,27 @@ class Chat:
     def reply(self, message: str) -> None:
         """Generates the reply to ``message``, printed as it is decoded. Ctrl-C stops it; the
         conversation then stays as it was before ``message``."""
+        cap = self.decoding["max_new_tokens"]
+        room = self.gen.artifact.max_context - self.conversation.prompt_length(message)
+        if room <= 0:
+            print(f"[the conversation fills the context ({self.gen.artifact.max_context} tokens); /reset "
+                  "starts a new one]")
+            return
+        kwargs = dict(self.decoding, max_new_tokens=min(cap, room))
         try:
-            out = self._reply_with_view(message) if self.unmasking else self._reply_streamed(message)
+            reply = self._reply_with_view if self.unmasking else self._reply_streamed
+            out = reply(message, kwargs)
         except KeyboardInterrupt:
             print("\n[stopped; the conversation continues from before this message]", flush=True)
             return
         self.last = out
         if out.finish_reason == "length":
-            print(f"[the reply reached --max-new-tokens {self.decoding['max_new_tokens']}]")
+            print(f"[the reply reached --max-new-tokens {cap}]" if room > cap else
+                  "[the reply reached the end of the context; /reset starts a new conversation]")
 
-    def _reply_streamed(self, message: str):
+    def _reply_streamed(self, message: str, kwargs: dict):
         pause = {"on_step": lambda step: time.sleep(self.step_delay)} if self.step_delay > 0 else {}
-        pieces = self.conversation.stream(message, **pause, **self.decoding)
+        pieces = self.conversation.stream(message, **pause, **kwargs)
         try:
             for piece in pieces:
                 sys.stdout.write(piece)
@@ -109,12 +118,11 @@ class Chat:
         sys.stdout.write("\n")
         return self.conversation.last_output
 
-    def _reply_with_view(self, message: str):
+    def _reply_with_view(self, message: str, kwargs: dict):
         from .unmasking_view import UnmaskingView
 
         with UnmaskingView(self.gen.tokenizer, delay=self.step_delay) as view:
-            return self.conversation.send(message, on_text=view.on_text, on_step=view.on_step,
-                                          **self.decoding)
+            return self.conversation.send(message, on_text=view.on_text, on_step=view.on_step, **kwargs)
 
 
 @contextlib.contextmanager

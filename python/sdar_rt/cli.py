@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
 from .artifact_cache import ExportOptions, artifact_path, cache_root, export_cached
+from .extras import missing_extra
 from .generator import REMASKING_POLICIES
 
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
@@ -260,10 +261,10 @@ def demo_main(argv=None) -> int:
         with _first_ctrl_c_only():
             return _stream(gen, prompt, _decoding_kwargs(a))
     except ImportError as exc:
-        _err(
-            f"sdar-demo: error: {exc}; exporting needs torch: pip install torch==2.13.0 "
-            "(CPU wheel) and the package's [export] extra"
-        )
+        error = missing_extra(exc, "exporting a checkpoint")
+        if error is None:
+            raise
+        _err(f"sdar-demo: error: {error}")
         return 2
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-demo: error: {exc}")

@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 # Top-level module -> the extra of pyproject.toml that installs it.
@@ -45,7 +46,11 @@ class MissingExtraError(RuntimeError):
 
 def missing_extra(exc: ImportError, purpose: str | None = None) -> MissingExtraError | None:
     """The one-line error for ``exc`` when it is an optional module's absence, else None."""
-    name = (getattr(exc, "name", None) or "").split(".")[0]
+    name = getattr(exc, "name", None)
+    if not name:  # lost when the error crossed a process boundary (pickled): read it from the message
+        found = re.search(r"No module named '([^']+)'", str(exc))
+        name = found.group(1) if found else ""
+    name = name.split(".")[0]
     extra = EXTRA_OF_MODULE.get(name)
     if extra is None:
         return None

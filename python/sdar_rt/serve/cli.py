@@ -95,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from .app import create_app
     except ImportError as exc:
-        _err(f"sdar-serve: error: {exc}; the server needs its extra: pip install 'sdar_rt[serve]'")
+        from ..extras import missing_extra
+
+        error = missing_extra(exc, "the OpenAI-compatible server")
+        if error is None:
+            raise
+        _err(f"sdar-serve: error: {error}")
         return 2
     if a.max_queue < 1 or a.max_body_bytes < 1:
         _err("sdar-serve: error: --max-queue and --max-body-bytes must be positive")
