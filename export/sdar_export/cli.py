@@ -43,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
                    help="artifact directory (default: MODEL_DIR-sdar_rt-DTYPE)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="float16 weights/activations/KV (logits fp32)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 weights/KV (logits fp32)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 weights/KV (logits fp32); runs on TensorRT only (ONNX Runtime and the CPU "
+                        "engine: float32, the default, or --fp16)")
     p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH,
                    help="tokens decoded together per block, fixed in the graphs: the block length the "
                         f"model was trained with (default {DEFAULT_BLOCK_LENGTH})")
