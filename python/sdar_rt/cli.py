@@ -70,10 +70,24 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=None, help="extra stop string (repeatable)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-fused", action="store_true", help="commit blocks with a separate pass")
-    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"])
+    add_engine_args(p)
+
+
+ENGINES = ("auto", "cpu", "ort", "trt")  # what Generator(engine=...) accepts
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine, --device and --threads, as every command that runs an artifact takes them."""
+    p.add_argument("--engine", default="auto", choices=list(ENGINES),
+                   help="auto (default): TensorRT when built and the artifact has its plans, else the "
+                        "native CPU engine when the artifact has its weights, else ONNX Runtime; cpu: the "
+                        "native CPU engine; ort: ONNX Runtime; trt: TensorRT")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda for TensorRT, cpu otherwise")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the engine that runs: the native CPU engine's pool (default: the "
+                        "physical cores this process may use) or ONNX Runtime's intra-op threads (default: "
+                        "its own choice); TensorRT runs on the GPU and takes none")
 
 
 def _decoding_kwargs(a: argparse.Namespace) -> dict:
