@@ -125,3 +125,17 @@ def test_an_artifact_shared_by_two_copies_stays_while_one_still_uses_it(tmp_path
     assert shared.is_dir()  # the copy still uses it
     assert artifact_cache.remove_superseded(newer, artifact_cache.checkpoint_source(copy), tag) == [shared]
     assert not shared.exists()
+
+
+def test_the_trained_block_length_comes_from_config_json(tmp_path):
+    from sdar_rt.artifact_cache import DEFAULT_BLOCK_LENGTH, trained_block_length
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for value, expected in ((16, 16), (8, 8), (None, DEFAULT_BLOCK_LENGTH), ("16", DEFAULT_BLOCK_LENGTH),
+                            (0, DEFAULT_BLOCK_LENGTH), (True, DEFAULT_BLOCK_LENGTH)):
+        cfg = {"model_type": "sdar"} if value is None else {"model_type": "sdar", "block_size": value}
+        (ck / "config.json").write_text(json.dumps(cfg))
+        assert trained_block_length(ck) == expected, value
+    assert trained_block_length(tmp_path / "missing") == DEFAULT_BLOCK_LENGTH
+    assert trained_block_length(PACKAGED_CHECKPOINT) == 4

@@ -146,3 +146,28 @@ def test_missing_revision_and_revision_of_a_local_dir(hub, tmp_path, checkpoint)
     assert "--revision" in line
     line = _one_line_error(_export(hub, tmp_path, str(checkpoint), "--revision", "v9"))
     assert "--revision applies to a Hugging Face Hub id" in line
+
+
+def test_chat_and_bench_take_a_hub_id(hub, tmp_path):
+    """From a Hub id to a conversation: sdar-chat fetches the shipped trained checkpoint (served as a
+    Hub repository), exports it into the artifact cache, named by the repository, and answers."""
+    from console_scripts import console_command
+    from sdar_fixtures import PACKAGED_CHECKPOINT
+
+    hub.repos["JetLM/SDAR-Sort-Chat"] = Repo(PACKAGED_CHECKPOINT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    cmd, lead = console_command("sdar-chat")
+    r = subprocess.run([cmd, *lead, "JetLM/SDAR-Sort-Chat"], input="sort: 5 9 1 3\n/stats\n", env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "1 3 5 9" in r.stdout and "prompt tokens reused" in r.stdout
+    (art,) = [p for p in (tmp_path / "cache" / "sdar_rt" / "artifacts").glob("SDAR-Sort-Chat-*-L4-*")
+              if p.is_dir()]
+    assert (art / "manifest.json").is_file()
+
+    cmd, lead = console_command("sdar-bench")
+    r = subprocess.run([cmd, *lead, "JetLM/SDAR-Missing"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "JetLM/SDAR-Missing: no such model repository on" in r.stderr.strip().splitlines()[-1]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
-from .artifact_cache import ExportOptions, artifact_path, cache_root, export_cached
+from .artifact_cache import ExportOptions, artifact_path, cache_root, export_cached, trained_block_length
 from .extras import missing_extra
 from .generator import REMASKING_POLICIES
 
@@ -219,7 +219,8 @@ def ensure_checkpoint(model_dir: str | None, revision: str | None = None) -> Pat
 
 def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
     dtype = "float16" if fp16 else "float32"
-    options = ExportOptions(dtype=dtype)  # the cache sdar-bench shares: its default configuration
+    # The cache sdar-bench shares (its default configuration), at the block length the model was trained with.
+    options = ExportOptions(dtype=dtype, block_length=trained_block_length(model_dir))
     art = Path(out).expanduser() if out else artifact_path(model_dir, options)
     if (art / "manifest.json").is_file():
         try:
