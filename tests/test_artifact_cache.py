@@ -139,3 +139,10 @@ def test_the_trained_block_length_comes_from_config_json(tmp_path):
         assert trained_block_length(ck) == expected, value
     assert trained_block_length(tmp_path / "missing") == DEFAULT_BLOCK_LENGTH
     assert trained_block_length(PACKAGED_CHECKPOINT) == 4
+
+    # sdar-export's --block-length defaults to it too; a given one wins
+    from sdar_export.cli import options_from_args, parser
+
+    (ck / "config.json").write_text(json.dumps({"model_type": "sdar", "block_size": 16}))
+    assert options_from_args(parser().parse_args([str(ck)])).block_length == 16
+    assert options_from_args(parser().parse_args([str(ck), "--block-length", "4"])).block_length == 4

@@ -24,6 +24,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from .config import trained_block_length
 from .errors import CheckpointError, ExportError
 from .hub import is_hub_id, resolve_checkpoint
 from .options import DEFAULT_BLOCK_LENGTH, ExportOptions
@@ -46,9 +47,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--bf16", action="store_true",
                    help="bfloat16 weights/KV (logits fp32); runs on TensorRT only (ONNX Runtime and the CPU "
                         "engine: float32, the default, or --fp16)")
-    p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH,
+    p.add_argument("--block-length", type=int, default=None,
                    help="tokens decoded together per block, fixed in the graphs: the block length the "
-                        f"model was trained with (default {DEFAULT_BLOCK_LENGTH})")
+                        "model was trained with (default: config.json's block_size, else "
+                        f"{DEFAULT_BLOCK_LENGTH})")
     p.add_argument("--max-context", type=int, default=None,
                    help="prompt + output tokens the KV cache holds, a multiple of the block length "
                         "(default: min(4096, max_position_embeddings))")
@@ -111,15 +113,23 @@ def options_from_args(a: argparse.Namespace) -> ExportOptions:
     """The export's options, a Hub id resolved into its downloaded snapshot (after the options' own
     checks, so a bad option fails before anything is downloaded). A Hub checkpoint's artifact goes to
     the current directory by default, not next to the snapshot inside the Hugging Face cache."""
+    block_length = a.block_length
+    if block_length is None:  # checked with the default now, set from the checkpoint's config below
+        a.block_length = DEFAULT_BLOCK_LENGTH
     opts = ExportOptions.from_args(a)
     if not is_hub_id(a.model_dir):
         if a.revision is not None:
             raise CheckpointError(f"--revision applies to a Hugging Face Hub id (ORG/NAME); {a.model_dir} is "
                                   "a local path")
-        return opts
-    out = opts.out_dir or dataclasses.replace(opts, model_dir=Path(a.model_dir.split("/")[1])).output_dir()
-    dataclasses.replace(opts, out_dir=out).checked_output_dir()  # an existing output fails before downloading
-    return dataclasses.replace(opts, model_dir=resolve_checkpoint(a.model_dir, a.revision), out_dir=out)
+    else:
+        named = dataclasses.replace(opts, model_dir=Path(a.model_dir.split("/")[1]))
+        out = opts.out_dir or named.output_dir()
+        dataclasses.replace(opts, out_dir=out).checked_output_dir()  # exists: fails before downloading
+        opts = dataclasses.replace(opts, model_dir=resolve_checkpoint(a.model_dir, a.revision), out_dir=out)
+    if block_length is None:
+        trained = trained_block_length(opts.model_dir) or DEFAULT_BLOCK_LENGTH
+        opts = dataclasses.replace(opts, block_length=trained)
+    return opts
 
 
 def main(argv=None) -> int:

@@ -34,13 +34,11 @@ DEFAULT_BLOCK_LENGTH = 4
 
 
 def trained_block_length(model_dir: Path) -> int:
-    """The block length the checkpoint was trained with (config.json's ``block_size``, which the released
-    SDAR checkpoints carry: 4, or 8/16/32/64 for the -b variants), else the exporter's default."""
-    try:
-        size = json.loads((model_dir / "config.json").read_text()).get("block_size")
-    except (OSError, ValueError, AttributeError):
-        return DEFAULT_BLOCK_LENGTH
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else DEFAULT_BLOCK_LENGTH
+    """The block length the checkpoint was trained with (config.json's ``block_size``), else the
+    exporter's default."""
+    from sdar_export.config import trained_block_length as from_config  # no torch import
+
+    return from_config(model_dir) or DEFAULT_BLOCK_LENGTH
 
 
 def cache_root() -> Path:
