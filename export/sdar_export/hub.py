@@ -20,16 +20,15 @@ from .config import SDARConfig
 from .errors import CheckpointError
 
 # What sdar-export reads from a checkpoint: the config, the generation config (EOS ids), the weights
-# (one file, or shards with their index) and the tokenizer with its chat template.
+# (one file, or shards with their index) and the tokenizer with its chat template. The released
+# checkpoints keep the template in tokenizer_config.json, where sdar_rt's tokenizer reads it.
 CHECKPOINT_FILES = (
     "config.json",
     "generation_config.json",
     "*.safetensors",
     "*.safetensors.index.json",
     "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
+    "tokenizer_config.json",  # holds the chat template
 )
 
 # ORG/NAME as the Hub spells repository ids (letters, digits, '-', '_', '.').

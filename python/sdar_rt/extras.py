@@ -36,8 +36,8 @@ PURPOSE = {
     "bench": "this benchmark",
 }
 
-# torch's default wheel on Linux is the CUDA build (gigabytes); the CPU build is what export needs.
-_TORCH_CPU = "the CPU build of torch first, if you like: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# The torch the README installs: its CPU build (an unpinned torch pulls gigabytes of CUDA wheels).
+_TORCH_CPU = "torch's CPU build first: pip install torch==2.13.0"
 
 
 class MissingExtraError(RuntimeError):
