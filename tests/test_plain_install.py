@@ -119,3 +119,10 @@ def test_generate_and_chat_run_an_artifact(run, artifact):
     room = gen.artifact.max_context - conv.prompt_length("sort: 8 2 6 4")  # sdar-chat caps replies at it
     assert conv.send("sort: 8 2 6 4", max_new_tokens=min(512, room)).text in r.stdout
     assert "prompt tokens reused from the KV cache" in r.stdout
+
+
+def test_bench_measures_an_artifact(run, artifact, tmp_path):
+    r = run("sdar-bench", str(artifact), "--runs", "1", "--warmup", "0", "--max-new-tokens", "8",
+            "--json", str(tmp_path / "report.json"))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and (tmp_path / "report.json").is_file()
