@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 
+import pexpect  # the test extra
 import pytest
 from console_scripts import console_command
 from sdar_fixtures import packaged_artifact
-
-pexpect = pytest.importorskip("pexpect")
 
 # The prompt at the start of a line (after the unmasking view, behind the escape that shows the cursor).
 PROMPT = r"\r\n(?:\x1b\[[0-9;?]*[A-Za-z])*> "
