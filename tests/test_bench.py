@@ -528,9 +528,12 @@ def test_entry_points_and_no_torch_import():
     from importlib.metadata import entry_points
 
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "sdar-bench"]
-    from sdar_rt.bench.cli import main
+    from sdar_rt import console
 
-    assert ep.load() is main
+    assert ep.load() is console.bench  # sdar_rt.bench.cli:main, through sdar_rt.extras.run_command
+    code = "import sys; sys.argv = ['sdar-bench', '--help']; from sdar_rt.console import bench; bench()"
+    usage = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert usage.startswith("usage: sdar-bench")
     code = (
         "import sys, sdar_rt.bench, sdar_rt.bench.run, sdar_rt.bench.timing, sdar_rt.bench.tables, "
         "sdar_rt.bench.plot, sdar_rt.bench.targets, sdar_rt.bench.ortgenai, sdar_rt.bench.reference, "

@@ -188,7 +188,7 @@ def test_options_are_checked_when_built_before_anything_is_read(tmp_path):
     assert opts.dtype == "float16" and opts.compute_dtype == "float16" and opts.scheme().bits == 4
     assert opts.output_dir() == tmp_path / "no-such-checkpoint-sdar_rt-fp16-int4"
     argv = [str(missing), "--fp16", "--int4", "--group-size", "64", "--skip-validate"]
-    assert ExportOptions.from_args(cli.parser().parse_args(argv)) == ExportOptions(
+    assert cli.options_from_args(cli.parser().parse_args(argv)) == ExportOptions(
         model_dir=missing, dtype="float16", quantize="int4", group_size=64, validate=False)
 
 

@@ -1,12 +1,16 @@
 """``sdar-export``: HF SDAR checkpoint -> sdar_rt artifact (ONNX step graphs, optional TensorRT plans).
 
-    sdar-export MODEL_DIR [-o OUT] [--fp16|--bf16] [--block-length 4] [--max-context N] [--batch 1]
+    sdar-export MODEL_DIR|ORG/NAME [--revision REV] [-o OUT] [--fp16|--bf16] [--block-length 4]
+                [--max-context N] [--batch 1]
                 [--engine {onnx,trt}] [--opset 18] [--prefill-chunk N] [--skip-validate] [--force]
                 [--int4 [--group-size 128] | --int8] [--symmetric|--asymmetric] [--quant-format F]
                 [--quantize-embeddings] [--quantize-lm-head] [--lm-head-bits {4,8}] [--accuracy-level 4]
                 [--awq [--calibration PROMPTS.txt]]
     sdar-export ARTIFACT_DIR --engine trt        # engines only, on the device, no torch import
 
+A Hugging Face Hub id (``JetLM/SDAR-1.7B-Chat``) is fetched into the Hugging Face cache first
+(sdar_export.hub: config.json checked before the weights; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply);
+its artifact goes to ./NAME-sdar_rt-DTYPE unless -o says otherwise.
 The artifact is written into a temporary directory next to OUT and renamed into place at the end,
 so an interrupted export never leaves a directory that looks like a valid artifact.
 torch is imported only when a checkpoint is exported. The stages are sdar_export.pipeline's; every
@@ -16,9 +20,13 @@ option, its default and its checks are sdar_export.options.ExportOptions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
+from .config import trained_block_length
 from .errors import CheckpointError, ExportError
+from .hub import is_hub_id, resolve_checkpoint
 from .options import DEFAULT_BLOCK_LENGTH, ExportOptions
 from .pipeline import export, is_artifact, run_export
 
@@ -28,15 +36,21 @@ __all__ = ["export", "is_artifact", "main", "parser", "run_export"]
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdar-export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", help="HF SDAR checkpoint dir, or an existing artifact with --engine trt")
+    p.add_argument("model_dir", help="HF SDAR checkpoint dir or Hugging Face Hub id (ORG/NAME, fetched into "
+                                     "the Hugging Face cache), or an existing artifact with --engine trt")
+    p.add_argument("--revision", default=None,
+                   help="with a Hub id: the branch, tag or commit to download (default: main)")
     p.add_argument("-o", "--output", default=None,
                    help="artifact directory (default: MODEL_DIR-sdar_rt-DTYPE)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fp16", action="store_true", help="float16 weights/activations/KV (logits fp32)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 weights/KV (logits fp32)")
-    p.add_argument("--block-length", type=int, default=DEFAULT_BLOCK_LENGTH,
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 weights/KV (logits fp32); runs on TensorRT only (ONNX Runtime and the CPU "
+                        "engine: float32, the default, or --fp16)")
+    p.add_argument("--block-length", type=int, default=None,
                    help="tokens decoded together per block, fixed in the graphs: the block length the "
-                        f"model was trained with (default {DEFAULT_BLOCK_LENGTH})")
+                        "model was trained with (default: config.json's block_size, else "
+                        f"{DEFAULT_BLOCK_LENGTH})")
     p.add_argument("--max-context", type=int, default=None,
                    help="prompt + output tokens the KV cache holds, a multiple of the block length "
                         "(default: min(4096, max_position_embeddings))")
@@ -95,10 +109,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_from_args(a: argparse.Namespace) -> ExportOptions:
+    """The export's options, a Hub id resolved into its downloaded snapshot (after the options' own
+    checks, so a bad option fails before anything is downloaded). A Hub checkpoint's artifact goes to
+    the current directory by default, not next to the snapshot inside the Hugging Face cache."""
+    block_length = a.block_length
+    if block_length is None:  # checked with the default now, set from the checkpoint's config below
+        a.block_length = DEFAULT_BLOCK_LENGTH
+    opts = ExportOptions.from_args(a)
+    if not is_hub_id(a.model_dir):
+        if a.revision is not None:
+            raise CheckpointError(f"--revision applies to a Hugging Face Hub id (ORG/NAME); {a.model_dir} is "
+                                  "a local path")
+    else:
+        named = dataclasses.replace(opts, model_dir=Path(a.model_dir.split("/")[1]))
+        out = opts.out_dir or named.output_dir()
+        dataclasses.replace(opts, out_dir=out).checked_output_dir()  # exists: fails before downloading
+        opts = dataclasses.replace(opts, model_dir=resolve_checkpoint(a.model_dir, a.revision), out_dir=out)
+    if block_length is None:
+        trained = trained_block_length(opts.model_dir) or DEFAULT_BLOCK_LENGTH
+        opts = dataclasses.replace(opts, block_length=trained)
+    return opts
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
-        out = run_export(ExportOptions.from_args(a)).path
+        out = run_export(options_from_args(a)).path
     except (CheckpointError, ExportError) as e:
         print(f"sdar-export: error: {e}", file=sys.stderr)
         return 2

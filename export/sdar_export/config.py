@@ -200,3 +200,13 @@ class SDARConfig:
 
 def load_config(model_dir: str | Path) -> SDARConfig:
     return SDARConfig.from_file(model_dir)
+
+
+def trained_block_length(model_dir: str | Path) -> int | None:
+    """The block length the checkpoint was trained with: config.json's ``block_size``, which the released
+    SDAR checkpoints carry (4, or 8/16/32/64 for their -b variants); None when it says none."""
+    try:
+        size = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("block_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None

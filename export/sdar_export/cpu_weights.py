@@ -37,6 +37,7 @@ import numpy as np
 
 from .cpu_pack import PackedArrays, pack_f32, pack_qtensor
 from .errors import ExportError, ValidationError
+from .options import BF16_RUNS_ON
 from .reference import StepCase
 
 FILE_NAME = "cpu_weights.bin"
@@ -50,10 +51,11 @@ def unsupported_reason(cfg, dtype: str, scheme=None) -> str | None:
     """Why the CPU engine cannot run this export (None: it can)."""
     if getattr(cfg, "is_moe", False):
         return "the CPU engine runs dense models (model_type sdar); this MoE model runs on ONNX Runtime"
+    if dtype == "bfloat16":
+        return BF16_RUNS_ON
     if dtype != "float32":
         return (f"the CPU engine computes in float32 with a float32 K/V cache; this {dtype} artifact runs on "
-                "ONNX Runtime (export without --fp16 / --bf16, with --int4 or --int8 if wanted, for the CPU "
-                "engine)")
+                "ONNX Runtime (export without --fp16, with --int4 or --int8 if wanted, for the CPU engine)")
     if scheme is not None and scheme.group_size is not None and scheme.group_size % 32:
         return (f"the CPU engine reads quantized weights in groups that are multiples of 32; --group-size "
                 f"{scheme.group_size} runs on ONNX Runtime")

@@ -19,6 +19,11 @@ DEFAULT_BLOCK_LENGTH = 4
 DTYPE_ALIASES = {"fp16": "float16", "fp32": "float32", "bf16": "bfloat16"}
 DTYPES = ("float32", "float16", "bfloat16")
 ENGINES = ("onnx", "trt")
+# Where a bfloat16 artifact runs, in the words every message about it uses (the exporter's, the
+# runtime's engines'): the flags it names are sdar-export's own.
+BF16_RUNS_ON = ("a bfloat16 artifact runs on TensorRT only (engine 'trt', on an NVIDIA GPU): ONNX Runtime's "
+                "CPU provider and the native CPU engine have no bfloat16 kernels; for them export in float32 "
+                "(sdar-export's default, no dtype flag) or with --fp16")
 # What only applies to a quantized export (--int4 / --int8), by its command-line name.
 _QUANT_ONLY = {"group_size": "--group-size", "quant_format": "--quant-format",
                "quantize_embeddings": "--quantize-embeddings", "quantize_lm_head": "--quantize-lm-head",

@@ -3,23 +3,42 @@
 An artifact is cached under ``$XDG_CACHE_HOME/sdar_rt`` (``~/.cache/sdar_rt`` by default) by a name
 made of everything that changes its files: the checkpoint, the exporter's code and the export
 options, with the exporter's defaults filled in, so that the demo's export and the benchmark's
-default configuration are one and the same directory. Exporting needs torch (the ``export``
-extra); finding a cached artifact does not.
+default configuration are one and the same directory. The checkpoint counts by the contents of its
+files (a reinstall that rewrites their time stamps finds the same artifact). Writing an artifact
+removes the ones it supersedes: the same checkpoint (directory, or Hub repository) and options from
+an earlier version of its files or of the exporter. Exporting needs torch (the ``export`` extra);
+finding a cached artifact does not.
+
+    sdar_rt/artifacts/NAME-CHECKPOINT-xEXPORTER-OPTIONS/              the artifact
+    sdar_rt/artifacts/NAME-CHECKPOINT-xEXPORTER-OPTIONS.source.json   its checkpoint and options
+    sdar_rt/file-digests.json                                         weight files' sha256 digests
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
+from .extras import missing_extra
 
 # sdar_export's default block length (its cli module imports no torch, but the exporter may be
 # absent where only cached artifacts are used, so the value is repeated here).
 DEFAULT_BLOCK_LENGTH = 4
+
+
+def trained_block_length(model_dir: Path) -> int:
+    """The block length the checkpoint was trained with (config.json's ``block_size``), else the
+    exporter's default."""
+    from sdar_export.config import trained_block_length as from_config  # no torch import
+
+    return from_config(model_dir) or DEFAULT_BLOCK_LENGTH
 
 
 def cache_root() -> Path:
@@ -28,15 +47,90 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "sdar_rt"
 
 
+# The checkpoint files an artifact is made from (the weights, and what the exporter copies or reads).
+_SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja")
+_HF_BLOB_NAME = re.compile(r"[0-9a-f]{64}")  # a Hugging Face cache blob named by its sha256
+
+
 def checkpoint_key(model_dir: Path) -> str:
-    """Identity of a checkpoint: config.json's contents and the weight files' names, sizes and
-    modification times. Hashing the weights themselves would cost seconds per gigabyte on every
-    call; a rewritten weight file changes its time stamp anyway."""
-    h = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for p in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json")):
-        st = p.stat()
-        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    """Identity of a checkpoint: the contents of its config, tokenizer and weight files, never their
+    time stamps (a reinstall or a copy rewrites those, and must not cause a re-export). A weight file
+    is hashed once per (size, modification time, inode) and the digest kept in the cache, so only the
+    first use of a checkpoint (or a rewritten file) reads it; a Hugging Face cache blob is named by
+    its sha256 already."""
+    h = hashlib.sha256()
+    for name in _SOURCE_FILES:
+        if (model_dir / name).is_file():
+            h.update(name.encode() + b"\0" + (model_dir / name).read_bytes())
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.safetensors.index.json"))
+    with _DigestMemo() as memo:
+        for p in weights:
+            h.update(f"{p.name}:{memo.digest(p)}".encode())
     return h.hexdigest()[:16]
+
+
+class _DigestMemo:
+    """sha256 digests of weight files, remembered in ``<cache>/file-digests.json`` by resolved path,
+    size, modification time and inode (any rewrite of the file changes one of them)."""
+
+    def __init__(self) -> None:
+        self._path = cache_root() / "file-digests.json"
+        self._entries: dict[str, dict] = {}
+        self._changed = False
+
+    def __enter__(self) -> _DigestMemo:
+        try:
+            self._entries = json.loads(self._path.read_text())
+        except (OSError, ValueError):
+            self._entries = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._changed:
+            return
+        try:  # written whole and renamed: a concurrent reader sees the old or the new file
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._entries))
+            tmp.replace(self._path)
+        except OSError:
+            pass  # a read-only cache only costs hashing again next time
+
+    def digest(self, path: Path) -> str:
+        real = path.resolve()
+        if _HF_BLOB_NAME.fullmatch(real.name) and real.parent.name == "blobs":
+            return real.name
+        st = real.stat()
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+        entry = self._entries.get(str(real))
+        if entry is not None and all(entry.get(k) == v for k, v in stamp.items()):
+            return entry["sha256"]
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        self._entries[str(real)] = dict(stamp, sha256=h.hexdigest())
+        self._changed = True
+        return h.hexdigest()
+
+
+def checkpoint_name(model_dir: Path) -> str:
+    """What the cache calls a checkpoint: its directory's name, or for a snapshot in the Hugging Face
+    cache (``models--ORG--NAME/snapshots/COMMIT``) the repository's name."""
+    repo = model_dir.parent.parent.name
+    if model_dir.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.split("--")[-1]
+    return model_dir.name
+
+
+def checkpoint_source(model_dir: Path) -> str:
+    """Which checkpoint an artifact comes from, whatever its version: the Hub repository for a snapshot
+    in the Hugging Face cache (every revision of it), else the directory."""
+    repo = model_dir.parent.parent.name
+    if model_dir.parent.name == "snapshots" and repo.startswith("models--"):
+        return "hub:" + "/".join(repo.split("--")[1:])
+    return str(model_dir.resolve())
 
 
 def exporter_key() -> str:
@@ -82,12 +176,13 @@ class ExportOptions:
 
 def artifact_path(model_dir: Path, options: ExportOptions) -> Path:
     """Where the artifact of ``model_dir`` exported with ``options`` is cached."""
+    key = f"{checkpoint_key(model_dir)}-x{exporter_key()}"
+    return cache_root() / "artifacts" / f"{checkpoint_name(model_dir)}-{key}-{_options_tag(options)}"
+
+
+def _options_tag(options: ExportOptions) -> str:
     ctx = f"c{options.max_context}" if options.max_context else "cdef"
-    name = (
-        f"{model_dir.name}-{checkpoint_key(model_dir)}-x{exporter_key()}-{options.weights_tag}"
-        f"-L{options.block_length}-b{options.batch}-{ctx}"
-    )
-    return cache_root() / "artifacts" / name
+    return f"{options.weights_tag}-L{options.block_length}-b{options.batch}-{ctx}"
 
 
 def cached(model_dir: Path, options: ExportOptions, log: Callable[[str], None]) -> Path | None:
@@ -122,18 +217,58 @@ def export_cached(model_dir: Path, options: ExportOptions, *, in_child: bool = F
     143-170 ms in a process that had just exported the model and at 106-123 ms in a fresh one, so a
     benchmark never exports in the process it times.
     """
-    try:
-        from sdar_export.cli import export
-    except ImportError as exc:
-        raise RuntimeError(
-            f"exporting a checkpoint needs torch ({exc}): pip install torch==2.13.0 (CPU wheel) and "
-            "the package's [export] extra, or pass an artifact directory"
-        ) from exc
+    from sdar_export.cli import export  # imports no torch: the export itself does (the export extra)
+
     art = artifact_path(model_dir, options)
     art.parent.mkdir(parents=True, exist_ok=True)
     kwargs = dict(options.export_kwargs(), force=True, quiet=False)
-    if in_child:
-        _in_child(export, model_dir, art, **kwargs)
-    else:
-        export(model_dir, art, **kwargs)
+    try:
+        if in_child:
+            _in_child(export, model_dir, art, **kwargs)
+        else:
+            export(model_dir, art, **kwargs)
+    except ImportError as exc:
+        error = missing_extra(exc, "exporting a checkpoint (pass an artifact directory instead)")
+        if error is None:
+            raise
+        raise error from exc
+    remove_superseded(art, checkpoint_source(model_dir), _options_tag(options))
     return art
+
+
+def _note(art: Path) -> Path:
+    """The file next to a cached artifact that says which checkpoint and options it holds."""
+    return art.with_name(art.name + ".source.json")
+
+
+def remove_superseded(art: Path, source: str, options_tag: str) -> list[Path]:
+    """Records that ``art`` holds ``source``'s artifact for these options, and drops ``source`` from
+    the other cached artifacts with the same options (earlier versions of its files or of the
+    exporter); one that no checkpoint holds any more is removed. Returns the removed artifacts.
+
+    Two checkpoint dirs with the same contents share one artifact, so the note keeps a list."""
+    removed = []
+    for note in art.parent.glob("*.source.json"):
+        other = note.with_name(note.name[: -len(".source.json")])
+        info = _read_note(note)
+        if other == art or info.get("options") != options_tag or source not in info.get("sources", []):
+            continue
+        info["sources"].remove(source)
+        if info["sources"]:
+            note.write_text(json.dumps(info))
+            continue
+        shutil.rmtree(other, ignore_errors=True)
+        note.unlink(missing_ok=True)
+        removed.append(other)
+    info = _read_note(_note(art))
+    sources = [s for s in info.get("sources", []) if s != source] + [source]
+    _note(art).write_text(json.dumps({"sources": sources, "options": options_tag}))
+    return removed
+
+
+def _read_note(note: Path) -> dict:
+    try:
+        info = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) and isinstance(info.get("sources"), list) else {}

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
-from .artifact_cache import ExportOptions, artifact_path, cache_root
+from .artifact_cache import ExportOptions, artifact_path, cache_root, export_cached, trained_block_length
+from .extras import missing_extra
 from .generator import REMASKING_POLICIES
 
 PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
@@ -71,10 +72,24 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=None, help="extra stop string (repeatable)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-fused", action="store_true", help="commit blocks with a separate pass")
-    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"])
+    add_engine_args(p)
+
+
+ENGINES = ("auto", "cpu", "ort", "trt")  # what Generator(engine=...) accepts
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine, --device and --threads, as every command that runs an artifact takes them."""
+    p.add_argument("--engine", default="auto", choices=list(ENGINES),
+                   help="auto (default): TensorRT when built and the artifact has its plans, else the "
+                        "native CPU engine when the artifact has its weights, else ONNX Runtime; cpu: the "
+                        "native CPU engine; ort: ONNX Runtime; trt: TensorRT")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda for TensorRT, cpu otherwise")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the engine that runs: the native CPU engine's pool (default: the "
+                        "physical cores this process may use) or ONNX Runtime's intra-op threads (default: "
+                        "its own choice); TensorRT runs on the GPU and takes none")
 
 
 def _decoding_kwargs(a: argparse.Namespace) -> dict:
@@ -105,7 +120,7 @@ def _print_stats(stats: dict, finish_reason: str) -> None:
     )
 
 
-def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
+def _stream(gen, prompt: str | list[dict], kwargs: dict, as_json: bool = False) -> int:
     # Closed on every way out (Ctrl-C while writing included): the decoding thread stops and is
     # joined here, before the interpreter exits.
     with contextlib.closing(gen.stream(prompt, **kwargs)) as pieces:
@@ -131,7 +146,7 @@ def _stream(gen, prompt: str, kwargs: dict, as_json: bool = False) -> int:
     return 0
 
 
-def _show_unmasking(gen, prompt: str, kwargs: dict, delay: float) -> int:
+def _show_unmasking(gen, prompt: str | list[dict], kwargs: dict, delay: float) -> int:
     """Draws every denoising step of the block being decoded, then prints the statistics."""
     from .unmasking_view import UnmaskingView
 
@@ -144,7 +159,8 @@ def _show_unmasking(gen, prompt: str, kwargs: dict, delay: float) -> int:
 def generate_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sdar-generate", description="Generate text from an sdar_rt artifact.")
     p.add_argument("artifact", help="artifact directory written by sdar-export")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the prompt; - reads it from standard input")
+    p.add_argument("--system", default=None, help="system prompt (chat template)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     p.add_argument("--show-unmasking", action="store_true",
                    help="draw the block being denoised in the terminal, step by step")
@@ -156,14 +172,19 @@ def generate_main(argv=None) -> int:
         p.error("--show-unmasking draws in the terminal; it cannot be combined with --json")
     if a.step_delay < 0:
         p.error(f"--step-delay must be >= 0, got {a.step_delay}")
+    if a.system is not None and a.no_chat:
+        p.error("--system needs the chat template; it cannot be combined with --no-chat")
     try:
         from .generator import Generator
 
+        text = sys.stdin.read() if a.prompt == "-" else a.prompt
+        prompt = text if a.system is None else [{"role": "system", "content": a.system},
+                                                {"role": "user", "content": text}]
         gen = Generator(a.artifact, engine=a.engine, device=a.device, threads=a.threads)
         with _first_ctrl_c_only():
             if a.show_unmasking:
-                return _show_unmasking(gen, a.prompt, _decoding_kwargs(a), a.step_delay)
-            return _stream(gen, a.prompt, _decoding_kwargs(a), a.json)
+                return _show_unmasking(gen, prompt, _decoding_kwargs(a), a.step_delay)
+            return _stream(gen, prompt, _decoding_kwargs(a), a.json)
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-generate: error: {exc}")
         return 2
@@ -172,8 +193,15 @@ def generate_main(argv=None) -> int:
         return 130
 
 
-def ensure_checkpoint(model_dir: str | None) -> Path:
+def ensure_checkpoint(model_dir: str | None, revision: str | None = None) -> Path:
+    """The checkpoint dir to export: ``model_dir``, a Hugging Face Hub id's snapshot (fetched into the
+    Hugging Face cache when missing), or the packaged one."""
     if model_dir:
+        from sdar_export.hub import is_hub_id, resolve_checkpoint  # no torch import
+
+        if is_hub_id(model_dir) or revision is not None:
+            _err(f"[1/3] fetching {model_dir} from the Hugging Face Hub (reused from its cache when there)")
+            return resolve_checkpoint(model_dir, revision, log=lambda msg: _err(f"      {msg}"))
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
             raise ArtifactError(f"{path}: no config.json; pass a Hugging Face SDAR checkpoint directory")
@@ -194,7 +222,8 @@ def ensure_checkpoint(model_dir: str | None) -> Path:
 
 def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
     dtype = "float16" if fp16 else "float32"
-    options = ExportOptions(dtype=dtype)  # the cache sdar-bench shares: its default configuration
+    # The cache sdar-bench shares (its default configuration), at the block length the model was trained with.
+    options = ExportOptions(dtype=dtype, block_length=trained_block_length(model_dir))
     art = Path(out).expanduser() if out else artifact_path(model_dir, options)
     if (art / "manifest.json").is_file():
         try:
@@ -205,9 +234,12 @@ def ensure_artifact(model_dir: Path, out: str | None, fp16: bool) -> Path:
             _err(f"[2/3] the artifact {art} is unusable ({exc}); exporting again")
     _err(f"[2/3] exporting {model_dir} -> {art} ({dtype}); this takes a minute")
     t0 = time.perf_counter()
-    from sdar_export.cli import export
+    if out:
+        from sdar_export.cli import export
 
-    export(model_dir, art, **options.export_kwargs(), force=True, quiet=False)
+        export(model_dir, art, **options.export_kwargs(), force=True, quiet=False)
+    else:  # replaces the cached artifacts of earlier versions of this checkpoint
+        export_cached(model_dir, options)
     _err(f"      exported in {time.perf_counter() - t0:.1f} s")
     return art
 
@@ -220,7 +252,8 @@ def demo_main(argv=None) -> int:
         "model_dir",
         nargs="?",
         default=None,
-        help="HF SDAR checkpoint (default: the packaged tiny one, else a random tiny one)",
+        help="HF SDAR checkpoint dir or Hub id such as JetLM/SDAR-1.7B-Chat (default: the packaged tiny "
+        "one, else a random tiny one)",
     )
     p.add_argument(
         "-o", "--output", default=None, help="artifact directory (default: cached under ~/.cache/sdar_rt)"
@@ -246,10 +279,10 @@ def demo_main(argv=None) -> int:
         with _first_ctrl_c_only():
             return _stream(gen, prompt, _decoding_kwargs(a))
     except ImportError as exc:
-        _err(
-            f"sdar-demo: error: {exc}; exporting needs torch: pip install torch==2.13.0 "
-            "(CPU wheel) and the package's [export] extra"
-        )
+        error = missing_extra(exc, "exporting a checkpoint")
+        if error is None:
+            raise
+        _err(f"sdar-demo: error: {error}")
         return 2
     except (ArtifactError, ValueError, RuntimeError) as exc:
         _err(f"sdar-demo: error: {exc}")

@@ -87,6 +87,11 @@ class Conversation:
         """The token history: what a fresh ``generate(prompt_ids=...)`` of the next turn starts with."""
         return list(self._ids)
 
+    def prompt_length(self, content: str) -> int:
+        """The number of tokens the next turn's prompt (the history and ``content``) would have: what
+        ``max_new_tokens`` must leave room for within the artifact's max_context."""
+        return len(self._prompt(content, {})[0])
+
     def fork(self) -> Conversation:
         """A new conversation with this one's history; both continue on their own from here."""
         other = Conversation(self._gen, chat=self._chat)

@@ -30,9 +30,13 @@ def unavailable_reason(artifact: Artifact) -> str | None:
     if source.get("model_type") == "sdar_moe":
         return ("the CPU engine runs dense models; this MoE (sdar_moe) artifact runs on ONNX Runtime "
                 "(engine='ort')")
+    if artifact.dtype == "bfloat16":
+        from sdar_export.options import BF16_RUNS_ON
+
+        return BF16_RUNS_ON
     if artifact.dtype != "float32":
         return (f"the CPU engine computes in float32 with a float32 K/V cache; this is a {artifact.dtype} "
-                "artifact: export without --fp16 / --bf16 (with --int4 or --int8 if wanted), or use "
+                "artifact: export without --fp16 (with --int4 or --int8 if wanted), or use "
                 "engine='ort'")
     section = m.get(SECTION)
     if not isinstance(section, dict):

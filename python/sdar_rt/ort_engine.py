@@ -55,10 +55,9 @@ class OrtEngine(_core.Engine):
         self.artifact = artifact
         dtype = artifact.dtype
         if dtype not in _NP_DTYPES:
-            raise ArtifactError(
-                f"{artifact.path}: dtype {dtype!r} is not supported by the ONNX Runtime engine "
-                "(ONNX Runtime's CPU provider has no bfloat16 kernels); re-export with --fp16 or --fp32"
-            )
+            from sdar_export.options import BF16_RUNS_ON
+
+            raise ArtifactError(f"{artifact.path}: the ONNX Runtime engine cannot run it: {BF16_RUNS_ON}")
         self.np_dtype = _NP_DTYPES[dtype]
         artifact.check_engine("ort")
         if device == "cuda":

@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
         "target",
         nargs="?",
         default=None,
-        help="artifact dir or HF SDAR checkpoint dir (default: the packaged tiny checkpoint)",
+        help="artifact dir, HF SDAR checkpoint dir or Hub id ORG/NAME (default: the packaged checkpoint)",
     )
     p.add_argument(
         "--shape", default=None, help="benchmark a random-weight checkpoint of this shape: 0.6b, 1.7b"

@@ -126,7 +126,9 @@ class Targets:
             self.fixed_artifact = Path(target).expanduser()
             self.model_dir = Path(model_dir).expanduser() if model_dir else None
         else:
-            self.model_dir = Path(target).expanduser()
+            from sdar_export.hub import resolve_checkpoint  # a Hub id (ORG/NAME) is fetched; no torch
+
+            self.model_dir = resolve_checkpoint(target, log=log)
             check_target_dir(self.model_dir)
         if self.model_dir is not None and not (self.model_dir / "config.json").is_file():
             raise ArtifactError(f"{self.model_dir}: no config.json; --model-dir must be the checkpoint dir")

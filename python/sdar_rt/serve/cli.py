@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..artifact import ArtifactError
+from ..cli import add_engine_args
 
 
 def _err(msg: str) -> None:
@@ -68,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body; larger gets HTTP 413 (default %(default)s)",
     )
-    p.add_argument("--engine", default="auto", choices=["auto", "ort", "trt"])
-    p.add_argument(
-        "--device", default=None, choices=["cpu", "cuda"], help="default: cuda for TensorRT, cpu otherwise"
-    )
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    add_engine_args(p)
     p.add_argument(
         "--allow-origin",
         action="append",
@@ -95,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from .app import create_app
     except ImportError as exc:
-        _err(f"sdar-serve: error: {exc}; the server needs its extra: pip install 'sdar_rt[serve]'")
+        from ..extras import missing_extra
+
+        error = missing_extra(exc, "the OpenAI-compatible server")
+        if error is None:
+            raise
+        _err(f"sdar-serve: error: {error}")
         return 2
     if a.max_queue < 1 or a.max_body_bytes < 1:
         _err("sdar-serve: error: --max-queue and --max-body-bytes must be positive")
