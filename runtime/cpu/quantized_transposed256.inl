@@ -65,6 +65,7 @@ inline __m256i nibble_codes(__m256i codes) {
 // one chain, with only the codes and that chain live, whatever MT.
 template <int MT, int STEPS>
 inline void dot_steps(const __m256i (&w)[STEPS], const std::int8_t* const (&xs)[STEPS], __m256i (&sum)[MT]) {
+  static_assert(STEPS % 2 == 0, "steps come in pairs");
 #if !SDAR_X86_VNNI
   static_assert(STEPS <= 8, "more than 8 steps of 4-bit codes could overflow the int16 pair sums");
   const __m256i ones = _mm256_set1_epi16(1);
@@ -72,8 +73,15 @@ inline void dot_steps(const __m256i (&w)[STEPS], const std::int8_t* const (&xs)[
 #pragma GCC unroll 8
   for (int m = 0; m < MT; ++m) {
 #if SDAR_X86_VNNI
+    // Two chains per row (even and odd steps): a vpdpbusd waits ~5 cycles for the last one's result,
+    // and with one chain per row a 4-row tile could not keep two of them issuing per cycle.
+    __m256i odd = _mm256_setzero_si256();
 #pragma GCC unroll 8
-    for (int s = 0; s < STEPS; ++s) sum[m] = x86_dpbusd(sum[m], w[s], broadcast_x4(xs[s] + kXRun * m));
+    for (int s = 0; s < STEPS; s += 2) {
+      sum[m] = x86_dpbusd(sum[m], w[s], broadcast_x4(xs[s] + kXRun * m));
+      odd = x86_dpbusd(odd, w[s + 1], broadcast_x4(xs[s + 1] + kXRun * m));
+    }
+    sum[m] = _mm256_add_epi32(sum[m], odd);
 #else
     // The int16 pair sums are added with saturation though they never reach it (at most 8 * 3810):
     // a saturating add is not associative, so the compiler keeps the chain as written instead of
