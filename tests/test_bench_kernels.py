@@ -5,6 +5,7 @@ number the report is read for is there, positive and consistent with the others.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from sdar_fixtures import tiny_artifact
@@ -75,3 +76,13 @@ def test_several_kernel_tables_in_the_same_rounds(tmp_path, capsys):
 def test_bad_shapes_are_refused(argv, message, capsys):
     assert kernels.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rounds_balance_the_order_of_the_sides():
+    """Over 2n rounds every side is first equally often and runs before each other side as often as after."""
+    sides = ["a", "b", "c"]
+    rounds = [kernels._rotated(sides, i) for i in range(2 * len(sides))]
+    assert all(sorted(r) == sides for r in rounds)
+    assert Counter(r[0] for r in rounds) == {"a": 2, "b": 2, "c": 2}
+    before = Counter((x, y) for r in rounds for i, x in enumerate(r) for y in r[i + 1:])
+    assert set(before.values()) == {3} and len(before) == 6

@@ -94,10 +94,14 @@ SETTLE_SECONDS = 0.05
 
 
 def _rotated(items: list, i: int) -> list:
-    """The sides of round i, each round starting one later: on a loaded host the first call after a
-    pause measured up to 1.5x slower, so no side may always be first."""
-    k = i % len(items)
-    return items[k:] + items[:k]
+    """The sides of round i: each round starts one side later, and every other cycle of rounds runs them
+    in reverse, so over 2 x len(items) rounds each side is first as often as any other and runs before
+    each other side as often as after it. On a loaded host the first call after a pause measured up to
+    1.5x slower, and with rotation alone the side listed second still came out 10-20% faster."""
+    n = len(items)
+    order = items if (i // n) % 2 == 0 else items[::-1]
+    k = i % n
+    return order[k:] + order[:k]
 
 
 def _timed(fn) -> float:
