@@ -13,8 +13,9 @@
 //   AVX-VNNI: vpdpbusd (VEX) adds the four u8 x s8 products into the int32 lane.
 //   AVX2 (4-bit codes only): vpmaddubsw multiplies them into two int16 pair sums, each at most
 //     2 * 15 * 127 = 3810, so 8 steps (30480) fit an int16 lane; vpmaddwd by ones then widens the
-//     pairs into the int32 lane once per 8 steps (half a unit: 4 dwords, low and high nibbles). 8-bit codes (up to 255 * 127 * 2 per pair) would
-//     saturate vpmaddubsw: the AVX2 table keeps its per-row kernel (vpmaddwd on int16) for them.
+//     pairs into the int32 lane once per 8 steps (half a unit: 4 dwords, low and high nibbles).
+//     8-bit codes (up to 255 * 127 * 2 per pair) would saturate vpmaddubsw: the AVX2 table keeps
+//     its per-row kernel (vpmaddwd on int16) for them.
 //
 // The transpose of a unit (Q4: 64 codes of a row in 32 bytes; Q8: a chunk of 32 codes), one half
 // (16 bytes of each row, dwords 4h..4h+3) at a time: 128-bit loads put row i in the low lane and
@@ -23,7 +24,7 @@
 // through it: a dword holds codes k..k+3 in its low nibbles and k+32..k+35 in its high ones.
 
 // The fewest rows of x for which quantized_format picks this kernel (as the AVX-512 VNNI table's
-// transposed kernel): with 1 or 2 rows the per-row kernel spends fewer instructions per weight.
+// transposed kernel): with 1 or 2 rows too few x rows would share each unit's transpose.
 constexpr int kTransposed256MinRows = 4;
 
 // Dwords 4h..4h+3 of the 32 bytes of rows 0-7 of a unit (rows at unit + 32 r) -> out[d], lane r.
