@@ -83,7 +83,7 @@ struct VectorKernels {
 };
 
 struct KernelTable {
-  const char* name;          // "avx512vnni", "avx2", "neon", "scalar"
+  const char* name;          // "avx512vnni", "avxvnni", "avx2", "neon", "scalar"
   PanelKernel f32;           // F32 weights, float activations
   PanelKernel quantized;     // Q4 / Q8 weights, int8 activations
   PanelKernel dequantized;   // Q4 / Q8 weights, float activations
@@ -99,6 +99,7 @@ const VectorKernels& portable_vector_kernels();
 // nullptr when the build has no such kernels (other architecture or compiler); they must only be
 // used on a CPU that has the instruction set (see cpu_features.h).
 const KernelTable* avx512vnni_kernels();
+const KernelTable* avxvnni_kernels();
 const KernelTable* avx2_kernels();
 const KernelTable* neon_kernels();
 

@@ -1,13 +1,17 @@
-// x86-64 kernels, compiled twice (kernels_avx2.cpp, kernels_avx512vnni.cpp) with that source's
-// instruction-set flags; SDAR_X86_VNNI selects the integer dot product:
+// x86-64 kernels, compiled once per table (kernels_avx2.cpp, kernels_avxvnni.cpp,
+// kernels_avx512vnni.cpp) with that source's instruction-set flags; SDAR_X86_VNNI selects the
+// integer dot product:
 //   0 (AVX2): vpmaddubsw multiplies the unsigned weight codes (u8) by the signed activation codes
 //     (s8) and adds pairs into int16. With 4-bit codes a pair is at most 2 * 15 * 127 = 3810, so the
-//     int16 sums of one 128-value block (4 chunks) stay below 2^15 and one vpmaddwd per block widens
-//     them. 8-bit codes (up to 255) would saturate vpmaddubsw, so Q8 widens both sides to int16 and
-//     uses vpmaddwd.
+//     int16 sums of 8 steps stay below 2^15 and one vpmaddwd widens them. 8-bit codes (up to 255)
+//     would saturate vpmaddubsw, so Q8 widens both sides to int16 and uses vpmaddwd.
 //   1 (AVX-512 VNNI, 256-bit vectors): vpdpbusd adds four u8 * s8 products straight into int32,
-//     for 4-bit and 8-bit codes alike.
-// Everything here has internal linkage: the two compilations never share a symbol.
+//     for 4-bit and 8-bit codes alike; 512-bit for chunk pairs and the transposed kernel.
+//   2 (AVX-VNNI: the same vpdpbusd, VEX-encoded, 256-bit only; CPUs with it but without AVX-512):
+//     the AVX2 table's kernels with vpdpbusd as the dot step.
+// From 4 rows of x on, quantized weights go through a transposed kernel (one lane per output row):
+// quantized_vnni.inl (512-bit) for 1, quantized_transposed256.inl for 0 (4-bit codes) and 2.
+// Everything here has internal linkage: the compilations never share a symbol.
 #include <immintrin.h>
 
 #include <cstddef>
@@ -16,7 +20,7 @@
 #include "kernels.h"
 
 #ifndef SDAR_X86_VNNI
-#error "define SDAR_X86_VNNI (0 or 1) before including kernels_x86.inl"
+#error "define SDAR_X86_VNNI (0, 1 or 2) before including kernels_x86.inl"
 #endif
 
 namespace sdar::cpu {
@@ -25,8 +29,8 @@ namespace {
 // This table's layout of the int8 activation codes (QuantizedRows::q; only its own kernels read
 // them): runs of kXRun codes per row, [K / kXRun][cap][kXRun]. The VNNI kernels multiply 64 codes
 // per instruction (512-bit vpdpbusd, twice the work of a 256-bit one for the same issue slot), so
-// they keep chunk pairs together; the AVX2 kernels work per chunk of 32.
-#if SDAR_X86_VNNI
+// they keep chunk pairs together; the 256-bit tables work per chunk of 32.
+#if SDAR_X86_VNNI == 1
 constexpr int kXRun = 2 * kChunk;
 #else
 constexpr int kXRun = kChunk;
@@ -56,6 +60,23 @@ inline std::size_t pair_prefetch_offset(std::size_t at, std::size_t distance, st
 inline std::size_t x_chunk(int c, int m, std::size_t cap) {
   return (static_cast<std::size_t>(c / kChunksPerRun) * cap + m) * kXRun + (c % kChunksPerRun) * kChunk;
 }
+
+#if SDAR_X86_VNNI
+// acc + the four u8 * s8 products of each 32-bit lane of codes and x (vpdpbusd, 256-bit).
+inline __m256i x86_dpbusd(__m256i acc, __m256i codes, __m256i x) {
+#if SDAR_X86_VNNI == 1
+  return _mm256_dpbusd_epi32(acc, codes, x);
+#elif defined(SDAR_X86_DPBUSD_EMULATED)
+  // A test build's stand-in on CPUs without AVX-VNNI (runtime/tests): the same exact sums from AVX2.
+  const __m256i low8 = _mm256_set1_epi16(0x00FF);
+  const __m256i even = _mm256_madd_epi16(_mm256_and_si256(codes, low8), _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8));
+  const __m256i odd = _mm256_madd_epi16(_mm256_srli_epi16(codes, 8), _mm256_srai_epi16(x, 8));
+  return _mm256_add_epi32(acc, _mm256_add_epi32(even, odd));
+#else
+  return _mm256_dpbusd_avx_epi32(acc, codes, x);
+#endif
+}
+#endif
 
 // Horizontal sums of 8 vectors: lane j of the result is the sum of v[j]'s lanes.
 inline __m256i reduce8(const __m256i* v) {
@@ -247,6 +268,7 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
   // Each row's codes are unpacked once, then applied to every row of x (the block's codes of one
   // row stay in registers; the accumulators of one x row live only while it is summed).
 #if SDAR_X86_VNNI
+#if SDAR_X86_VNNI == 1
   if constexpr (CHUNKS % 2 == 0) {
     // 512-bit: two chunks per vpdpbusd, the codes in the activations' order (chunk c, then c + 1).
     constexpr int PAIRS = CHUNKS / 2;
@@ -276,6 +298,7 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
     }
     return;
   }
+#endif
   for (int r = 0; r < R; ++r) {
     __m256i codes[CHUNKS];
     for (int c = 0; c < CHUNKS; ++c) codes[c] = chunk_codes<F>(w, chunk0 + c, r0 + r);
@@ -283,7 +306,7 @@ inline void block_dots(const std::uint8_t* w, int chunk0, int r0, const std::int
       __m256i acc = _mm256_setzero_si256();
       for (int c = 0; c < CHUNKS; ++c) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + x_chunk(c, m, cap)));
-        acc = _mm256_dpbusd_epi32(acc, codes[c], xv);
+        acc = x86_dpbusd(acc, codes[c], xv);
       }
       s32[r * MT + m] = acc;
     }
@@ -373,8 +396,10 @@ void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
 
-#if SDAR_X86_VNNI
+#if SDAR_X86_VNNI == 1
 #include "quantized_vnni.inl"
+#else
+#include "quantized_transposed256.inl"
 #endif
 
 // ---------------------------------------------------------------- quantized weights, float activations
@@ -460,12 +485,17 @@ void run_pairs(const MatmulArgs& a, int panel_begin, int panel_end) {
 struct F32Pair {
   template <int MT> static void run(const MatmulArgs& a, int pa, int pb, const MTile& t) { f32_pair<MT>(a, pa, pb, t); }
 };
-#if SDAR_X86_VNNI
+#if SDAR_X86_VNNI == 1
 template <WeightFormat F, int CHUNKS>
 struct QuantizedPair {
   template <int MT> static void run(const MatmulArgs& a, int pa, int pb, const MTile& t) {
     quantized_pair<F, MT, CHUNKS>(a, pa, pb, t);
   }
+};
+#else
+template <WeightFormat F, int CHUNKS>
+struct QuantizedTransposed {
+  template <int MT> static void run(const MatmulArgs& a, int p, const MTile& t) { quantized_transposed<F, MT, CHUNKS>(a, p, t); }
 };
 #endif
 template <WeightFormat F, int CHUNKS>
@@ -481,15 +511,25 @@ void f32_kernel(const MatmulArgs& a, int pb, int pe) { run_pairs<F32Pair>(a, pb,
 
 template <WeightFormat F>
 void quantized_format(const MatmulArgs& a, int pb, int pe) {
-#if SDAR_X86_VNNI
-  // From kTransposedMinRows rows on, the transposed kernel (one lane per output row, no horizontal
-  // sums); below, the per-row kernel (see quantized_vnni.inl). Both are exact in the integer sums
-  // and run the same float steps, so the choice never changes a result.
+  // From 4 rows on, the transposed kernel (one lane per output row, no horizontal sums); below, the
+  // per-row kernel (see quantized_vnni.inl, quantized_transposed256.inl). Both are exact in the
+  // integer sums and run the same float steps, so the choice never changes a result.
+#if SDAR_X86_VNNI == 1
   if (a.rows >= kTransposedMinRows) {
     switch (a.a.block / kChunk) {
       case 1: run_pairs<QuantizedPair<F, 1>>(a, pb, pe); return;
       case 2: run_pairs<QuantizedPair<F, 2>>(a, pb, pe); return;
       default: run_pairs<QuantizedPair<F, 4>>(a, pb, pe); return;
+    }
+  }
+#else
+  if constexpr (SDAR_X86_VNNI || F == WeightFormat::Q4) {  // AVX2's 8-bit codes: the per-row kernel
+    if (a.rows >= kTransposed256MinRows) {
+      switch (a.a.block / kChunk) {
+        case 1: run_tiles<QuantizedTransposed<F, 1>>(a, pb, pe); return;
+        case 2: run_tiles<QuantizedTransposed<F, 2>>(a, pb, pe); return;
+        default: run_tiles<QuantizedTransposed<F, 4>>(a, pb, pe); return;
+      }
     }
   }
 #endif

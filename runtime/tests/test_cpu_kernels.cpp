@@ -193,13 +193,35 @@ void test_thread_pool() {
 
 }  // namespace
 
+#ifdef SDAR_TEST_EMULATED_AVXVNNI
+namespace sdar::cpu {
+const KernelTable* emulated_avxvnni_kernels();  // avxvnni_emulated.cpp
+}
+#endif
+
 int main() {
   test_thread_pool();
   std::mt19937 rng(1234);
-  for (const std::string& name : sdar::cpu::available_kernels()) {
+  const std::vector<std::string> available = sdar::cpu::available_kernels();
+  for (const std::string& name : available) {
     std::printf("kernels: %s\n", name.c_str());
     for (int threads : {1, 2}) test_matmul(sdar::cpu::select_kernels(name), threads, rng);
   }
+#if defined(__x86_64__) || defined(_M_X64)
+  for (const char* name : {"avx512vnni", "avxvnni", "avx2"}) {
+    bool found = false;
+    for (const std::string& n : available) found = found || n == name;
+    if (!found) std::printf("kernels: %s SKIPPED: this CPU or build lacks it (not tested here)\n", name);
+  }
+#endif
+#ifdef SDAR_TEST_EMULATED_AVXVNNI
+  bool has_avx2 = false;
+  for (const std::string& n : available) has_avx2 = has_avx2 || n == "avx2";
+  if (has_avx2) {
+    std::printf("kernels: avxvnni source, vpdpbusd emulated with AVX2\n");
+    for (int threads : {1, 2}) test_matmul(*sdar::cpu::emulated_avxvnni_kernels(), threads, rng);
+  }
+#endif
   bool refused = false;
   try {
     sdar::cpu::select_kernels("sse9");

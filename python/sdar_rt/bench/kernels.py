@@ -1,7 +1,7 @@
 """Small-M matmul micro-benchmark: the native CPU engine's kernels against ONNX Runtime's.
 
     python -m sdar_rt.bench.kernels [--threads 2] [--matrices 84] [--shape 1024x3072] [--rows 1 2 4 8 16]
-                                   [--formats q4] [--repeats 7] [--kernels auto] [--json OUT]
+                                   [--formats q4] [--repeats 7] [--kernels auto [TABLE ...]] [--json OUT]
     python -m sdar_rt.bench.kernels --artifact ART [ART ...] [--past 32] [--threads 2] [--repeats 7]
 
 Each format multiplies M rows of activations by ``--matrices`` weight matrices of ``--shape`` (K x N:
@@ -12,14 +12,19 @@ K inputs, N outputs; 84 of 1024 x 3072 hold 264M weights, the MLP-sized matmuls 
   * ``f32``: float32 weights against ONNX Runtime's MatMul.
 ONNX Runtime's side is built with the ``onnx`` package (the export extra). Both sides run the same
 shapes, with random weights (speed does not depend on the values), with the same thread count; the two
-are timed alternately so that both see the same load on a shared host.
+are timed alternately so that both see the same load on a shared host, each round starting with the
+next side.
 Reported per M: median milliseconds over ``--repeats`` rounds, the ratio to M = 1 (the cost of the
 extra rows), ours / ONNX Runtime, GMAC/s and the weights' bytes per second, plus a memory-read probe
 (the same number of bytes read by the same threads): the floor a weight-streaming kernel cannot
 beat. The host's load average is recorded at the start and the end. ``--kernels`` picks our kernel
-table (default: the best this CPU runs; e.g. ``avx2`` on an AVX-512 machine to time the other table).
+table (default: the best this CPU runs; e.g. ``avx2`` on an AVX-512 machine to time the other table);
+with several (``--kernels avx2 scalar``), each round times every table in turn, the first one is
+"ours" above, and each other table is reported by its median ms and its median ratio to the first
+table over the rounds (each round's pair ran back to back, under the same load).
 With ``--artifact``, a decode (T = L) and a fused (T = 2L) forward of both engines, alternately, and the
-CPU engine's split of its forward by phase (each matmul by weight, attention, the rest).
+CPU engine's split of its forward by phase (each matmul by weight, attention, the rest); with several
+``--kernels``, a CPU engine per table in the same rounds, each other table against the first as above.
 """
 
 from __future__ import annotations
@@ -88,6 +93,17 @@ def _ort_session(fmt: str, count: int, n: int, k: int, block: int, threads: int,
 SETTLE_SECONDS = 0.05
 
 
+def _rotated(items: list, i: int) -> list:
+    """The sides of round i: each round starts one side later, and every other cycle of rounds runs them
+    in reverse, so over 2 x len(items) rounds each side is first as often as any other and runs before
+    each other side as often as after it. On a loaded host the first call after a pause measured up to
+    1.5x slower, and with rotation alone the side listed second still came out 10-20% faster."""
+    n = len(items)
+    order = items if (i // n) % 2 == 0 else items[::-1]
+    k = i % n
+    return order[k:] + order[:k]
+
+
 def _timed(fn) -> float:
     time.sleep(SETTLE_SECONDS)
     t = time.perf_counter()
@@ -101,21 +117,30 @@ def bench_format(fmt: str, args, rng) -> dict:
     ours, nbytes = zip(*(_ours(fmt, n, k, args.block, rng) for _ in range(args.matrices)), strict=True)
     ours = list(ours)
     weight_bytes = sum(nbytes)
-    runner = _core.CpuMatmul(threads=args.threads, kernels=args.kernels)
+    runners = [_core.CpuMatmul(threads=args.threads, kernels=name) for name in args.kernels]
+    runner = runners[0]
     sess = _ort_session(fmt, args.matrices, n, k, args.block, args.threads, rng)
     probe = np.ones(weight_bytes // 8, dtype=np.uint64)
     rows_out = []
     macs = args.matrices * n * k
     for m in args.rows:
         x = rng.standard_normal((m, k), dtype=np.float32)
-        runner.run_all(ours, x)                 # warm up: workspace, caches, thread wake-up
+        for r in runners:
+            r.run_all(ours, x)                  # warm up: workspace, caches, thread wake-up
         sess.run(None, {"x": x})
-        t_ours, t_ort = [], []
-        for _ in range(args.repeats):
-            t_ours.append(_timed(lambda x=x: runner.run_all(ours, x)))
-            t_ort.append(_timed(lambda x=x: sess.run(None, {"x": x})))
+        t_tables: list[list[float]] = [[] for _ in runners]
+        t_ort = []
+        sides = [(lambda x=x, r=r: r.run_all(ours, x), times)
+                 for r, times in zip(runners, t_tables, strict=True)]
+        sides.append((lambda x=x: sess.run(None, {"x": x}), t_ort))
+        for i in range(args.repeats):
+            for fn, times in _rotated(sides, i):
+                times.append(_timed(fn))
+        t_ours = t_tables[0]
         row = {"rows": m, "ours_ms": 1e3 * statistics.median(t_ours),
                "ort_ms": 1e3 * statistics.median(t_ort)}
+        if len(runners) > 1:
+            row["tables"] = _table_ratios(runners, t_tables)
         row["ours_over_ort"] = row["ours_ms"] / row["ort_ms"]
         row["ours_gmac_per_s"] = macs * m / row["ours_ms"] / 1e6
         row["ort_gmac_per_s"] = macs * m / row["ort_ms"] / 1e6
@@ -133,14 +158,25 @@ def bench_format(fmt: str, args, rng) -> dict:
             "memory_read_ms": 1e3 * read, "memory_read_gb_per_s": weight_bytes / read / 1e9}
 
 
+def _table_ratios(engines, times: list[list[float]]) -> dict[str, dict[str, float]]:
+    """Per kernel table after the first: median ms, and the median over rounds of its time / the first's."""
+    first = times[0]
+    return {e.kernels: {"ms": 1e3 * statistics.median(t),
+                        "vs_first_table": statistics.median(a / b for a, b in zip(t, first, strict=True))}
+            for e, t in zip(engines[1:], times[1:], strict=True)}
+
+
 def bench_forward(path: str, args) -> dict:
     """Median ms per forward of both engines on one artifact (see the module docstring)."""
     from ..artifact import load_artifact
     from ..cpu_engine import make_cpu_engine
     from ..generator import Generator
 
-    cpu = make_cpu_engine(load_artifact(path), threads=args.threads, kernels=args.kernels)
+    artifact = load_artifact(path)
+    cpus = [make_cpu_engine(artifact, threads=args.threads, kernels=name) for name in args.kernels]
+    cpu = cpus[0]
     gens = {"cpu": Generator(path, engine=cpu),
+            **{f"cpu:{i}": Generator(path, engine=e) for i, e in enumerate(cpus[1:], 1)},
             "ort": Generator(path, engine="ort", threads=args.threads)}
     L = gens["cpu"].spec.block_length
     past = args.past // L * L
@@ -149,12 +185,12 @@ def bench_forward(path: str, args) -> dict:
     for kind, tokens in steps:
         if past + tokens > gens["cpu"].spec.max_context:
             continue
-        times: dict[str, list[float]] = {"cpu": [], "ort": []}
+        times: dict[str, list[float]] = {name: [] for name in gens}
         for g in gens.values():
             g.engine.run(kind, past, tokens)         # warm up
         before = cpu.profile()
-        for _ in range(args.repeats):
-            for name, g in gens.items():
+        for i in range(args.repeats):
+            for name, g in _rotated(list(gens.items()), i):
                 times[name].append(_timed(lambda g=g, k=kind, t=tokens: g.engine.run(k, past, t)))
         after = cpu.profile()
         row = {"tokens": tokens, "kind": _core.graph_name(kind), "past": past,
@@ -165,6 +201,8 @@ def bench_forward(path: str, args) -> dict:
                "cpu_phases_ms": {k: 1e3 * (after[k] - before[k]) / args.repeats
                                  for k in after if k not in ("runs", "seconds")}}
         row["cpu_over_ort"] = row["cpu_ms"] / row["ort_ms"]
+        if len(cpus) > 1:
+            row["tables"] = _table_ratios(cpus, [times[n] for n in gens if n.startswith("cpu")])
         rows.append(row)
         _log(f"{path}: T={tokens}: CPU engine {row['cpu_ms']:.1f} ms, ONNX Runtime {row['ort_ms']:.1f} ms")
     q = gens["cpu"].artifact.quantization or {}
@@ -183,7 +221,15 @@ def _forward_table(res: dict) -> str:
     for r in res["rows"]:
         split = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_phases_ms"].items())
         lines.append(f"  T={r['tokens']}: CPU engine ms by phase (mean): {split}")
+    lines += _tables_lines(res, "T", "tokens")
     return "\n".join(lines)
+
+
+def _tables_lines(res: dict, label: str, key: str) -> list[str]:
+    """The other kernel tables' lines: median ms and median paired ratio to the first table."""
+    return [f"  {label}={r[key]}: kernels {name} {t['ms']:.2f} ms, {t['vs_first_table']:.3f}x the time of "
+            f"{res['kernels']} (median over rounds)"
+            for r in res["rows"] for name, t in r.get("tables", {}).items()]
 
 
 def _table(res: dict) -> str:
@@ -196,6 +242,7 @@ def _table(res: dict) -> str:
         lines.append(f"{r['rows']:4d} {r['ours_ms']:9.2f} {r['ours_vs_first_rows']:6.2f} {r['ort_ms']:8.2f} "
                      f"{r['ort_vs_first_rows']:6.2f} {r['ours_over_ort']:9.2f} {r['ours_gmac_per_s']:12.1f} "
                      f"{r['ort_gmac_per_s']:11.1f}")
+    lines += _tables_lines(res, "M", "rows")
     return "\n".join(lines)
 
 
@@ -209,9 +256,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", nargs="+", default=["q4"], choices=FORMATS)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kernels", default="auto",
+    p.add_argument("--kernels", nargs="+", default=["auto"],
                    help="our kernel table: auto (the best this CPU runs) or one of the names this build "
-                        "lists in sdar_rt._core.cpu_kernels_available()")
+                        "lists in sdar_rt._core.cpu_kernels_available(); several are timed in the same "
+                        "rounds, each against the first")
     p.add_argument("--artifact", nargs="+", default=None,
                    help="time whole forwards of these artifacts (CPU engine vs ONNX Runtime) instead")
     p.add_argument("--past", type=int, default=32, help="--artifact: cached positions before the step")
@@ -225,6 +273,11 @@ def main(argv=None) -> int:
         args.k, args.n = (int(v) for v in args.shape.lower().split("x"))
     except ValueError:
         _log(f"--shape must be KxN, e.g. 1024x3072, got {args.shape!r}")
+        return 2
+    unknown = [t for t in args.kernels if t != "auto" and t not in _core.cpu_kernels_available()]
+    if unknown:
+        _log(f"--kernels {' '.join(unknown)}: this build and CPU run "
+             f"{', '.join(_core.cpu_kernels_available())} (or auto)")
         return 2
     if args.k % args.block or args.block % 32:
         _log(f"--block {args.block} must be a multiple of 32 dividing K = {args.k}")
