@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -193,8 +194,31 @@ void test_thread_pool() {
 
 }  // namespace
 
+// The run-time detection: SDAR_EXPECT_KERNELS (e.g. "dotprod,neon,scalar", set by check_aarch64.sh
+// per emulated CPU model) names the tables this CPU must offer, in order; every other table name
+// must be refused with the reason.
+void test_detection() {
+  std::string available;
+  for (const std::string& name : sdar::cpu::available_kernels()) available += (available.empty() ? "" : ",") + name;
+  const char* expected = std::getenv("SDAR_EXPECT_KERNELS");
+  if (expected != nullptr) {
+    CHECK(available == expected, "available kernel tables '%s', expected '%s'", available.c_str(), expected);
+  }
+  for (const char* name : {"avx512vnni", "avx2", "i8mm", "dotprod", "neon", "scalar"}) {
+    if (("," + available + ",").find(std::string(",") + name + ",") != std::string::npos) continue;
+    bool refused = false;
+    try {
+      sdar::cpu::select_kernels(name);
+    } catch (const std::exception& e) {
+      refused = std::string(e.what()).find("cannot run here") != std::string::npos;
+    }
+    CHECK(refused, "the '%s' kernels are not available here, so selecting them must be refused", name);
+  }
+}
+
 int main() {
   test_thread_pool();
+  test_detection();
   std::mt19937 rng(1234);
   for (const std::string& name : sdar::cpu::available_kernels()) {
     std::printf("kernels: %s\n", name.c_str());
