@@ -5,7 +5,8 @@
 // smmla multiplies a 2 x 8 int8 matrix by an 8 x 2 one into a 2 x 2 int32 tile: 32 multiply-adds per
 // instruction (sdot: 16), all of them useful when 2 weight rows meet 2 rows of x. usmmla is the same
 // with the first operand unsigned, so 8-bit weight codes (0..255) multiply as they are, with no
-// correction. A tile is 4 weight rows (2 pairs) x up to 8 rows of x (4 pairs).
+// correction. A tile is 4 weight rows (2 pairs) x up to 8 rows of x (4 pairs), or with at most 4 rows
+// of x (a decoding step of a block of 4) a whole panel (4 pairs) x 2 pairs.
 //
 // Operand layout: a 128-bit operand is [row i codes k..k+7 | row i + 1 codes k..k+7]. For the weights
 // two zips per 16 codes of a row pair build that from the packed rows; the activations come that way
@@ -43,28 +44,31 @@ inline void pair_codes(const std::uint8_t* units, int r, int k, uint8x16_t (&out
   out[3] = vreinterpretq_u8_u64(vzip2q_u64(a1, b1));
 }
 
-// Rows m0 .. m0 + 2 * MP - 1 of x (interleaved layout, m0 even) against weight rows n0 .. n0 + 3.
-template <WeightFormat F, int MP>
+// Rows m0 .. m0 + 2 * MP - 1 of x (interleaved layout, m0 even) against weight rows n0 .. n0 + 2 * WP - 1
+// (WP = 2: a quad, n0 a multiple of 4; WP = 4: a whole panel).
+template <WeightFormat F, int WP, int MP>
 void mmla_tile(const MatmulArgs& a, int n0, int m0) {
+  constexpr int kQuads = WP / 2;
   const PackedMatrix& w = a.w;
   const QuantizedRows& q = a.a;
   const std::uint8_t* units = quad_units(w, n0);
-  float32x4_t acc[2 * MP];
-  for (auto& v : acc) v = vdupq_n_f32(0.0f);
+  float32x4_t acc[kQuads][2 * MP];  // [weight quad][x row]
+  for (auto& quad : acc) {
+    for (auto& v : quad) v = vdupq_n_f32(0.0f);
+  }
   for (int b = 0; b < w.cols / q.block; ++b) {
-    int32x4_t tiles[2][MP];  // [weight pair][x pair]
+    int32x4_t tiles[WP][MP];  // [weight pair][x pair]
     for (auto& pair : tiles) {
       for (auto& v : pair) v = vdupq_n_s32(0);
     }
     for (int k = b * q.block; k < (b + 1) * q.block; k += kChunk) {
-      uint8x16_t wv[2][4];
-      pair_codes<F>(units, 0, k, wv[0]);
-      pair_codes<F>(units, 2, k, wv[1]);
+      uint8x16_t wv[WP][4];
+      for (int p = 0; p < WP; ++p) pair_codes<F>(units, 2 * p, k, wv[p]);
       const std::int8_t* xc = q.q + (static_cast<std::size_t>(k / kChunk) * q.row_capacity + m0) * kChunk;
       for (int j = 0; j < MP; ++j) {
         int8x16_t xv[4];
         for (int i = 0; i < 4; ++i) xv[i] = vld1q_s8(xc + j * 2 * kChunk + i * 16);
-        for (int p = 0; p < 2; ++p) {
+        for (int p = 0; p < WP; ++p) {
           for (int i = 0; i < 4; ++i) {
             if (F == WeightFormat::Q4) {
               tiles[p][j] = vmmlaq_s32(tiles[p][j], vreinterpretq_s8_u8(wv[p][i]), xv[i]);
@@ -75,30 +79,46 @@ void mmla_tile(const MatmulArgs& a, int n0, int m0) {
         }
       }
     }
-    const QuadScales s = quad_scales(w, n0, b * q.block / w.group);
-    for (int j = 0; j < MP; ++j) {
-      const int m = m0 + 2 * j;
-      acc[2 * j] = block_step(acc[2 * j], vuzp1q_s32(tiles[0][j], tiles[1][j]), s, q, b, m);
-      acc[2 * j + 1] = block_step(acc[2 * j + 1], vuzp2q_s32(tiles[0][j], tiles[1][j]), s, q, b, m + 1);
+    for (int h = 0; h < kQuads; ++h) {
+      const QuadScales s = quad_scales(w, n0 + 4 * h, b * q.block / w.group);
+      for (int j = 0; j < MP; ++j) {
+        const int m = m0 + 2 * j;
+        acc[h][2 * j] = block_step(acc[h][2 * j], vuzp1q_s32(tiles[2 * h][j], tiles[2 * h + 1][j]), s, q, b, m);
+        acc[h][2 * j + 1] = block_step(acc[h][2 * j + 1], vuzp2q_s32(tiles[2 * h][j], tiles[2 * h + 1][j]), s, q, b, m + 1);
+      }
     }
   }
-  for (int m = 0; m < 2 * MP && m0 + m < a.rows; ++m) store_quad(a, n0, m0 + m, acc[m]);
+  for (int h = 0; h < kQuads; ++h) {
+    for (int m = 0; m < 2 * MP && m0 + m < a.rows; ++m) store_quad(a, n0 + 4 * h, m0 + m, acc[h][m]);
+  }
 }
 
 template <WeightFormat F>
 void mmla_rows(const MatmulArgs& a, int panel_begin, int panel_end) {
   const int n_end = panel_end * kPanel < a.w.rows ? panel_end * kPanel : a.w.rows;
+  if (a.rows <= 4) {
+    // Up to 2 pairs of x rows: whole panels, so that each weight pair's zipped codes feed as many
+    // smmla as with 4 pairs of x rows against half a panel (rows past M hold zero codes).
+    for (int n0 = panel_begin * kPanel; n0 < n_end; n0 += kPanel) {
+      if (a.rows <= 2) {
+        mmla_tile<F, 4, 1>(a, n0, 0);
+      } else {
+        mmla_tile<F, 4, 2>(a, n0, 0);
+      }
+    }
+    return;
+  }
   for (int n0 = panel_begin * kPanel; n0 < n_end; n0 += 4) {
     // Tiles of 8 rows, the last one rounded up to 2, 4 or 8 (within the row capacity, a multiple of
     // 8; rows past M hold zero codes).
     for (int m0 = 0; m0 < a.rows; m0 += 8) {
       const int left = a.rows - m0;
       if (left <= 2) {
-        mmla_tile<F, 1>(a, n0, m0);
+        mmla_tile<F, 2, 1>(a, n0, m0);
       } else if (left <= 4) {
-        mmla_tile<F, 2>(a, n0, m0);
+        mmla_tile<F, 2, 2>(a, n0, m0);
       } else {
-        mmla_tile<F, 4>(a, n0, m0);
+        mmla_tile<F, 2, 4>(a, n0, m0);
       }
     }
   }

@@ -148,6 +148,7 @@ void test_matmul(const sdar::cpu::KernelTable& kernels, int threads, std::mt1993
       {WeightFormat::Q4, 17, 384, 128, true},  {WeightFormat::Q4, 9, 1536, 256, false},
       {WeightFormat::Q8, 37, 256, 32, true},   {WeightFormat::Q8, 16, 512, 128, false},
       {WeightFormat::Q8, 5, 1024, 1024, true},
+      {WeightFormat::Q4, 13, 96, 32, false},  {WeightFormat::Q8, 11, 96, 32, true},  // 3 chunks: half a Q4 unit
   };
   for (const Shape& s : shapes) {
     const TestMatrix t = make_matrix(s.format, s.rows, s.cols, s.group, s.symmetric, rng);
