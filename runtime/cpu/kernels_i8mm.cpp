@@ -24,16 +24,16 @@
 namespace sdar::cpu {
 namespace {
 
-// Chunk k / 32 of weight rows r and r + 1 of the quad at `units`, as smmla's first operand:
+// Chunk k / 32 of weight rows r and r + 1 of the unit (chunk_unit), as smmla's first operand:
 // out[i] = [row r codes 8i..8i+7 | row r + 1 codes 8i..8i+7].
 template <WeightFormat F>
-inline void pair_codes(const std::uint8_t* units, int r, int k, uint8x16_t (&out)[4]) {
+inline void pair_codes(const std::uint8_t* unit, int r, int k, uint8x16_t (&out)[4]) {
   uint8x16_t a_lo;
   uint8x16_t a_hi;
   uint8x16_t b_lo;
   uint8x16_t b_hi;
-  chunk_codes<F>(units, r, k, a_lo, a_hi);
-  chunk_codes<F>(units, r + 1, k, b_lo, b_hi);
+  chunk_codes<F>(unit, r, k, a_lo, a_hi);
+  chunk_codes<F>(unit, r + 1, k, b_lo, b_hi);
   const uint64x2_t a0 = vreinterpretq_u64_u8(a_lo);
   const uint64x2_t a1 = vreinterpretq_u64_u8(a_hi);
   const uint64x2_t b0 = vreinterpretq_u64_u8(b_lo);
@@ -62,8 +62,9 @@ void mmla_tile(const MatmulArgs& a, int n0, int m0) {
       for (auto& v : pair) v = vdupq_n_s32(0);
     }
     for (int k = b * q.block; k < (b + 1) * q.block; k += kChunk) {
+      const std::uint8_t* unit = chunk_unit<F>(units, k);
       uint8x16_t wv[WP][4];
-      for (int p = 0; p < WP; ++p) pair_codes<F>(units, 2 * p, k, wv[p]);
+      for (int p = 0; p < WP; ++p) pair_codes<F>(unit, 2 * p, k, wv[p]);
       const std::int8_t* xc = q.q + (static_cast<std::size_t>(k / kChunk) * q.row_capacity + m0) * kChunk;
       for (int j = 0; j < MP; ++j) {
         int8x16_t xv[4];

@@ -33,26 +33,29 @@ inline const std::uint8_t* quad_units(const PackedMatrix& w, int n0) {
          (static_cast<std::size_t>(n0 / kPanel) * units * kPanel + n0 % kPanel) * 32;
 }
 
-// The 32 codes of chunk k / 32 of weight row r of the quad at `units` as two vectors of unsigned
-// bytes in code order (4-bit codes: the low nibbles of a unit's bytes for its even chunk, the high
-// ones for its odd chunk).
+// Where the 32-byte rows of the unit holding code k start (k >= 0; a Q4 unit holds 2 chunks).
 template <WeightFormat F>
-inline void chunk_codes(const std::uint8_t* units, int r, int k, uint8x16_t& lo, uint8x16_t& hi) {
+inline const std::uint8_t* chunk_unit(const std::uint8_t* units, int k) {
+  const unsigned per_unit = F == WeightFormat::Q4 ? 2 * kChunk : kChunk;
+  return units + static_cast<std::size_t>(static_cast<unsigned>(k) / per_unit) * kPanel * 32;
+}
+
+// The 32 codes of chunk k / 32 of weight row r of the unit as two vectors of unsigned bytes in code
+// order (4-bit codes: the low nibbles of the unit's bytes for its even chunk, the high ones for its
+// odd chunk).
+template <WeightFormat F>
+inline void chunk_codes(const std::uint8_t* unit, int r, int k, uint8x16_t& lo, uint8x16_t& hi) {
+  const std::uint8_t* p = unit + r * 32;
+  lo = vld1q_u8(p);
+  hi = vld1q_u8(p + 16);
   if (F == WeightFormat::Q4) {
-    const std::uint8_t* p = units + (static_cast<std::size_t>(k / (2 * kChunk)) * kPanel + r) * 32;
-    const uint8x16_t b0 = vld1q_u8(p);
-    const uint8x16_t b1 = vld1q_u8(p + 16);
-    if ((k / kChunk) % 2 != 0) {
-      lo = vshrq_n_u8(b0, 4);
-      hi = vshrq_n_u8(b1, 4);
+    if ((static_cast<unsigned>(k) / kChunk) % 2 != 0) {
+      lo = vshrq_n_u8(lo, 4);
+      hi = vshrq_n_u8(hi, 4);
     } else {
-      lo = vandq_u8(b0, vdupq_n_u8(0x0F));
-      hi = vandq_u8(b1, vdupq_n_u8(0x0F));
+      lo = vandq_u8(lo, vdupq_n_u8(0x0F));
+      hi = vandq_u8(hi, vdupq_n_u8(0x0F));
     }
-  } else {
-    const std::uint8_t* p = units + (static_cast<std::size_t>(k / kChunk) * kPanel + r) * 32;
-    lo = vld1q_u8(p);
-    hi = vld1q_u8(p + 16);
   }
 }
 
@@ -106,11 +109,12 @@ void sdot_tile(const MatmulArgs& a, int n0, int m0) {
       for (int r = 0; r < 4; ++r) dots[r][m] = vdupq_n_s32(0);
     }
     for (int k = b * q.block; k < (b + 1) * q.block; k += kChunk) {
+      const std::uint8_t* unit = chunk_unit<F>(units, k);
       int8x16_t wv[4][2];
       for (int r = 0; r < 4; ++r) {
         uint8x16_t lo;
         uint8x16_t hi;
-        chunk_codes<F>(units, r, k, lo, hi);
+        chunk_codes<F>(unit, r, k, lo, hi);
         if (F == WeightFormat::Q8) {
           lo = veorq_u8(lo, flip);  // u - 128 as int8
           hi = veorq_u8(hi, flip);
