@@ -193,8 +193,6 @@ void test_thread_pool() {
   }
 }
 
-}  // namespace
-
 // The run-time detection: SDAR_EXPECT_KERNELS (e.g. "dotprod,neon,scalar", set by check_aarch64.sh
 // per emulated CPU model) names the tables this CPU must offer, in order; every other table name
 // must be refused with the reason.
@@ -216,6 +214,8 @@ void test_detection() {
     CHECK(refused, "the '%s' kernels are not available here, so selecting them must be refused", name);
   }
 }
+
+}  // namespace
 
 int main() {
   test_thread_pool();
