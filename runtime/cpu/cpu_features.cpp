@@ -1,5 +1,14 @@
 #include "cpu_features.h"
 
+#include <algorithm>
+#include <cstddef>
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
 #include "errors.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -20,6 +29,12 @@ const KernelTable* avxvnni_kernels() { return nullptr; }
 #endif
 #ifndef SDAR_CPU_HAVE_NEON
 const KernelTable* neon_kernels() { return nullptr; }
+#endif
+#ifndef SDAR_CPU_HAVE_DOTPROD
+const KernelTable* dotprod_kernels() { return nullptr; }
+#endif
+#ifndef SDAR_CPU_HAVE_I8MM
+const KernelTable* i8mm_kernels() { return nullptr; }
 #endif
 
 namespace {
@@ -50,12 +65,36 @@ bool cpu_has_avx512vnni() { return false; }
 bool cpu_has_avxvnni() { return false; }
 #endif
 
+// Arm's optional int8 instructions: FEAT_DotProd (sdot/udot; Armv8.2 and later cores: Cortex-A76/A78,
+// Neoverse N1, Apple M1) and FEAT_I8MM (smmla/usmmla/usdot; Armv8.6: Neoverse V1/N2, Apple M2). The
+// kernel sources using them are only compiled for AArch64; these answer false elsewhere.
+#if defined(__aarch64__) && defined(__linux__)
+// The bits of the kernel's hwcap words (<asm/hwcap.h>), for C libraries whose headers predate them.
+constexpr unsigned long kHwcapAsimdDp = 1UL << 20;  // HWCAP_ASIMDDP
+constexpr unsigned long kHwcap2I8mm = 1UL << 13;    // HWCAP2_I8MM
+bool cpu_has_dotprod() { return (getauxval(AT_HWCAP) & kHwcapAsimdDp) != 0; }
+bool cpu_has_i8mm() { return cpu_has_dotprod() && (getauxval(AT_HWCAP2) & kHwcap2I8mm) != 0; }
+#elif defined(__aarch64__) && defined(__APPLE__)
+bool sysctl_flag(const char* name) {
+  int value = 0;
+  std::size_t size = sizeof(value);
+  return sysctlbyname(name, &value, &size, nullptr, 0) == 0 && value != 0;
+}
+bool cpu_has_dotprod() { return sysctl_flag("hw.optional.arm.FEAT_DotProd"); }
+bool cpu_has_i8mm() { return cpu_has_dotprod() && sysctl_flag("hw.optional.arm.FEAT_I8MM"); }
+#else
+bool cpu_has_dotprod() { return false; }
+bool cpu_has_i8mm() { return false; }
+#endif
+
 const KernelTable* table_if_runnable(const std::string& name) {
   if (name == "scalar") return &scalar_kernels();
   if (name == "avx2") return cpu_has_avx2_fma() ? avx2_kernels() : nullptr;
   if (name == "avx512vnni") return cpu_has_avx512vnni() ? avx512vnni_kernels() : nullptr;
   if (name == "avxvnni") return cpu_has_avxvnni() ? avxvnni_kernels() : nullptr;
   if (name == "neon") return neon_kernels();  // compiled only for AArch64, where NEON is mandatory
+  if (name == "dotprod") return cpu_has_dotprod() ? dotprod_kernels() : nullptr;
+  if (name == "i8mm") return cpu_has_i8mm() ? i8mm_kernels() : nullptr;
   return nullptr;
 }
 
@@ -67,18 +106,25 @@ std::string joined(const std::vector<std::string>& names) {
 
 }  // namespace
 
+// Every table name, fastest first ("scalar" last): the order "auto" picks in.
+static const std::vector<std::string>& all_kernel_names() {
+  static const std::vector<std::string> names{"avx512vnni", "avxvnni", "avx2", "i8mm", "dotprod", "neon", "scalar"};
+  return names;
+}
+
 std::vector<std::string> available_kernels() {
   std::vector<std::string> names;
-  for (const char* name : {"avx512vnni", "avxvnni", "avx2", "neon", "scalar"}) {
-    if (table_if_runnable(name) != nullptr) names.emplace_back(name);
+  for (const auto& name : all_kernel_names()) {
+    if (table_if_runnable(name) != nullptr) names.push_back(name);
   }
   return names;
 }
 
 const KernelTable& select_kernels(const std::string& name) {
   if (name == "auto") return *table_if_runnable(available_kernels().front());
-  if (name != "avx512vnni" && name != "avxvnni" && name != "avx2" && name != "neon" && name != "scalar") {
-    throw InvalidArgument("unknown CPU kernels '" + name + "'; use 'auto', 'avx512vnni', 'avxvnni', 'avx2', 'neon' or 'scalar'");
+  const auto& known = all_kernel_names();
+  if (std::find(known.begin(), known.end(), name) == known.end()) {
+    throw InvalidArgument("unknown CPU kernels '" + name + "'; use 'auto' or one of: " + joined(known));
   }
   const KernelTable* table = table_if_runnable(name);
   if (table == nullptr) {

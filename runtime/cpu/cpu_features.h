@@ -12,8 +12,9 @@ namespace sdar::cpu {
 // Names of the kernel tables this build has and this CPU can run, fastest first ("scalar" last).
 std::vector<std::string> available_kernels();
 
-// The table for `name`: "auto" (the fastest available), "avx512vnni", "avxvnni", "avx2", "neon" or "scalar". Throws
-// InvalidArgument naming what this CPU / build offers when `name` is unknown or cannot run here.
+// The table for `name`: "auto" (the fastest available), "avx512vnni", "avxvnni", "avx2", "i8mm", "dotprod",
+// "neon" or "scalar". Throws InvalidArgument naming what this CPU / build offers when `name` is unknown or
+// cannot run here.
 const KernelTable& select_kernels(const std::string& name);
 
 }  // namespace sdar::cpu

@@ -83,7 +83,7 @@ struct VectorKernels {
 };
 
 struct KernelTable {
-  const char* name;          // "avx512vnni", "avxvnni", "avx2", "neon", "scalar"
+  const char* name;          // "avx512vnni", "avxvnni", "avx2", "i8mm", "dotprod", "neon", "scalar"
   PanelKernel f32;           // F32 weights, float activations
   PanelKernel quantized;     // Q4 / Q8 weights, int8 activations
   PanelKernel dequantized;   // Q4 / Q8 weights, float activations
@@ -102,5 +102,7 @@ const KernelTable* avx512vnni_kernels();
 const KernelTable* avxvnni_kernels();
 const KernelTable* avx2_kernels();
 const KernelTable* neon_kernels();
+const KernelTable* dotprod_kernels();  // AArch64 with FEAT_DotProd (sdot)
+const KernelTable* i8mm_kernels();     // AArch64 with FEAT_DotProd and FEAT_I8MM (smmla, usmmla)
 
 }  // namespace sdar::cpu

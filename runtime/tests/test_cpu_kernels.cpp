@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -147,6 +148,7 @@ void test_matmul(const sdar::cpu::KernelTable& kernels, int threads, std::mt1993
       {WeightFormat::Q4, 17, 384, 128, true},  {WeightFormat::Q4, 9, 1536, 256, false},
       {WeightFormat::Q8, 37, 256, 32, true},   {WeightFormat::Q8, 16, 512, 128, false},
       {WeightFormat::Q8, 5, 1024, 1024, true},
+      {WeightFormat::Q4, 13, 96, 32, false},  {WeightFormat::Q8, 11, 96, 32, true},  // 3 chunks: half a Q4 unit
   };
   for (const Shape& s : shapes) {
     const TestMatrix t = make_matrix(s.format, s.rows, s.cols, s.group, s.symmetric, rng);
@@ -191,6 +193,28 @@ void test_thread_pool() {
   }
 }
 
+// The run-time detection: SDAR_EXPECT_KERNELS (e.g. "dotprod,neon,scalar", set by check_aarch64.sh
+// per emulated CPU model) names the tables this CPU must offer, in order; every other table name
+// must be refused with the reason.
+void test_detection() {
+  std::string available;
+  for (const std::string& name : sdar::cpu::available_kernels()) available += (available.empty() ? "" : ",") + name;
+  const char* expected = std::getenv("SDAR_EXPECT_KERNELS");
+  if (expected != nullptr) {
+    CHECK(available == expected, "available kernel tables '%s', expected '%s'", available.c_str(), expected);
+  }
+  for (const char* name : {"avx512vnni", "avxvnni", "avx2", "i8mm", "dotprod", "neon", "scalar"}) {
+    if (("," + available + ",").find(std::string(",") + name + ",") != std::string::npos) continue;
+    bool refused = false;
+    try {
+      sdar::cpu::select_kernels(name);
+    } catch (const std::exception& e) {
+      refused = std::string(e.what()).find("cannot run here") != std::string::npos;
+    }
+    CHECK(refused, "the '%s' kernels are not available here, so selecting them must be refused", name);
+  }
+}
+
 }  // namespace
 
 #ifdef SDAR_TEST_EMULATED_AVXVNNI
@@ -201,6 +225,7 @@ const KernelTable* emulated_avxvnni_kernels();  // avxvnni_emulated.cpp
 
 int main() {
   test_thread_pool();
+  test_detection();
   std::mt19937 rng(1234);
   const std::vector<std::string> available = sdar::cpu::available_kernels();
   for (const std::string& name : available) {
