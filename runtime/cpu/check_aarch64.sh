@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 "$CXX" -std=c++17 -O2 -Wall -Wextra -Werror -static -DSDAR_CPU_HAVE_NEON=1 -I"$ROOT/runtime" -I"$ROOT/runtime/cpu" \
-  "$ROOT"/runtime/cpu/{cpu_engine,cpu_features,cpu_model,kernels_scalar,kernels_neon,mapped_file,matmul,packed_matrix,thread_pool,transformer_ops}.cpp \
+  "$ROOT"/runtime/cpu/{cpu_engine,cpu_features,cpu_model,gemm,gemm_scalar,gemm_neon,kernels_scalar,kernels_neon,mapped_file,matmul,packed_matrix,thread_pool,transformer_ops}.cpp \
   "$ROOT"/runtime/{engine,model_spec}.cpp \
   "$ROOT/runtime/tests/test_cpu_kernels.cpp" -o "$OUT/test_cpu_kernels" -lpthread
 echo "ok  AArch64 build of the CPU engine and its kernels (NEON)"
