@@ -8,12 +8,13 @@ same process, on the same mapped weights:
   * ``gemm``: float32 matmuls of many rows run as a blocked GEMM (the default);
   * ``small-m``: every matmul runs the small-M kernels of decoding (``SDAR_CPU_GEMM_MIN_ROWS=0``),
     the path before the GEMM existed.
-Each round prefills the same prompt of ``--tokens`` random token ids once per path, alternately, so
-both paths see the same load on a shared host; a call generates one block after the prompt, and the
-prompt's tokens per second are the prompt length over the call's ``prefill_seconds`` (the prefill's
-chunks of ``prefill_chunk`` tokens, as in any generate call). Reported per path: the median round,
-the slowest and fastest, every round; the ratio of the paths per round; whether both generated the
-same tokens (they must: the GEMM gives the same bits as the small-M kernels).
+Each round prefills the same prompt of ``--tokens`` random token ids once per path, alternately (the
+order reversed every other round), so both paths see the same load on a shared host; a call
+generates one block after the prompt, and the prompt's tokens per second are the prompt length over
+the call's ``prefill_seconds`` (the prefill's chunks of ``prefill_chunk`` tokens, as in any call).
+Reported per path: the median round, the slowest and fastest, every round; the ratio of the paths per
+round; whether both generated the same tokens (they must: the GEMM gives the same bits as the
+small-M kernels).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def bench_artifact(path: str, args) -> dict:
         outputs[name] = g.generate(prompt_ids=prompt, max_new_tokens=L).token_ids
     rates: dict[str, list[float]] = {name: [] for name in gens}
     for r in range(args.rounds):
-        for name, g in gens.items():
+        order = list(gens.items()) if r % 2 == 0 else list(gens.items())[::-1]  # neither path always first
+        for name, g in order:
             time.sleep(SETTLE_SECONDS)
             out = g.generate(prompt_ids=prompt, max_new_tokens=L)
             rates[name].append(args.tokens / out.stats["prefill_seconds"])
