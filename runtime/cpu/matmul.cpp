@@ -43,9 +43,13 @@ void panelize(const float* x, int rows, int ldx, int cols, int cap, float* out) 
 
 int activation_block(const PackedMatrix& w) { return std::min(w.group, 128); }
 
-Matmul::Matmul(const KernelTable& kernels, ThreadPool& pool) : kernels_(kernels), pool_(pool) {}
+Matmul::Matmul(const KernelTable& kernels, ThreadPool& pool)
+    : kernels_(kernels), pool_(pool), gemm_(gemm_kernels_for(kernels)), gemm_min_rows_(gemm_min_rows_from_environment()) {}
 
 void Matmul::reserve(int max_rows, int max_cols) {
+  if (gemm_min_rows_ > 0 && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
+    gemm_.reserve(std::max(max_rows, max_rows_), std::max(max_cols, max_cols_));
+  }
   if (max_rows <= max_rows_ && max_cols <= max_cols_) return;
   max_rows_ = std::max(max_rows, max_rows_);
   max_cols_ = std::max(max_cols, max_cols_);
@@ -65,6 +69,10 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     throw EngineError("matmul of " + std::to_string(rows) + " x " + std::to_string(w.cols) +
                       " exceeds the reserved workspace (" + std::to_string(max_rows_) + " x " +
                       std::to_string(max_cols_) + ")");
+  }
+  if (w.format == WeightFormat::F32 && gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
+    gemm_.f32(pool_, w, x, rows, ldx, y, ldy);
+    return;
   }
   MatmulArgs args;
   args.w = w;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "thread_pool.h"
 
@@ -32,6 +33,11 @@ class Matmul {
   const KernelTable& kernels() const { return kernels_; }
   ThreadPool& pool() { return pool_; }
 
+  // Float32 matmuls of at least this many rows run as a blocked GEMM (gemm.h; the same results);
+  // 0: never. Default: gemm_min_rows_from_environment(). Call reserve() after changing it.
+  int gemm_min_rows() const { return gemm_min_rows_; }
+  void set_gemm_min_rows(int rows) { gemm_min_rows_ = rows; }
+
  private:
   const KernelTable& kernels_;
   ThreadPool& pool_;
@@ -43,6 +49,8 @@ class Matmul {
   std::vector<std::int16_t> q16_;
   std::vector<float> scales_;
   std::vector<float> sums_;
+  Gemm gemm_;
+  int gemm_min_rows_;
 };
 
 }  // namespace sdar::cpu

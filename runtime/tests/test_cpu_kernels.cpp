@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "errors.h"
+#include "gemm.h"
 #include "matmul.h"
 #include "thread_pool.h"
 
@@ -24,6 +26,8 @@ using sdar::cpu::PackedMatrix;
 using sdar::cpu::WeightFormat;
 
 int failures = 0;
+
+const char* gemm_kernels_name(const sdar::cpu::KernelTable& table) { return sdar::cpu::gemm_kernels_for(table).name; }
 #define CHECK(cond, ...)                                        \
   do {                                                          \
     if (!(cond)) {                                              \
@@ -179,6 +183,79 @@ void test_matmul(const sdar::cpu::KernelTable& kernels, int threads, std::mt1993
   }
 }
 
+// The GEMM path (gemm.h) of float32 matmuls at the row counts of a prefill, against the small-M path
+// of the same table and the scalar table: the same bits (one chain of fused multiply-adds per output,
+// k in order; the small-M path's tiles of 1 or 2 rows, the last of an M = 4i + 1 or 4i + 2, split
+// their chains, so those rows are compared with the scalar table only), and within the float tolerance
+// of the double reference. Odd N and K, K over several GEMM blocks, M around the switch-over and 512.
+void test_gemm(const sdar::cpu::KernelTable& kernels, int threads, std::mt19937& rng) {
+  sdar::cpu::ThreadPool pool(threads);
+  sdar::cpu::Matmul gemm(kernels, pool);
+  sdar::cpu::Matmul small(kernels, pool);
+  sdar::cpu::ThreadPool scalar_pool(1);
+  sdar::cpu::Matmul scalar(sdar::cpu::scalar_kernels(), scalar_pool);
+  gemm.set_gemm_min_rows(sdar::cpu::kGemmDefaultMinRows);
+  small.set_gemm_min_rows(0);
+  scalar.set_gemm_min_rows(0);
+  const int threshold = sdar::cpu::kGemmDefaultMinRows;
+  struct Case { int n; int k; std::vector<int> rows; };
+  const Case cases[] = {
+      {37, 100, {threshold - 1, threshold, threshold + 1, threshold + 2, 61}},
+      {45, 2 * sdar::cpu::kGemmDepth + 13, {threshold, threshold + 3, 64}},
+      {24, 300, {512}},
+  };
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Case& c : cases) {
+    const TestMatrix t = make_matrix(WeightFormat::F32, c.n, c.k, 0, true, rng);
+    for (const int rows : c.rows) {
+      for (sdar::cpu::Matmul* m : {&gemm, &small, &scalar}) m->reserve(rows, c.k);
+      std::vector<float> x(static_cast<std::size_t>(rows) * c.k);
+      for (auto& v : x) v = normal(rng);
+      const std::string what = std::string(kernels.name) + " GEMM f32 " + std::to_string(c.n) + "x" + std::to_string(c.k) +
+                               " M=" + std::to_string(rows) + " threads=" + std::to_string(threads) + " (" +
+                               gemm_kernels_name(kernels) + " microkernels)";
+      std::vector<float> y(static_cast<std::size_t>(rows) * c.n, NAN);
+      std::vector<float> y_small(y.size(), NAN);
+      std::vector<float> y_scalar(y.size(), NAN);
+      gemm(t.view, x.data(), rows, c.k, y.data(), c.n);
+      small(t.view, x.data(), rows, c.k, y_small.data(), c.n);
+      scalar(t.view, x.data(), rows, c.k, y_scalar.data(), c.n);
+      check(t, x, rows, y, false, 0, what);
+      int differ_scalar = 0;
+      int differ_small = 0;
+      const int tiled = rows % 4 == 3 ? rows : rows / 4 * 4;  // rows the small-M path runs in tiles of 4
+      for (int m = 0; m < rows; ++m) {
+        for (int n = 0; n < c.n; ++n) {
+          const std::size_t i = static_cast<std::size_t>(m) * c.n + n;
+          differ_scalar += y[i] != y_scalar[i];
+          differ_small += m < tiled && y[i] != y_small[i];
+        }
+      }
+      CHECK(differ_scalar == 0, "%s: %d outputs differ from the scalar kernels' bit for bit", what.c_str(), differ_scalar);
+      CHECK(differ_small == 0, "%s: %d outputs differ from the small-M path's bit for bit", what.c_str(), differ_small);
+    }
+  }
+}
+
+void test_gemm_setting() {
+  ::setenv("SDAR_CPU_GEMM_MIN_ROWS", "64", 1);
+  CHECK(sdar::cpu::gemm_min_rows_from_environment() == 64, "SDAR_CPU_GEMM_MIN_ROWS=64 must give 64");
+  ::setenv("SDAR_CPU_GEMM_MIN_ROWS", "0", 1);
+  CHECK(sdar::cpu::gemm_min_rows_from_environment() == 0, "SDAR_CPU_GEMM_MIN_ROWS=0 must turn the GEMM off");
+  for (const char* bad : {"many", "-1", "12x"}) {
+    ::setenv("SDAR_CPU_GEMM_MIN_ROWS", bad, 1);
+    bool refused = false;
+    try {
+      sdar::cpu::gemm_min_rows_from_environment();
+    } catch (const sdar::InvalidArgument&) {
+      refused = true;
+    }
+    CHECK(refused, "SDAR_CPU_GEMM_MIN_ROWS=%s must be refused", bad);
+  }
+  ::unsetenv("SDAR_CPU_GEMM_MIN_ROWS");
+  CHECK(sdar::cpu::gemm_min_rows_from_environment() == sdar::cpu::kGemmDefaultMinRows, "unset: the default");
+}
+
 void test_thread_pool() {
   for (int i = 0; i < 50; ++i) sdar::cpu::ThreadPool short_lived(3);  // destroyed before its threads start
 
@@ -227,10 +304,12 @@ int main() {
   test_thread_pool();
   test_detection();
   std::mt19937 rng(1234);
+  test_gemm_setting();
   const std::vector<std::string> available = sdar::cpu::available_kernels();
   for (const std::string& name : available) {
     std::printf("kernels: %s\n", name.c_str());
     for (int threads : {1, 2}) test_matmul(sdar::cpu::select_kernels(name), threads, rng);
+    for (int threads : {1, 2}) test_gemm(sdar::cpu::select_kernels(name), threads, rng);
   }
 #if defined(__x86_64__) || defined(_M_X64)
   for (const char* name : {"avx512vnni", "avxvnni", "avx2"}) {

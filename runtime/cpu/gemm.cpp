@@ -1,0 +1,145 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "errors.h"
+
+namespace sdar::cpu {
+
+// Builds without a microkernel source (CMake decides per architecture, as for the kernel tables).
+#ifndef SDAR_CPU_HAVE_AVX2
+const GemmKernels* avx2_gemm() { return nullptr; }
+#endif
+#ifndef SDAR_CPU_HAVE_NEON
+const GemmKernels* neon_gemm() { return nullptr; }
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+namespace {
+bool cpu_has_avx2_fma() {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+}  // namespace
+#endif
+
+const GemmKernels& gemm_kernels_for(const KernelTable& table) {
+  // Every x86 table but the portable one runs on AVX2 + FMA CPUs only (the AVX-512 and AVX-VNNI
+  // tables include them), so those take the AVX2 microkernels; the check keeps that true for any
+  // table added later.
+  if (std::strcmp(table.name, "scalar") == 0) return scalar_gemm();
+  if (std::strcmp(table.name, "neon") == 0 && neon_gemm() != nullptr) return *neon_gemm();
+#if defined(__x86_64__) || defined(__i386__)
+  if (avx2_gemm() != nullptr && cpu_has_avx2_fma()) return *avx2_gemm();
+#endif
+  return scalar_gemm();
+}
+
+int gemm_min_rows_from_environment() {
+  const char* value = std::getenv("SDAR_CPU_GEMM_MIN_ROWS");
+  if (value == nullptr || *value == '\0') return kGemmDefaultMinRows;
+  char* end = nullptr;
+  const long rows = std::strtol(value, &end, 10);
+  if (*end != '\0' || rows < 0 || rows > 1 << 30) {
+    throw InvalidArgument(std::string("SDAR_CPU_GEMM_MIN_ROWS='") + value +
+                          "' is not a row count; set a non-negative integer (0 turns the GEMM path off) or unset it");
+  }
+  return static_cast<int>(rows);
+}
+
+namespace {
+
+int ceil_div(int n, int d) { return (n + d - 1) / d; }
+
+// Packed x: block b of K (kGemmDepth values, the last one shorter), tile t (tile_rows rows), value
+// k of the block, row r of the tile at packed + b * kGemmDepth * padded_rows + (t * depth_b + k) * tile_rows + r,
+// where depth_b is the block's depth and padded_rows the rows rounded up to whole tiles.
+struct PackedX {
+  float* data;
+  int tile_rows;
+  int padded_rows;
+  int K;
+  float* tile(int block, int t) const {
+    const int depth = std::min(kGemmDepth, K - block * kGemmDepth);
+    return data + static_cast<std::size_t>(block) * kGemmDepth * padded_rows +
+           static_cast<std::size_t>(t) * depth * tile_rows;
+  }
+};
+
+void pack_tile(const PackedX& p, const float* x, int rows, int ldx, int t) {
+  const int T = p.tile_rows;
+  for (int b = 0; b < ceil_div(p.K, kGemmDepth); ++b) {
+    const int k0 = b * kGemmDepth;
+    const int depth = std::min(kGemmDepth, p.K - k0);
+    float* out = p.tile(b, t);
+    for (int r = 0; r < T; ++r) {
+      const int m = t * T + r;
+      if (m >= rows) {
+        for (int k = 0; k < depth; ++k) out[k * T + r] = 0.0f;
+        continue;
+      }
+      const float* xr = x + static_cast<std::size_t>(m) * ldx + k0;
+      for (int k = 0; k < depth; ++k) out[k * T + r] = xr[k];
+    }
+  }
+}
+
+}  // namespace
+
+void Gemm::reserve(int max_rows, int max_cols) {
+  const std::size_t want = static_cast<std::size_t>(ceil_div(max_rows, kernels_.tile_rows)) * kernels_.tile_rows *
+                           static_cast<std::size_t>(max_cols);
+  if (want > packed_.size()) packed_.assign(want, 0.0f);
+}
+
+void Gemm::f32(ThreadPool& pool, const PackedMatrix& w, const float* x, int rows, int ldx, float* y, int ldy) {
+  reserve(rows, w.cols);  // a no-op once Matmul::reserve sized it
+  const int T = kernels_.tile_rows;
+  const int K = w.cols;
+  const int tiles = ceil_div(rows, T);
+  const PackedX p{packed_.data(), T, tiles * T, K};
+  const int workers = pool.size();
+  // A few tasks per worker (as Matmul): a worker slowed by another process leaves its share to the others.
+  const int pack_tasks = std::min(tiles, workers == 1 ? 1 : workers * 4);
+  pool.parallel_for(pack_tasks, [&](int task) {
+    for (int t = tiles * task / pack_tasks; t < tiles * (task + 1) / pack_tasks; ++t) pack_tile(p, x, rows, ldx, t);
+  });
+
+  const int panels = w.panels();
+  const int pairs = ceil_div(panels, 2);
+  const int blocks = ceil_div(K, kGemmDepth);
+  const int group_tiles = std::max(1, kGemmGroupRows / T);
+  const auto* weights = static_cast<const float*>(w.data);
+  const int tasks = std::min(pairs, workers == 1 ? 1 : workers * 4);
+  pool.parallel_for(tasks, [&](int task) {
+    const int pair_begin = static_cast<int>(static_cast<long long>(pairs) * task / tasks);
+    const int pair_end = static_cast<int>(static_cast<long long>(pairs) * (task + 1) / tasks);
+    for (int b = 0; b < blocks; ++b) {
+      const int k0 = b * kGemmDepth;
+      const int depth = std::min(kGemmDepth, K - k0);
+      for (int g = 0; g < tiles; g += group_tiles) {
+        const int group_end = std::min(tiles, g + group_tiles);
+        for (int q = pair_begin; q < pair_end; ++q) {
+          const int pa = 2 * q;
+          const bool two = pa + 1 < panels;
+          const float* wa = weights + (static_cast<std::size_t>(pa) * K + k0) * kPanel;
+          const float* wb = two ? wa + static_cast<std::size_t>(K) * kPanel : nullptr;
+          const int cols = std::min(two ? 2 * kPanel : kPanel, w.rows - pa * kPanel);
+          for (int t = g; t < group_end; ++t) {
+            kernels_.f32_tile(p.tile(b, t), wa, wb, depth, y + static_cast<std::size_t>(t) * T * ldy + pa * kPanel, ldy,
+                              std::min(T, rows - t * T), cols, b > 0);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace sdar::cpu

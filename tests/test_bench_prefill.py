@@ -1,0 +1,43 @@
+"""``python -m sdar_rt.bench.prefill`` on a tiny artifact: every number its report is read for is
+there, positive and consistent with the others; both paths generate the same tokens; the GEMM
+setting it uses for the old path does not leak into the process; refusals. Speed is not asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from sdar_fixtures import tiny_artifact
+from sdar_rt.bench import prefill
+
+
+def test_report_of_both_paths(tmp_path_factory, tmp_path, capsys):
+    _, art = tiny_artifact(tmp_path_factory, "float32")
+    out = tmp_path / "p.json"
+    os.environ.pop(prefill.ENV, None)
+    rc = prefill.main([str(art), "--tokens", "40", "--rounds", "3", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    assert prefill.ENV not in os.environ
+    res = json.loads(out.read_text())
+    (r,) = res["results"]
+    assert r["prompt_tokens"] == 40 and r["weights"] == "float32" and r["same_tokens"] is True
+    rates = r["prompt_tokens_per_second"]
+    assert set(rates) == {"gemm", "small-m"}
+    for s in rates.values():
+        assert len(s["values"]) == 3 and all(v > 0 for v in s["values"])
+        assert s["min"] <= s["median"] <= s["max"]
+    ratios = r["gemm_over_small_m"]["values"]
+    assert ratios == pytest.approx([g / s for g, s in zip(rates["gemm"]["values"], rates["small-m"]["values"],
+                                                          strict=True)])
+    assert "gemm / small-m per round" in capsys.readouterr().out
+
+
+def test_one_path_and_refusals(tmp_path_factory, capsys):
+    _, art = tiny_artifact(tmp_path_factory, "float32")
+    argv = [str(art), "--tokens", "8", "--rounds", "1", "--threads", "1"]
+    assert prefill.main([*argv, "--paths", "gemm"]) == 0
+    assert "gemm / small-m" not in capsys.readouterr().out
+    assert prefill.main([str(art), "--tokens", "4000", "--rounds", "1"]) == 2
+    assert "do not fit its context" in capsys.readouterr().err
+    assert prefill.main([str(art), "--rounds", "0"]) == 2
