@@ -668,3 +668,22 @@ def test_engine_and_threads_options_describe_every_engine():
     (threads,) = [x for x in p._actions if x.dest == "threads"]
     assert "CPU engine" in threads.help and "ONNX Runtime" in threads.help and "llama.cpp" in threads.help
     assert p.parse_args(["--engine", "cpu"]).engine == "cpu"
+
+
+def test_markdown_table_has_one_row_per_comparison(baseline_run, tmp_path):
+    """--markdown's table: the command that made it, the machine, and per comparison its ratio and
+    break-even TPF as the report has them."""
+    from sdar_rt.bench.markdown import COLUMNS, render
+
+    report, _, _ = baseline_run
+    text = render(report)
+    assert text.startswith("`sdar-bench " + " ".join(report["argv"][:2]))
+    assert report["machine"]["cpu"] in text and report["time"] in text
+    rows = [line for line in text.splitlines() if line.startswith("| sdar_rt vs")]
+    assert len(rows) == len(report["comparisons"])
+    for row, c in zip(rows, report["comparisons"], strict=True):
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert len(cells) == len(COLUMNS) and cells[0] == c["title"]
+        assert cells[5].startswith(f"{c['ratio']:.2f} (")
+        be = c.get("break_even_tpf")
+        assert cells[9] == ("-" if be is None else f"{be:.2f}")

@@ -5,7 +5,7 @@
                [--batch 1 4] [--prompt-lengths 16 256] [--prompts FILE] [--threads N]
                [--baselines reference,ar,ort-genai,llama.cpp] [--llama-cpp SOURCE_DIR] [--pp-tokens 512]
                [--int4 [--group-size 128] [--lm-head-bits {4,8}]] [--min-run-seconds 0.5]
-               [--memory-calls N] [--json OUT.json | --json -] [--plot OUT.png]
+               [--memory-calls N] [--json OUT.json | --json -] [--plot OUT.png] [--markdown OUT.md]
 
 Every combination of block length x batch x prompt length x steps x threshold is run with the fused
 commit pass and with a separate commit pass; both must give the same tokens, batched rows must equal
@@ -162,6 +162,12 @@ def parser() -> argparse.ArgumentParser:
         "--json", default=None, help="write the report here as JSON ('-': print it on stdout instead)"
     )
     p.add_argument(
+        "--markdown",
+        default=None,
+        metavar="OUT.md",
+        help="also write the comparisons as a Markdown table, with the command, date and machine",
+    )
+    p.add_argument(
         "--plot",
         default=None,
         help='PNG plot path (default: next to --json); needs matplotlib: pip install "sdar_rt[bench]"',
@@ -200,6 +206,11 @@ def main(argv=None) -> int:
             report["plot"] = str(plot_path)
         else:
             _err(f"no plot written: {why_not}")
+    if a.markdown:
+        from .markdown import render
+
+        Path(a.markdown).write_text(render(report))
+        _err(f"wrote {a.markdown}")
     text = json.dumps(report, indent=2, default=str)
     if to_file:
         Path(a.json).write_text(text + "\n")
