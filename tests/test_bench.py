@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-ARGV = ["--warmup", "0", "--max-new-tokens", "8", "--threads", "1", "--max-context", "128"]
+# --min-run-seconds 0: one pass over the prompt set per run (the default repeats the tiny model's
+# few-ms pass for half a second; test_runs_last_long_enough covers that)
+ARGV = ["--warmup", "0", "--max-new-tokens", "8", "--threads", "1", "--max-context", "128",
+        "--min-run-seconds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -554,6 +557,7 @@ def test_ar_mode_vs_ort_genai_is_planned_with_both_baselines():
 
     with_int4 = ["int4", "ar", "ort-genai", "ort-genai-int4", "ar-ort-genai"]
     assert planned(["ar", "ort-genai"], True) == with_int4
+    assert planned(["llama.cpp"], True) == ["int4", "llama.cpp", "llama.cpp-int4"]
     every = ["ort-genai", "reference", "ar"]
     assert planned(every, False) == [*every, "ar-ort-genai"]
     assert planned(["reference", "ar"], False) == ["reference", "ar"]
@@ -610,3 +614,79 @@ def test_ar_mode_vs_ort_genai_comparison(tiny, bench, tmp_path):
     assert c["break_even_tpf"] == pytest.approx(cost)
     assert b["tokens"] <= a["tokens"]
     assert "its cost per token" in err
+
+
+def test_runs_last_long_enough_and_json_only_when_asked(bench, tiny, capsys):
+    """By default a run repeats the prompt set until it lasts --min-run-seconds (the tiny model's pass
+    takes milliseconds, so several times), every call of a run is timed, and nothing but the tables
+    (stderr) is printed unless --json asks; ``--json -`` prints the report on stdout."""
+    argv = [str(tiny / "ck"), *ARGV[:-2], "--runs", "2"]
+    capsys.readouterr()
+    assert bench.main([*argv, "--min-run-seconds", "0.3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "tok/s" in out.err
+    assert bench.main([*argv, "--min-run-seconds", "0.3", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["min_run_seconds"] == 0.3
+    n_prompts = len(report["settings"]["prompts"])
+    for row in report["results"]:
+        repeats = row["prompt_set_passes_per_run"]
+        assert repeats >= 2  # a pass over four prompts of the tiny model takes far less than 0.3 s
+        assert row["calls"] == 2 * repeats * n_prompts
+    assert bench.main([*argv, "--min-run-seconds", "0", "--json", "-"]) == 0
+    once = json.loads(capsys.readouterr().out)
+    assert {r["prompt_set_passes_per_run"] for r in once["results"]} == {1}
+    assert once["results"][0]["calls"] == 2 * n_prompts
+    status, err = _main(bench, [*argv, "--min-run-seconds", "-1"])
+    assert status == 2 and "--min-run-seconds" in err
+
+
+def test_an_artifact_runs_its_checkpoints_prompt_set(tmp_path):
+    """The exporter copies the checkpoint's bench_prompts.txt into the artifact, and sdar-bench reads
+    it from there when benchmarking the artifact alone (no checkpoint dir given)."""
+    from types import SimpleNamespace
+
+    from sdar_export.manifest import copy_checkpoint_files
+    from sdar_rt.bench.prompts import DEFAULT_PROMPTS, prompt_texts
+    from sdar_rt.cli import PACKAGED_CHECKPOINT
+
+    art = tmp_path / "art"
+    art.mkdir()
+    copy_checkpoint_files(PACKAGED_CHECKPOINT, art)
+    gen = SimpleNamespace(artifact=SimpleNamespace(path=art))
+    from_checkpoint = prompt_texts(SimpleNamespace(artifact=SimpleNamespace(path=tmp_path)), None,
+                                   PACKAGED_CHECKPOINT)
+    assert prompt_texts(gen, None, None) == from_checkpoint
+    assert from_checkpoint != list(DEFAULT_PROMPTS)
+    (art / "bench_prompts.txt").unlink()
+    assert prompt_texts(gen, None, None) == list(DEFAULT_PROMPTS)
+
+
+def test_engine_and_threads_options_describe_every_engine():
+    from sdar_rt.bench.cli import parser
+
+    p = parser()
+    (engine,) = [x for x in p._actions if x.dest == "engine"]
+    assert engine.choices == ["auto", "cpu", "ort", "trt"]
+    (threads,) = [x for x in p._actions if x.dest == "threads"]
+    assert "CPU engine" in threads.help and "ONNX Runtime" in threads.help and "llama.cpp" in threads.help
+    assert p.parse_args(["--engine", "cpu"]).engine == "cpu"
+
+
+def test_markdown_table_has_one_row_per_comparison(baseline_run, tmp_path):
+    """--markdown's table: the command that made it, the machine, and per comparison its ratio and
+    break-even TPF as the report has them."""
+    from sdar_rt.bench.markdown import COLUMNS, render
+
+    report, _, _ = baseline_run
+    text = render(report)
+    assert text.startswith("`sdar-bench " + " ".join(report["argv"][:2]))
+    assert report["machine"]["cpu"] in text and report["time"] in text
+    rows = [line for line in text.splitlines() if line.startswith("| sdar_rt vs")]
+    assert len(rows) == len(report["comparisons"])
+    for row, c in zip(rows, report["comparisons"], strict=True):
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert len(cells) == len(COLUMNS) and cells[0] == c["title"]
+        assert cells[5].startswith(f"{c['ratio']:.2f} (")
+        be = c.get("break_even_tpf")
+        assert cells[9] == ("-" if be is None else f"{be:.2f}")

@@ -10,8 +10,10 @@ from pathlib import Path
 from . import EXPORTER_VERSION
 
 # What the runtime reads from the checkpoint besides the weights (the tokenizer, the chat template,
-# the stop ids), copied as they are.
-COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json")
+# the stop ids), copied as they are; and the checkpoint's benchmark prompts where it has them, so that
+# sdar-bench runs an artifact on the same prompt set as its checkpoint.
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json",
+                "bench_prompts.txt")
 
 
 def copy_checkpoint_files(model_dir: Path, out_dir: Path) -> None:

@@ -3,28 +3,34 @@
     sdar-bench [ARTIFACT_OR_MODEL_DIR | --shape 0.6b] [--runs 3] [--warmup 1] [--max-new-tokens 64]
                [--block-lengths 4 8 16] [--steps 2 4] [--threshold 0.9 0.7] [--remasking POLICY]
                [--batch 1 4] [--prompt-lengths 16 256] [--prompts FILE] [--threads N]
-               [--baselines reference,ar,ort-genai] [--int4 [--group-size 128] [--lm-head-bits {4,8}]]
-               [--memory-calls N] [--json OUT.json] [--plot OUT.png]
+               [--baselines reference,ar,ort-genai,llama.cpp] [--llama-cpp SOURCE_DIR] [--pp-tokens 512]
+               [--int4 [--group-size 128] [--lm-head-bits {4,8}]] [--min-run-seconds 0.5]
+               [--memory-calls N] [--json OUT.json | --json -] [--plot OUT.png] [--markdown OUT.md]
 
 Every combination of block length x batch x prompt length x steps x threshold is run with the fused
 commit pass and with a separate commit pass; both must give the same tokens, batched rows must equal
 the batch-1 tokens, and the ``reference`` baseline must give sdar_rt's tokens, before any speed is
-reported (exit status 3 otherwise). Per configuration: generated tokens/s over all runs with the
-slowest and fastest run, TPF (tokens per decode forward), NFE, time to first block, per-block
-latency, engine vs host time, peak RSS.
+reported (exit status 3 otherwise). A run is one pass over the prompt set, repeated until it lasts
+``--min-run-seconds`` (0.5 s; measured on an untimed pass first). Per configuration: generated
+tokens/s over all runs with the slowest and fastest run, TPF (tokens per decode forward), NFE, time
+to first block, per-block latency, engine vs host time, peak RSS. The tables go to stderr; the JSON
+report only with ``--json`` (and a plot next to it, or at ``--plot``).
 
 Comparisons run on the first configuration's prompts, each in alternating rounds with a fresh
 sdar_rt measurement so that both sides see the same load, reported as a ratio (sdar_rt tok/s /
 theirs) with its spread over rounds: ``reference`` (SDAR decoding in plain PyTorch with a KV cache),
 ``ar`` (the network exported with block length 1 and run by sdar_rt, one forward per token),
 ``ort-genai`` (onnxruntime-genai's AR generator, built by its own model builder from the same
-weights). ``--int4`` adds sdar_rt with int4 weights (``sdar-export --int4``; ``--group-size``,
-default 128; ``--lm-head-bits 4|8`` quantizes the LM head, which stays float by default) against the
-float weights, and with ``ort-genai`` also against onnxruntime-genai's own int4 model with the same
-scheme and LM head. Against an AR peer the break-even TPF is shown: the tokens per forward at which
-sdar_rt decodes as fast as the peer. A model dir is exported once per configuration into the cache
-that sdar-demo shares (``~/.cache/sdar_rt``); ``--shape 0.6b`` benchmarks random weights with
-Qwen3-0.6B's dimensions.
+weights), ``llama.cpp`` (llama-bench on the weights converted to GGUF by llama.cpp's own converter;
+decode rates after the prompt's prefill on both sides). Against onnxruntime-genai and llama.cpp,
+prompt processing (``--pp-tokens``, 512) is timed too. ``--int4`` adds sdar_rt with int4 weights
+(``sdar-export --int4``; ``--group-size``, default 128; ``--lm-head-bits 4|8`` quantizes the LM
+head, which stays float by default) against the float weights, and with ``ort-genai`` also against
+onnxruntime-genai's own int4 model with the same scheme and LM head, and with ``llama.cpp`` against
+Q4_0 with every matrix Q4_0. Against an AR peer the break-even TPF is shown: the tokens per forward
+at which sdar_rt decodes as fast as the peer. A model dir is exported once per configuration into
+the cache that sdar-demo shares (``~/.cache/sdar_rt``); ``--shape 0.6b`` benchmarks random weights
+with Qwen3-0.6B's dimensions.
 """
 
 from __future__ import annotations
@@ -86,7 +92,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompts", default=None, help="file with one prompt per line")
     p.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, torch, ort-genai)"
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of sdar_rt's engine (the CPU engine's pool, or ONNX Runtime's intra-op threads; "
+        "default: the physical cores) and of every peer (torch, onnxruntime-genai, llama.cpp)",
     )
     p.add_argument("--baselines", default="", help="comma list of: " + ", ".join(BASELINES))
     p.add_argument(
@@ -99,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine",
         default="auto",
-        choices=["auto", "ort", "trt", "cpu"],
+        choices=["auto", "cpu", "ort", "trt"],
         help="sdar_rt's engine (auto: TensorRT when built and the artifact has plans, else the native CPU "
         "engine when the artifact has its weights, else ONNX Runtime)",
     )
@@ -129,7 +139,35 @@ def parser() -> argparse.ArgumentParser:
         choices=[4, 8],
         help="--int4: quantize the LM head with these bits (default: float head)",
     )
-    p.add_argument("--json", default=None, help="write the report here (default: print it on stdout)")
+    p.add_argument(
+        "--llama-cpp",
+        default=None,
+        metavar="SOURCE_DIR",
+        help="the llama.cpp baseline: build and use this llama.cpp source tree (default: the llama.cpp "
+        "of llama-cpp-python's source on PyPI, fetched with pip and built once)",
+    )
+    p.add_argument(
+        "--pp-tokens",
+        type=int,
+        default=512,
+        help="prompt processing: the prompt length timed against onnxruntime-genai and llama.cpp "
+        "(capped by the artifact's context; 0: not timed)",
+    )
+    p.add_argument(
+        "--min-run-seconds",
+        type=float,
+        default=0.5,
+        help="a run repeats the prompt set until it lasts at least this long (0: one pass)",
+    )
+    p.add_argument(
+        "--json", default=None, help="write the report here as JSON ('-': print it on stdout instead)"
+    )
+    p.add_argument(
+        "--markdown",
+        default=None,
+        metavar="OUT.md",
+        help="also write the comparisons as a Markdown table, with the command, date and machine",
+    )
     p.add_argument(
         "--plot",
         default=None,
@@ -151,7 +189,7 @@ def main(argv=None) -> int:
         report = run(a)
     except BenchMismatch as exc:
         _err(f"OUTPUT MISMATCH: {exc}")
-        if a.json and a._report is not None:
+        if a.json not in (None, "-") and a._report is not None:
             Path(a.json).write_text(json.dumps(a._report, indent=2, default=str) + "\n")
         return 3
     except (ArtifactError, ValueError, RuntimeError, OSError) as exc:
@@ -161,17 +199,25 @@ def main(argv=None) -> int:
     from .tables import print_report
 
     print_report(report)
-    plot_path = Path(a.plot) if a.plot else (Path(a.json).with_suffix(".png") if a.json else None)
+    to_file = a.json not in (None, "-")
+    plot_path = Path(a.plot) if a.plot else (Path(a.json).with_suffix(".png") if to_file else None)
     if plot_path is not None:
         why_not = plot.write(report, plot_path)
         if why_not is None:
             report["plot"] = str(plot_path)
         else:
             _err(f"no plot written: {why_not}")
+    if a.markdown:
+        from .markdown import render
+
+        Path(a.markdown).write_text(render(report))
+        _err(f"wrote {a.markdown}")
     text = json.dumps(report, indent=2, default=str)
-    if a.json:
+    if to_file:
         Path(a.json).write_text(text + "\n")
         _err(f"wrote {a.json}" + (f" and {plot_path}" if report.get("plot") else ""))
-    else:
+    elif a.json == "-":
         print(text)
+    elif report.get("plot"):
+        _err(f"wrote {plot_path}")
     return 0

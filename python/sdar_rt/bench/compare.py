@@ -54,16 +54,29 @@ def alternate(first: Contender, second: Contender, runs: int, on_call: Callable[
     return out
 
 
-def _rate(p: Pass) -> float:
+def wall_rate(p: Pass) -> float:
+    """Generated tokens / wall time around the calls."""
     return p.tokens / p.wall if p.wall else 0.0
 
 
-def ratios(rounds: Rounds) -> dict:
-    """First side's tokens/s over the second's within each round; ``ratio`` is the median round's
-    (``ratio_runs``: min / median / max), ``ratio_cpu`` the same in tokens per process CPU-second
-    over all rounds."""
+def decode_rate(p: Pass) -> float:
+    """Generated tokens / wall time after each call's prefill: a peer timed by llama-bench's ``tg``
+    reports decode time only, so sdar_rt is read the same way (its prefill left out)."""
+    seconds = sum(
+        c["decode_seconds"]
+        if c.get("decode_seconds") is not None
+        else c["wall"] - c.get("prefill_engine", 0.0)
+        for c in p.calls
+    )
+    return p.tokens / seconds if seconds > 0 else 0.0
+
+
+def ratios(rounds: Rounds, rate: Callable[[Pass], float] = wall_rate) -> dict:
+    """First side's tokens/s (``rate``) over the second's within each round; ``ratio`` is the median
+    round's (``ratio_runs``: min / median / max), ``ratio_cpu`` the same in tokens per process
+    CPU-second over all rounds (None when a side runs in another process)."""
     a, b = summarize(rounds.first), summarize(rounds.second)
-    per_round = [_rate(x) / _rate(y) for x, y in zip(rounds.first, rounds.second, strict=True) if _rate(y)]
+    per_round = [rate(x) / rate(y) for x, y in zip(rounds.first, rounds.second, strict=True) if rate(y)]
     cpu_a, cpu_b = a.get("tokens_per_cpu_second"), b.get("tokens_per_cpu_second")
     per_round_spread = spread(per_round)
     return {

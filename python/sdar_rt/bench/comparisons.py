@@ -7,24 +7,36 @@ prompts and weights, one comparison's models in memory at a time:
 - ``ort-genai``: onnxruntime-genai's AR generator on the same float weights, and with ``--int4``
   also ``ort-genai-int4``: its int4 model, built by its own builder with the int4 artifact's scheme,
   against sdar_rt's int4 artifact;
+- ``llama.cpp``: llama.cpp's ``llama-bench`` on the same weights converted to GGUF by llama.cpp's own
+  converter (F32 against float32), and with ``--int4`` also ``llama.cpp-int4``: Q4_0 with every
+  matrix Q4_0 against sdar_rt's int4 artifact (``llamacpp``); rates after the prompt's prefill on both
+  sides, since llama-bench's ``tg`` times decoding only;
 - ``ar-ort-genai`` (with both ``ar`` and ``ort-genai``): sdar_rt's AR mode against onnxruntime-genai,
   two autoregressive decoders on the same float weights, so that their costs per token are compared
   in one pair of rounds rather than through two comparisons with sdar_rt.
+
+The comparisons with onnxruntime-genai and llama.cpp also time prompt processing (a 512-token prompt,
+or what the artifact's context allows) on both sides in rounds of their own (``prompt_processing``).
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 
 from ..artifact_cache import ExportOptions, cache_root, checkpoint_key
+from . import prompt_processing
 from .checks import Checks
-from .compare import Contender, alternate, break_even_tpf, ratios
+from .compare import Contender, alternate, break_even_tpf, decode_rate, ratios, wall_rate
 from .generators import sdar_generator
 from .progress import Phases, log
-from .timing import baseline_pass, sdar_pass
+from .timing import Pass, baseline_pass, sdar_pass
 from .weights import token_agreement
 
-BASELINES = ("reference", "ar", "ort-genai")
+BASELINES = ("reference", "ar", "ort-genai", "llama.cpp")
+AR_PEERS = ("ar", "ort-genai", "ort-genai-int4", "llama.cpp", "llama.cpp-int4", "ar-ort-genai")
+# the peers whose comparison also times prompt processing, and their own measure of it
+PROMPT_PEERS = ("ort-genai", "ort-genai-int4", "llama.cpp", "llama.cpp-int4")
 
 
 def planned(baselines: list[str], int4: bool) -> list[str]:
@@ -33,8 +45,8 @@ def planned(baselines: list[str], int4: bool) -> list[str]:
     out = ["int4"] if int4 else []
     for name in baselines:
         out.append(name)
-        if name == "ort-genai" and int4:
-            out.append("ort-genai-int4")
+        if name in ("ort-genai", "llama.cpp") and int4:
+            out.append(f"{name}-int4")
     if "ar" in baselines and "ort-genai" in baselines:
         out.append("ar-ort-genai")
     return out
@@ -102,10 +114,10 @@ class Runner:
     def _primary_gen(self, weights: ExportOptions | None = None):
         return sdar_generator(self.a, self.targets.artifact(self.config["block_length"], 1, weights))
 
-    def _compare(self, first: Contender, second: Contender, bar) -> dict:
+    def _compare(self, first: Contender, second: Contender, bar, rate=wall_rate) -> dict:
         bar.start(2 * (self.a.warmup + self.a.runs * len(self.prompts)))
         rounds = alternate(first, second, self.a.runs, bar.advance)
-        out = ratios(rounds)
+        out = ratios(rounds, rate)
         out["_rounds"] = rounds
         return out
 
@@ -117,9 +129,15 @@ class Runner:
             "ort-genai": "sdar_rt vs onnxruntime-genai",
             "ort-genai-int4": "sdar_rt int4 vs onnxruntime-genai int4",
             "ar-ort-genai": "sdar_rt's AR mode vs onnxruntime-genai",
+            "llama.cpp": "sdar_rt vs llama.cpp",
+            "llama.cpp-int4": "sdar_rt int4 vs llama.cpp",
         }
+        self._peer_prefill = None
         with self.phases.phase(f"{titles[kind]}: {self.a.runs} alternating rounds") as bar:
-            res = getattr(self, "_" + kind.replace("-", "_"))(bar)
+            res = getattr(self, "_" + kind.replace("-", "_").replace(".", "_"))(bar)
+            if self._peer_prefill is not None and "skipped" not in res and self.a.pp_tokens:
+                res["prompt_processing"] = self._prompt_processing(res, bar)
+        self._peer_prefill = None
         gc.collect()
         res["kind"], res["title"] = kind, titles[kind]
         rounds = res.pop("_rounds", None)
@@ -133,10 +151,31 @@ class Runner:
         if "first" in res:
             first, second = res["first"], res["second"]
             res["tpf"] = first.get("tpf")
-            if kind in ("ar", "ort-genai", "ort-genai-int4", "ar-ort-genai"):
+            if kind in AR_PEERS:
                 # For the AR mode (TPF 1) this is its cost per token over the peer's.
                 res["break_even_tpf"] = break_even_tpf(first, second)
         return res
+
+    def _prompt_processing(self, res: dict, bar) -> dict:
+        """Prompt processing of the comparison just run, sdar_rt's side on the same artifact."""
+        gen, peer_seconds = self._peer_prefill
+        tokens = prompt_processing.prompt_length(gen.artifact, self.a.pp_tokens)
+        if tokens is None:
+            return {
+                "skipped": f"the artifact's context ({gen.artifact.max_context}) holds no whole-block prompt"
+            }
+        calls = min(4, len(self.prompts))
+        bar.start(2 * self.a.runs)
+        log(f"prompt processing: {tokens}-token prompts, {calls} per side per round, {self.a.runs} rounds")
+        return prompt_processing.compare(
+            gen,
+            peer_seconds,
+            self.prompts,
+            tokens=tokens,
+            calls=calls,
+            rounds=self.a.runs,
+            on_call=bar.advance,
+        )
 
     def _int4(self, bar) -> dict:
         q = self._primary_gen(lowbit(self.a))
@@ -211,7 +250,7 @@ class Runner:
         )
         return res
 
-    def _ort_genai_peer(self, quant: dict | None) -> tuple[Contender, dict]:
+    def _ort_genai_peer(self, quant: dict | None):
         """onnxruntime-genai's AR generator (built by its own builder, with the scheme of ``quant``, an
         artifact's quantization or None for float weights) and its row fields."""
         import onnxruntime_genai
@@ -236,14 +275,15 @@ class Runner:
             "config": {"block_length": 1, "steps": 1, "batch": 1, "prompt_length": prompt_length},
             "note": "causal LM (next-token logits): its tokens are not compared with sdar_rt's",
         }
-        return _baseline(self.a, generate, len(self.prompts), "ort-genai", True), fields
+        return _baseline(self.a, generate, len(self.prompts), "ort-genai", True), fields, runner
 
     def _ort_genai(self, bar, weights: ExportOptions | None = None) -> dict:
         if skipped := _ort_genai_skipped():
             return skipped
         gen = self._primary_gen(weights)
         quant = gen.artifact.quantization
-        peer, peer_fields = self._ort_genai_peer(quant)
+        peer, peer_fields, runner = self._ort_genai_peer(quant)
+        self._peer_prefill = (gen, lambda prompts: [runner.prefill_seconds(p) for p in prompts])
         res = self._compare(_sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"), peer, bar)
         label = _weights_label(gen.artifact)
         res["first"].update(system="sdar_rt", weights=label, config=self.config)
@@ -258,8 +298,92 @@ class Runner:
             return skipped
         # The AR mode first: onnxruntime-genai then generates per prompt as many tokens as it did.
         ar, ar_fields = self._ar_mode(follows_limits=False)
-        peer, peer_fields = self._ort_genai_peer(None)
+        peer, peer_fields, _ = self._ort_genai_peer(None)
         res = self._compare(ar, peer, bar)
         res["first"].update(ar_fields)
         res["second"].update(peer_fields, weights="float32")
         return res
+
+    def _llama_cpp(self, bar, weights: ExportOptions | None = None) -> dict:
+        from . import llamacpp, llamacpp_tools
+
+        gen = self._primary_gen(weights)
+        art = gen.artifact
+        try:
+            llamacpp.gguf_type(art.dtype, art.quantization)  # a format llama.cpp has, before any build
+            tools = llamacpp_tools.tools(self.a.llama_cpp, log=log)
+            model = llamacpp.gguf(
+                tools, self.targets.need_weights("llama.cpp"), art.dtype, art.quantization, log
+            )
+        except llamacpp_tools.LlamaCppUnavailable as exc:
+            log(f"skipped: {exc}")
+            return {"skipped": str(exc)}
+        threads = self.a.threads or _engine_threads()
+        depth = round(statistics.median(len(p) for p in self.prompts))
+
+        def run_pass(limits, on_call):
+            n_gen = max(1, round(statistics.mean(limits))) if limits else self.a.max_new_tokens
+            return _llama_bench_pass(
+                llamacpp.bench(
+                    tools, model, threads=threads, reps=len(self.prompts), n_gen=n_gen, depth=depth
+                ),
+                n_gen,
+                on_call,
+            )
+
+        def warm(limits, on_call):  # llama-bench runs a warm-up of its own before each test
+            for _ in range(self.a.warmup):
+                on_call()
+
+        def peer_prefill(prompts):
+            return llamacpp.bench(tools, model, threads=threads, reps=len(prompts), n_prompt=len(prompts[0]))
+
+        self._peer_prefill = (gen, peer_prefill)
+        peer = Contender("llama.cpp", warm, run_pass, follows_limits=True)
+        res = self._compare(_sdar(self.a, gen, self.prompts, self.kwargs, "sdar_rt"), peer, bar, decode_rate)
+        label = _weights_label(art)
+        res["rate"] = "decode"
+        res["first"].update(system="sdar_rt", weights=label, config=self.config)
+        res["second"].update(
+            system="llama.cpp",
+            weights=f"GGUF {llamacpp.model_tag(art.dtype, art.quantization)}",
+            config={"block_length": 1, "steps": 1, "batch": 1, "context": depth},
+            threads=threads,
+            llama_cpp=tools.version,
+            note="llama-bench tg: decode time per token after an untimed context of the prompts' median "
+            "length; its tokens are not compared with sdar_rt's",
+        )
+        return res
+
+    def _llama_cpp_int4(self, bar) -> dict:
+        return self._llama_cpp(bar, lowbit(self.a))
+
+
+def _engine_threads() -> int:
+    """The threads sdar_rt's engines run when --threads is not given (what the peer is then given)."""
+    from ..cpu_engine import default_threads
+
+    return default_threads()
+
+
+def _llama_bench_pass(samples: list[float], n_gen: int, on_call) -> Pass:
+    """One llama-bench tg run as a pass: each repetition one call of ``n_gen`` decoded tokens."""
+    p = Pass()
+    for seconds in samples:
+        p.calls.append(
+            {
+                "wall": seconds,
+                "tokens": n_gen,
+                "rows": 1,
+                "forwards": n_gen,
+                "nfe": {},
+                "ttfb": seconds / n_gen,
+                "blocks": [],
+                "decode_seconds": seconds,
+                "decode_tokens": n_gen,
+                "rss": None,
+            }
+        )
+        p.outputs.append([[]])
+        on_call()
+    return p

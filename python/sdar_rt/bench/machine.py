@@ -46,6 +46,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets the matmul kernels of sdar_rt and its peers choose between.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+              "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
+def _cpu_flags() -> list[str]:
+    """The SIMD flags of /proc/cpuinfo among SIMD_FLAGS (empty where it is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict:
     import onnxruntime
 
@@ -55,6 +72,7 @@ def machine() -> dict:
     return {
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "logical_cpus": psutil.cpu_count(logical=True),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_mhz": freq.current if freq else None,

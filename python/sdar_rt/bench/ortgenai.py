@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .qwen3_view import qwen3_view
+
 INSTALL = 'pip install "sdar_rt[bench]"  (onnxruntime-genai, onnx-ir, onnxscript)'
 BUILDER_BLOCK_SIZES = (16, 32, 64, 128, 256)
 
@@ -74,23 +76,6 @@ def model_tag(quantization: dict | None) -> str:
     return "-".join([precision] + [o.replace("/", "_").replace("=", "") for o in opts])
 
 
-def _qwen3_view(model_dir: Path, where: Path) -> Path:
-    view = where / "qwen3-view"
-    view.mkdir(parents=True)
-    for f in model_dir.iterdir():
-        if f.name != "config.json":
-            (view / f.name).symlink_to(f.resolve())
-    cfg = json.loads((model_dir / "config.json").read_text())
-    if cfg.get("model_type") not in ("sdar", "qwen3"):
-        raise RuntimeError(
-            f"the ort-genai baseline handles dense SDAR (Qwen3) checkpoints, not "
-            f"model_type {cfg.get('model_type')!r}"
-        )
-    cfg.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"])
-    (view / "config.json").write_text(json.dumps(cfg, indent=2))
-    return view
-
-
 def build(model_dir: Path, out: Path, quantization: dict | None = None, log=print) -> Path:
     """Exports ``model_dir`` with onnxruntime-genai's builder (CPU) into ``out`` (kept: a later call
     with the same ``out`` reuses it)."""
@@ -101,7 +86,7 @@ def build(model_dir: Path, out: Path, quantization: dict | None = None, log=prin
     log(f"building the onnxruntime-genai model ({precision}{', ' + ' '.join(extra) if extra else ''})")
     with tempfile.TemporaryDirectory(prefix="sdar-bench-oga-", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        view = _qwen3_view(model_dir, tmp)
+        view = qwen3_view(model_dir, tmp, "ort-genai")
         cmd = [
             sys.executable,
             "-m",
@@ -145,6 +130,18 @@ class OrtGenaiRunner:
         self.model = og.Model(str(model_path))
         self.eos = set(cfg["model"].get("eos_token_id") or [])
         self.threads = threads
+
+    def prefill_seconds(self, prompt: list[int]) -> float:
+        """Seconds to take in ``prompt`` (``append_tokens``: one forward over all its tokens)."""
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + 1, do_sample=False)
+        gen = og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(prompt)
+        seconds = time.perf_counter() - t0
+        del gen
+        return seconds
 
     def generate(self, prompt: list[int], *, max_new_tokens: int) -> dict:
         og = self.og

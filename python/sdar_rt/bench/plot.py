@@ -65,8 +65,14 @@ def _groups(report: dict, with_sweep: bool) -> list[tuple[list[dict], list[str],
     for c in report["comparisons"]:
         if "skipped" not in c:
             rows = [c["first"], c["second"]]
+            extra = ""
+            if c.get("rate") == "decode":  # the rates the ratio is of: after the prompt's prefill
+                none = {"min": None, "max": None}
+                rows = [{**r, "tokens_per_second": r["decode_tokens_per_second"],
+                         "tokens_per_second_runs": none} for r in rows]
+                extra = "decode only"
             mark = None if c["ratio"] is None else f"{c['ratio']:.2f}x"
-            groups.append((rows, [_bar_label(r) for r in rows], mark))
+            groups.append((rows, [_bar_label(r, extra) for r in rows], mark))
     return groups
 
 

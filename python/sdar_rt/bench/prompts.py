@@ -31,7 +31,11 @@ def prompt_ids(gen, texts: list[str], length: int | None) -> list[list[int]]:
     """Token ids of the prompt set (chat template applied when the tokenizer has one), or, with
     ``length``, prompts of exactly that many tokens cycled from them (distinct per prompt)."""
     ids = [gen._encode_prompt(t, None) for t in texts]
-    if length is None:
-        return ids
+    return ids if length is None else cycled(ids, length, len(ids))
+
+
+def cycled(ids: list[list[int]], length: int, count: int) -> list[list[int]]:
+    """``count`` prompts of exactly ``length`` tokens cycled from the tokens of ``ids``, distinct per
+    prompt."""
     pool = [t for p in ids for t in p]
-    return [[pool[(13 * i + j) % len(pool)] for j in range(length)] for i in range(len(ids))]
+    return [[pool[(13 * i + j) % len(pool)] for j in range(length)] for i in range(count)]

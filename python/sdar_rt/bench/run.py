@@ -23,6 +23,8 @@ def _check_options(a, names: list[str]) -> None:
     for flag, value in (("--runs", a.runs), ("--max-new-tokens", a.max_new_tokens)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1")
+    if a.pp_tokens < 0 or a.min_run_seconds < 0:
+        raise ValueError("--pp-tokens and --min-run-seconds must be >= 0")
     if a.warmup < 0:
         raise ValueError("--warmup must be >= 0")
     if any(b < 1 for b in a.batch):
@@ -59,6 +61,8 @@ def _new_report(a, targets: Targets, max_context: int | None) -> dict:
             "max_new_tokens": a.max_new_tokens,
             "remasking": a.remasking,
             "threads": a.threads,
+            "min_run_seconds": a.min_run_seconds,
+            "pp_tokens": a.pp_tokens,
             "cpu_kernels": a.cpu_kernels,
             "dtype": targets.dtype,
             "max_context": max_context,

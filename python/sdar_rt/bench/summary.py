@@ -31,9 +31,13 @@ def comparison_line(c: dict) -> str:
     if "skipped" in c:
         return f"{c['title']}: skipped ({c['skipped']})"
     a, b = c["first"], c["second"]
+    rate = "tokens_per_second"
+    what = "tok/s"
+    if c.get("rate") == "decode":  # llama-bench times decoding only: both sides after the prefill
+        rate, what = "decode_tokens_per_second", "decode tok/s (after the prompt's prefill)"
     line = (
-        f"{c['title']}: {_f(c['ratio'])}x tok/s ({_runs(c['ratio_runs'], 'round', '.2f')}; "
-        f"{_f(a['tokens_per_second'], '.1f')} vs {_f(b['tokens_per_second'], '.1f')} tok/s)"
+        f"{c['title']}: {_f(c['ratio'])}x {what} ({_runs(c['ratio_runs'], 'round', '.2f')}; "
+        f"{_f(a[rate], '.1f')} vs {_f(b[rate], '.1f')} tok/s)"
     )
     if c.get("break_even_tpf") is not None and c.get("kind") == "ar-ort-genai":
         line += (
@@ -46,6 +50,16 @@ def comparison_line(c: dict) -> str:
             f"; break-even TPF {_f(c['break_even_tpf'])} = {_ms(a['wall_ms_per_decode_forward'])} ms "
             f"per sdar_rt decode forward / {_ms(b['ms_per_token_after_prefill'])} ms per {b['system']} "
             f"token, at sdar_rt's measured TPF {_f(c['tpf'])}"
+        )
+    pp = c.get("prompt_processing")
+    if pp and "skipped" in pp:
+        line += f"; prompt processing skipped ({pp['skipped']})"
+    elif pp:
+        line += (
+            f"; prompt processing ({pp['prompt_tokens']} tokens): {_f(pp['ratio'])}x "
+            f"({_runs(pp['ratio_runs'], 'round', '.2f')}; "
+            f"{_f(pp['sdar_rt_tokens_per_second']['median'], '.0f')} vs "
+            f"{_f(pp['peer_tokens_per_second']['median'], '.0f')} prompt tok/s)"
         )
     if c.get("agreement"):
         g = c["agreement"]

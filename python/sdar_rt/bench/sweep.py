@@ -8,6 +8,8 @@ commit) is the one the comparisons use.
 from __future__ import annotations
 
 import gc
+import math
+import time
 from dataclasses import asdict, dataclass
 
 from .checks import Checks
@@ -72,14 +74,16 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
                     gen = sdar_generator(a, targets.artifact(L, B))
                     texts = prompt_texts(gen, a.prompts, targets.model_dir)
                     report["settings"].setdefault("prompts", texts)
-                prompts = prompt_ids(gen, texts, cfg.prompt_length)
-                bar.start(2 * (a.warmup + a.runs * len(prompts)))
                 kw = dict(
                     max_new_tokens=a.max_new_tokens,
                     denoising_steps=cfg.steps,
                     remasking=a.remasking,
                     threshold=cfg.threshold,
                 )
+                prompts, repeats = run_prompts(
+                    gen, prompt_ids(gen, texts, cfg.prompt_length), kw, B, a.min_run_seconds
+                )
+                bar.start(2 * (a.warmup + a.runs * len(prompts)))
                 (fused, out_f), (sep, out_s) = (
                     time_sdar(
                         gen,
@@ -102,6 +106,7 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
                 checks.equal(f"batch {B} rows vs batch 1 {config_label(c)}", out_f, single)
             for row, commit in ((fused, "fused"), (sep, "separate")):
                 row.update(
+                    prompt_set_passes_per_run=repeats,
                     system="sdar_rt",
                     config={**c, "commit": commit},
                     engine=type(gen.engine).__name__,
@@ -128,6 +133,23 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
     n = len(checks.items)
     log(f"{n} token-equality check{'s' if n != 1 else ''} passed")
     return primary
+
+
+def run_prompts(
+    gen, prompts: list[list[int]], kwargs: dict, num_samples: int, min_seconds: float
+) -> tuple[list[list[int]], int]:
+    """The prompts of one run: the prompt set repeated until one pass over them lasts ``min_seconds``
+    (timed on one untimed pass over the set first, which also warms the engine), and the repeat count.
+    A run of a few ms is at the mercy of a timer tick or another process's burst; half a second is
+    not."""
+    if min_seconds <= 0:
+        return prompts, 1
+    t0 = time.perf_counter()
+    for p in prompts:
+        gen.generate(prompt_ids=p, num_samples=num_samples, fused_commit=True, **kwargs)
+    once = time.perf_counter() - t0
+    repeats = max(1, math.ceil(min_seconds / once)) if once > 0 else 1
+    return prompts * repeats, repeats
 
 
 def _device_memory_mib(gen) -> float | None:

@@ -55,7 +55,7 @@ def results_table(report: dict) -> Table:
 def comparisons_table(comparisons: list[dict]) -> Table:
     t = Table(
         title="comparisons in alternating rounds: ratio = sdar_rt tok/s / peer tok/s within a round, "
-        "median round (lowest-highest)"
+        "median round (lowest-highest); decode* = after the prompt's prefill on both sides"
     )
     cols = (
         "comparison",
@@ -67,6 +67,7 @@ def comparisons_table(comparisons: list[dict]) -> Table:
         "sdar_rt ms per decode forward",
         "peer ms per token",
         "break-even TPF",
+        "prompt tok/s sdar_rt / peer (ratio)",
     )
     for col in cols:
         t.add_column(col, justify="right")
@@ -76,18 +77,33 @@ def comparisons_table(comparisons: list[dict]) -> Table:
             continue
         a, b = c["first"], c["second"]
         ar_peer = c.get("break_even_tpf") is not None
+        decode = c.get("rate") == "decode"
         t.add_row(
             c["title"],
             a.get("weights", "-"),
-            show(a["tokens_per_second"], a["tokens_per_second_runs"]),
-            show(b["tokens_per_second"], b["tokens_per_second_runs"]),
+            _fmt(a.get("decode_tokens_per_second")) + "*" if decode
+            else show(a["tokens_per_second"], a["tokens_per_second_runs"]),
+            _fmt(b.get("decode_tokens_per_second")) + "*" if decode
+            else show(b["tokens_per_second"], b["tokens_per_second_runs"]),
             show(c["ratio"], c["ratio_runs"], ".2f"),
             _fmt(c.get("tpf"), ".2f"),
             _ms(a.get("wall_ms_per_decode_forward")) if ar_peer else "-",
             _ms(b.get("ms_per_token_after_prefill")) if ar_peer else "-",
             _fmt(c.get("break_even_tpf"), ".2f"),
+            _prompt_rates(c.get("prompt_processing")),
         )
     return t
+
+
+def _prompt_rates(pp: dict | None) -> str:
+    if not pp:
+        return "-"
+    if "skipped" in pp:
+        return "skipped"
+    return (
+        f"{_fmt(pp['sdar_rt_tokens_per_second']['median'], '.0f')} / "
+        f"{_fmt(pp['peer_tokens_per_second']['median'], '.0f')} ({pp['ratio']:.2f}, pp{pp['prompt_tokens']})"
+    )
 
 
 def print_report(report: dict, console: Console | None = None) -> None:

@@ -11,7 +11,11 @@ measuring does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..artifact import ArtifactError, load_artifact
@@ -21,6 +25,21 @@ from .progress import log
 
 # Random-weight checkpoints with real model dimensions: the exporter's presets of the same name.
 SHAPES = {"0.6b": "qwen3-0.6b", "1.7b": "qwen3-1.7b"}
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The exporter's report (stdout, in its child process) goes to stderr with sdar-bench's other
+    progress: stdout carries only the JSON asked for with ``--json -``."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def is_artifact(path: str | Path | None) -> bool:
@@ -189,7 +208,8 @@ class Targets:
             f"exporting {self.model_dir.name} (block length {block_length}, batch {batch}, "
             f"{options.weights_tag}) into the artifact cache"
         )
-        return export_cached(self.model_dir, options, in_child=True)
+        with _stdout_to_stderr():
+            return export_cached(self.model_dir, options, in_child=True)
 
     def default_block_length(self) -> int:
         if self.fixed_artifact is not None:

@@ -198,7 +198,8 @@ def summarize(passes: list[Pass]) -> dict:
             "p99": _ms(percentile(blocks, 99)),
             "count": len(blocks),
         },
-        "peak_rss_mib": max(c["rss"] for c in calls) if calls else None,
+        # None for a peer in another process (llama-bench), whose memory this process cannot see
+        "peak_rss_mib": max((c["rss"] for c in calls if c.get("rss") is not None), default=None),
         "cpu_seconds": cpu,
         "tokens_per_cpu_second": tokens / cpu if cpu else None,
         "load_average_1m": [passes[0].load[0], passes[-1].load[1]] if passes else None,

@@ -1,0 +1,178 @@
+"""sdar-bench's llama.cpp baseline: the GGUF format chosen per sdar_rt weight format, the comparison
+reported as skipped with its reason when llama.cpp is missing or does not build, and, where llama.cpp
+is built already (or with SDAR_TEST_LLAMA_CPP=1, which fetches and builds it: minutes), the whole
+comparison on a tiny checkpoint: converted by llama.cpp's converter, quantized by llama-quantize,
+timed by llama-bench, against sdar_rt float32 and int4.
+
+Without a build the plumbing test is skipped (said so in pytest's summary), never counted as passed.
+No timing assertions: only relations that hold by construction."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ARGV = ["--warmup", "0", "--max-new-tokens", "8", "--threads", "1", "--max-context", "128",
+        "--min-run-seconds", "0", "--runs", "2"]
+
+
+def _real_llama_home() -> Path:
+    """The llama.cpp home of this user's cache, read before the tests move the cache to a tmp dir."""
+    from sdar_rt.bench import llamacpp_tools
+
+    return llamacpp_tools.home()
+
+
+REAL_HOME = _real_llama_home()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("sdar_export.cli")
+    from sdar_export.make_checkpoint import make_checkpoint
+
+    root = tmp_path_factory.mktemp("bench-llama")
+    make_checkpoint(root / "ck", preset="tiny", seed=0, moe=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        mp.setenv("SDAR_LLAMA_CPP_HOME", str(REAL_HOME))
+        yield root
+
+
+def _main(argv) -> tuple[int, str]:
+    from sdar_rt import bench
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = bench.main(argv)
+    return status, err.getvalue()
+
+
+def test_gguf_types_follow_the_artifacts_weights():
+    from sdar_rt.bench.llamacpp import gguf_type, model_tag
+
+    assert gguf_type("float32", None) == ("f32", [])
+    assert gguf_type("float16", None) == ("f16", [])
+    q4 = {"weights": "int4", "group_size": 128, "lm_head": "int4"}
+    every = ["--pure", "--output-tensor-type", "q4_0", "--token-embedding-type", "q4_0"]
+    assert gguf_type("float32", q4) == ("q4_0", every)
+    assert model_tag("float32", q4) == "q4_0-pure-head-q4_0"
+    assert gguf_type("float32", {**q4, "lm_head": "int8"})[1][2] == "q8_0"
+    assert gguf_type("float32", {**q4, "lm_head": "float32"})[1][2] == "f32"
+    assert gguf_type("float32", {"weights": "int8", "lm_head": "int8"})[0] == "q8_0"
+    with pytest.raises(ValueError, match="no GGUF type for int3"):
+        gguf_type("float32", {"weights": "int3"})
+    with pytest.raises(ValueError, match="bfloat16"):
+        gguf_type("bfloat16", None)
+
+
+def _skip_reason(tiny, tmp_path, source: Path) -> str:
+    out = tmp_path / "r.json"
+    status, err = _main([str(tiny / "ck"), *ARGV, "--baselines", "llama.cpp", "--llama-cpp", str(source),
+                         "--json", str(out)])
+    assert status == 0, err
+    (comp,) = json.loads(out.read_text())["comparisons"]
+    assert comp["kind"] == "llama.cpp" and set(comp) == {"skipped", "kind", "title"}
+    assert f"skipped: {comp['skipped']}" in err and "sdar_rt vs llama.cpp: skipped" in err
+    return comp["skipped"]
+
+
+def test_missing_llama_cpp_is_reported_as_skipped(tiny, tmp_path):
+    from sdar_rt.bench.llamacpp_tools import converter_missing
+
+    reason = _skip_reason(tiny, tmp_path, tmp_path / "no-such-tree")
+    assert reason == (converter_missing() or f"{tmp_path / 'no-such-tree'} is not a llama.cpp source tree "
+                      "(no CMakeLists.txt)")
+
+
+def test_llama_cpp_that_does_not_build_is_reported_as_skipped(tiny, tmp_path, monkeypatch):
+    """A source tree whose CMake configuration fails: skipped, with CMake's own message; the failed
+    build is retried on the next run rather than taken for a build."""
+    from sdar_rt.bench.llamacpp_tools import converter_missing
+
+    monkeypatch.setenv("SDAR_LLAMA_CPP_HOME", str(tmp_path / "home"))
+    tree = tmp_path / "broken-llama.cpp"
+    (tree / "gguf-py").mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text("raise SystemExit('not run')\n")
+    (tree / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(broken CXX)\n"
+        "message(FATAL_ERROR \"this tree is broken\")\n"
+    )
+    reason = _skip_reason(tiny, tmp_path, tree)
+    if converter_missing():
+        assert reason == converter_missing()
+        return
+    assert reason.startswith("cmake configure failed (exit 1)") and "this tree is broken" in reason
+    again = _skip_reason(tiny, tmp_path, tree)
+    assert again.startswith("cmake configure failed (exit 1)") and "this tree is broken" in again
+
+
+def _built_or_skip():
+    """llama.cpp's tools from the real home: as built there, or fetched and built now when the opt-in
+    variable is set; skips the test otherwise."""
+    from sdar_rt.bench import llamacpp_tools
+
+    if why := llamacpp_tools.converter_missing():
+        pytest.skip(why)
+    built = llamacpp_tools._built(REAL_HOME / llamacpp_tools.LLAMA_CPP_PYTHON / "build")
+    if built is None and os.environ.get("SDAR_TEST_LLAMA_CPP") != "1":
+        pytest.skip("llama.cpp is not built here; SDAR_TEST_LLAMA_CPP=1 fetches and builds it (minutes)")
+    return llamacpp_tools.tools(None, log=lambda m: print(m, file=sys.stderr))
+
+
+def _gguf_types(tools, path: Path) -> dict[str, str]:
+    """Tensor name -> GGML type name, read with llama.cpp's own gguf-py."""
+    sys.path.insert(0, str(tools.source / "gguf-py"))
+    try:
+        import gguf
+    finally:
+        sys.path.pop(0)
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def test_llama_cpp_comparison_float32_and_int4(tiny, tmp_path):
+    tools = _built_or_skip()
+    out = tmp_path / "llama.json"
+    status, err = _main([str(tiny / "ck"), *ARGV, "--baselines", "llama.cpp", "--int4", "--lm-head-bits", "4",
+                         "--json", str(out)])
+    assert status == 0, err
+    report = json.loads(out.read_text())
+    comps = {c["kind"]: c for c in report["comparisons"]}
+    assert list(comps) == ["int4", "llama.cpp", "llama.cpp-int4"]
+    f32, q4 = comps["llama.cpp"], comps["llama.cpp-int4"]
+    assert "skipped" not in f32 and "skipped" not in q4, (f32, q4)
+    assert f32["second"]["weights"] == "GGUF f32" and q4["second"]["weights"] == "GGUF q4_0-pure-head-q4_0"
+    assert q4["first"]["weights"].startswith("int4 g128, LM head int4")
+    for c in (f32, q4):
+        a, b = c["first"], c["second"]
+        assert b["system"] == "llama.cpp" and b["threads"] == 1 and c["rate"] == "decode"
+        # llama-bench's tg: one repetition per prompt and round, each the tokens sdar_rt generated on average
+        assert b["calls"] == 2 * len(report["settings"]["prompts"]) and b["tokens"] > 0
+        assert b["ms_per_token_after_prefill"] == pytest.approx(1e3 / b["decode_tokens_per_second"])
+        per_token = b["ms_per_token_after_prefill"]
+        assert c["break_even_tpf"] == pytest.approx(a["wall_ms_per_decode_forward"] / per_token)
+        assert c["ratio_runs"]["min"] <= c["ratio"] <= c["ratio_runs"]["max"]
+        assert c["ratio"] == pytest.approx(statistics.median(c["ratio_runs"]["values"]))
+        pp = c["prompt_processing"]
+        assert pp["prompt_tokens"] == 124  # max context 128 less one block of 4, a whole number of blocks
+        assert len(pp["ratio_runs"]["values"]) == 2
+        assert pp["ratio"] == pytest.approx(statistics.median(
+            x / y for x, y in zip(pp["sdar_rt_tokens_per_second"]["values"],
+                                  pp["peer_tokens_per_second"]["values"], strict=True)))
+        assert "prompt processing (124 tokens)" in err
+    # the GGUF files are llama.cpp's conversion of the same weights, every matrix Q4_0 in the int4 one
+    folder = next((REAL_HOME / "gguf").glob(f"ck-*-{tools.version}"))
+    f32_types = _gguf_types(tools, folder / "f32.gguf")
+    q4_types = _gguf_types(tools, folder / "q4_0-pure-head-q4_0.gguf")
+    assert set(f32_types) == set(q4_types) and "output.weight" in q4_types
+    matrices = [n for n in q4_types if n.endswith(".weight") and "norm" not in n]
+    assert {f32_types[n] for n in matrices} == {"F32"}
+    assert {q4_types[n] for n in matrices} == {"Q4_0"}
