@@ -72,6 +72,7 @@ def test_chat_turns_reset_system_interrupt_and_exit(artifact, tmp_path):
 
     # Ctrl-C once the reply has begun: the reply stops, the conversation stays as it was.
     chat.sendline("sort: 9 8 7 6 5 4 3 2 1 0 9 8")
+    chat.expect_exact("sort: 9 8 7 6 5 4 3 2 1 0 9 8\r\n")  # the terminal's echo of the line
     chat.expect(r"\d")  # the first finished block is on the screen
     chat.sendintr()
     chat.expect_exact("[stopped; the conversation continues from before this message]")

@@ -88,13 +88,14 @@ class Chat:
         """Generates the reply to ``message``, printed as it is decoded. Ctrl-C stops it; the
         conversation then stays as it was before ``message``."""
         cap = self.decoding["max_new_tokens"]
-        room = self.gen.artifact.max_context - self.conversation.prompt_length(message)
-        if room <= 0:
-            print(f"[the conversation fills the context ({self.gen.artifact.max_context} tokens); /reset "
-                  "starts a new one]")
-            return
-        kwargs = dict(self.decoding, max_new_tokens=min(cap, room))
+        # Ctrl-C from the moment the message is sent, its encoding included, stops only this turn
         try:
+            room = self.gen.artifact.max_context - self.conversation.prompt_length(message)
+            if room <= 0:
+                print(f"[the conversation fills the context ({self.gen.artifact.max_context} tokens); "
+                      "/reset starts a new one]")
+                return
+            kwargs = dict(self.decoding, max_new_tokens=min(cap, room))
             reply = self._reply_with_view if self.unmasking else self._reply_streamed
             out = reply(message, kwargs)
         except KeyboardInterrupt:
