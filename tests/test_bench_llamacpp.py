@@ -115,6 +115,48 @@ def test_llama_cpp_that_does_not_build_is_reported_as_skipped(tiny, tmp_path, mo
     assert again.startswith("cmake configure failed (exit 1)") and "this tree is broken" in again
 
 
+def test_llama_cpp_is_built_for_the_instruction_set_of_a_narrower_kernel_table():
+    """Against the table this CPU picks itself, llama.cpp is built natively; against a narrower one
+    (what a CPU with only AVX2 would run), for that table's instruction set."""
+    from sdar_rt.bench.llamacpp_tools import isa_for
+
+    available = ["avx512vnni", "avxvnni", "avx2", "scalar"]
+    assert isa_for("auto", available) is None
+    assert isa_for("avx512vnni", available) is None
+    assert isa_for("avxvnni", available) == "avxvnni"
+    assert isa_for("avx2", available) == "avx2"
+    assert isa_for("avx2", ["avx2", "scalar"]) is None
+    assert isa_for("scalar", available) is None  # no llama.cpp build without SIMD: native, said in the row
+
+
+@pytest.mark.parametrize(
+    "isa, expected",
+    [
+        (None, "native=ON avx2= avx_vnni= avx512= avx512_vnni= amx_int8="),
+        ("avx2", "native=OFF avx2=ON avx_vnni=OFF avx512=OFF avx512_vnni= amx_int8="),
+        ("avxvnni", "native=OFF avx2=ON avx_vnni=ON avx512=OFF avx512_vnni= amx_int8="),
+        ("avx512vnni", "native=OFF avx2=ON avx_vnni= avx512=ON avx512_vnni=ON amx_int8=OFF"),
+    ],
+)
+def test_llama_cpp_build_options_per_instruction_set(tmp_path, isa, expected):
+    """The options CMake receives, read back by a tree whose configuration prints them and fails."""
+    from sdar_rt.bench.llamacpp_tools import LlamaCppUnavailable, build_tools
+
+    tree = tmp_path / "options-llama.cpp"
+    tree.mkdir()
+    names = {"native": "NATIVE", "avx2": "AVX2", "avx_vnni": "AVX_VNNI", "avx512": "AVX512",
+             "avx512_vnni": "AVX512_VNNI", "amx_int8": "AMX_INT8"}
+    shown = " ".join(f"{k}=${{GGML_{v}}}" for k, v in names.items())
+    (tree / "CMakeLists.txt").write_text(
+        f'cmake_minimum_required(VERSION 3.14)\nproject(options NONE)\nmessage(FATAL_ERROR "{shown}")\n'
+    )
+    with pytest.raises(LlamaCppUnavailable, match="cmake configure failed") as err:
+        build_tools(tree, tmp_path / "build", isa, log=lambda m: None)
+    assert expected in str(err.value)
+    with pytest.raises(ValueError, match="no llama.cpp build for instruction set 'neon'"):
+        build_tools(tree, tmp_path / "build", "neon", log=lambda m: None)
+
+
 def _built_or_skip():
     """llama.cpp's tools from the real home: as built there, or fetched and built now when the opt-in
     variable is set; skips the test otherwise."""

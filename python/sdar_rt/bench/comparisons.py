@@ -311,7 +311,7 @@ class Runner:
         art = gen.artifact
         try:
             llamacpp.gguf_type(art.dtype, art.quantization)  # a format llama.cpp has, before any build
-            tools = llamacpp_tools.tools(self.a.llama_cpp, log=log)
+            tools = llamacpp_tools.tools(self.a.llama_cpp, log=log, isa=_llama_cpp_isa(self.a.cpu_kernels))
             model = llamacpp.gguf(
                 tools, self.targets.need_weights("llama.cpp"), art.dtype, art.quantization, log
             )
@@ -350,6 +350,7 @@ class Runner:
             config={"block_length": 1, "steps": 1, "batch": 1, "context": depth},
             threads=threads,
             llama_cpp=tools.version,
+            llama_cpp_isa=tools.isa,
             note="llama-bench tg: decode time per token after an untimed context of the prompts' median "
             "length; its tokens are not compared with sdar_rt's",
         )
@@ -357,6 +358,14 @@ class Runner:
 
     def _llama_cpp_int4(self, bar) -> dict:
         return self._llama_cpp(bar, lowbit(self.a))
+
+
+def _llama_cpp_isa(cpu_kernels: str) -> str | None:
+    """The instruction set llama.cpp is built for against sdar_rt's kernel table (None: this CPU's)."""
+    from .. import _core
+    from . import llamacpp_tools
+
+    return llamacpp_tools.isa_for(cpu_kernels, list(_core.cpu_kernels_available()))
 
 
 def _engine_threads() -> int:

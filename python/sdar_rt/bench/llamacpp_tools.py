@@ -4,11 +4,14 @@
 The source is llama-cpp-python's source distribution on PyPI (pinned below), which carries llama.cpp
 (``vendor/llama.cpp``: ``convert_hf_to_gguf.py``, ``gguf-py`` and the C++ sources), fetched with pip,
 or a llama.cpp source tree the user names (``--llama-cpp DIR``). The two tools are built with CMake
-(CPU only, ``GGML_NATIVE``: every instruction set this CPU has, as llama.cpp's own default build does)
-into the llama.cpp home: ``$SDAR_LLAMA_CPP_HOME``, else ``llama.cpp`` in sdar_rt's cache. A first
-build takes minutes; later runs reuse it. Whatever fails (no pip, no network, no compiler, a
-broken tree) is raised as :class:`LlamaCppUnavailable` with the reason, which sdar-bench reports as
-the comparison skipped.
+(CPU only) into the llama.cpp home: ``$SDAR_LLAMA_CPP_HOME``, else ``llama.cpp`` in sdar_rt's cache.
+By default the build is ``GGML_NATIVE``: every instruction set this CPU has, as llama.cpp's own
+default build does. Timed against an sdar_rt kernel table narrower than the CPU (``--cpu-kernels
+avx2`` on an AVX-512 CPU: what a CPU with only AVX2 would get), llama.cpp is built for that table's
+instruction set instead (:data:`ISA_OPTIONS`), in a build folder of its own, so that both sides of
+the comparison use the same instructions. A first build takes minutes; later runs reuse it.
+Whatever fails (no pip, no network, no compiler, a broken tree) is raised as
+:class:`LlamaCppUnavailable` with the reason, which sdar-bench reports as the comparison skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ INSTALL = 'pip install "sdar_rt[bench]" torch==2.13.0'
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
-    "-DGGML_NATIVE=ON",
     "-DGGML_CUDA=OFF",
     "-DGGML_METAL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
@@ -45,6 +47,29 @@ CMAKE_OPTIONS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_CURL=OFF",
 )
+
+# llama.cpp builds for the x86 instruction sets of sdar_rt's kernel tables (GGML_NATIVE off): what
+# each table's CPU check requires, nothing more (no AMX, no AVX-512 BF16 or VBMI).
+_AVX2 = (
+    "-DGGML_SSE42=ON", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",
+)
+ISA_OPTIONS = {
+    "avx2": (*_AVX2, "-DGGML_AVX_VNNI=OFF", "-DGGML_AVX512=OFF"),
+    "avxvnni": (*_AVX2, "-DGGML_AVX_VNNI=ON", "-DGGML_AVX512=OFF"),
+    "avx512vnni": (
+        *_AVX2, "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_VBMI=OFF",
+        "-DGGML_AVX512_BF16=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
+    ),
+}
+
+
+def isa_for(kernels: str, available: list[str]) -> str | None:
+    """The instruction set to build llama.cpp for when sdar_rt runs kernel table ``kernels``: None
+    (native) for ``auto`` and for the table this CPU picks by itself (``available[0]``), the table's
+    name when it is narrower and llama.cpp has a build for it, else None."""
+    if kernels == "auto" or not available or kernels == available[0]:
+        return None
+    return kernels if kernels in ISA_OPTIONS else None
 
 
 class LlamaCppUnavailable(RuntimeError):
@@ -57,6 +82,7 @@ class Tools:
     bench: Path
     quantize: Path
     version: str  # what the cached GGUF files are named after
+    isa: str = "native"  # the instruction sets llama.cpp was built for
 
     def converter_command(self) -> list[str]:
         return [sys.executable, "-m", "sdar_rt.bench.llamacpp_convert", str(self.source)]
@@ -153,9 +179,34 @@ def _fetch(where: Path, log: Callable[[str], None]) -> Path:
     return tree
 
 
-def tools(source: str | Path | None = None, log: Callable[[str], None] = print) -> Tools:
+def build_tools(tree: Path, build: Path, isa: str | None, log: Callable[[str], None]) -> dict[str, Path]:
+    """llama.cpp's tools from ``tree``, built in ``build`` (for this CPU, or for instruction set ``isa``)
+    unless they are there already: tool name -> path."""
+    if isa is not None and isa not in ISA_OPTIONS:
+        raise ValueError(f"no llama.cpp build for instruction set {isa!r}; one of {', '.join(ISA_OPTIONS)}")
+    paths = _built(build)
+    if paths is not None:
+        return paths
+    if shutil.which("cmake") is None:
+        raise LlamaCppUnavailable("building llama.cpp needs cmake and a C++ compiler (pip install cmake)")
+    native = ("-DGGML_NATIVE=ON",) if isa is None else ("-DGGML_NATIVE=OFF", *ISA_OPTIONS[isa])
+    log(f"building llama.cpp's {' and '.join(TOOLS)} for {'this CPU' if isa is None else isa + ' only'} "
+        f"(once; minutes) in {build}")
+    _run_logged(["cmake", "-S", str(tree), "-B", str(build), *CMAKE_OPTIONS, *native], log, "cmake configure")
+    jobs = str(max(1, min(os.cpu_count() or 1, 8)))
+    _run_logged(["cmake", "--build", str(build), "-j", jobs, "--target", *TOOLS], log, "cmake build")
+    paths = _built(build)
+    if paths is None:
+        raise LlamaCppUnavailable(f"the llama.cpp build in {build} did not produce {', '.join(TOOLS)}")
+    return paths
+
+
+def tools(
+    source: str | Path | None = None, log: Callable[[str], None] = print, isa: str | None = None
+) -> Tools:
     """llama.cpp's tools, fetched and built on first use. ``source``: a llama.cpp source tree to use
-    instead of llama-cpp-python's (built into the home under a name derived from its path)."""
+    instead of llama-cpp-python's (built into the home under a name derived from its path); ``isa``:
+    a key of :data:`ISA_OPTIONS` to build for that instruction set instead of this CPU's own."""
     if why := converter_missing():
         raise LlamaCppUnavailable(why)
     if source is not None:
@@ -168,16 +219,5 @@ def tools(source: str | Path | None = None, log: Callable[[str], None] = print) 
         where, version = home() / LLAMA_CPP_PYTHON, f"llama-cpp-python{LLAMA_CPP_PYTHON}"
     where.mkdir(parents=True, exist_ok=True)
     tree = tree if source is not None else _fetch(where, log)
-    build = where / "build"
-    paths = _built(build)
-    if paths is None:
-        if shutil.which("cmake") is None:
-            raise LlamaCppUnavailable("building llama.cpp needs cmake and a C++ compiler (pip install cmake)")
-        log(f"building llama.cpp's {' and '.join(TOOLS)} for this CPU (once; minutes) in {build}")
-        _run_logged(["cmake", "-S", str(tree), "-B", str(build), *CMAKE_OPTIONS], log, "cmake configure")
-        jobs = str(max(1, min(os.cpu_count() or 1, 8)))
-        _run_logged(["cmake", "--build", str(build), "-j", jobs, "--target", *TOOLS], log, "cmake build")
-        paths = _built(build)
-        if paths is None:
-            raise LlamaCppUnavailable(f"the llama.cpp build in {build} did not produce {', '.join(TOOLS)}")
-    return Tools(tree, paths["llama-bench"], paths["llama-quantize"], version)
+    paths = build_tools(tree, where / ("build" if isa is None else f"build-{isa}"), isa, log)
+    return Tools(tree, paths["llama-bench"], paths["llama-quantize"], version, isa or "native")

@@ -51,11 +51,14 @@ def _row(c: dict, kernels: str) -> list[str]:
     if "skipped" in c:
         skipped = "skipped: " + c["skipped"].replace("|", "/")
         return [c["title"], kernels, skipped] + ["-"] * (len(COLUMNS) - 3)
-    a, r = c["first"], c["ratio_runs"]
+    a, b, r = c["first"], c["second"], c["ratio_runs"]
+    peer_weights = b.get("weights", "-")
+    if b.get("llama_cpp_isa"):  # which instruction sets the llama.cpp build was compiled for
+        peer_weights += f" ({b['llama_cpp_isa']} build)"
     return [
         c["title"],
         kernels,
-        f"{a.get('weights', '-')} vs {c['second'].get('weights', '-')}",
+        f"{a.get('weights', '-')} vs {peer_weights}",
         _rates(c, "first"),
         _rates(c, "second"),
         f"{_f(c['ratio'], '.2f')} ({_f(r['min'], '.2f')}-{_f(r['max'], '.2f')})",
