@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .artifact import ArtifactError
 from .artifact_cache import cache_root
-from .cli import _add_decoding_args, _decoding_kwargs, _err, ensure_artifact, ensure_checkpoint
+from .cli import _add_decoding_args, _decoding_kwargs, _err, ensure_artifact, ensure_checkpoint, reported
 
 HELP = """commands:
   /reset            forget the conversation (the system prompt stays)
@@ -190,15 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--step-delay must be >= 0, got {a.step_delay}")
     decoding = _decoding_kwargs(a)
     chat_flag = decoding.pop("chat")
-    try:
-        gen = _load(a)
-        chat = Chat(gen, a.system, decoding, chat_flag, a.step_delay)
-    except (ArtifactError, ValueError, RuntimeError) as exc:
-        _err(f"sdar-chat: error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        _err("\nsdar-chat: interrupted")
-        return 130
+    return reported("sdar-chat", lambda: _session(a, decoding, chat_flag))
+
+
+def _session(a: argparse.Namespace, decoding: dict, chat_flag: bool | None) -> int:
+    """Loads the model, then reads messages until Ctrl-D or /exit."""
+    gen = _load(a)
+    chat = Chat(gen, a.system, decoding, chat_flag, a.step_delay)
     _line_editing()
     _err(f"sdar-chat: {gen.artifact.path.name}, block length {gen.artifact.block_length}. "
          "Type a message; /help lists the commands, Ctrl-D leaves.")

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
@@ -28,6 +28,27 @@ _ENGINE_LABELS = {"CpuEngine": "native CPU", "OrtEngine": "ONNX Runtime", "TrtEn
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def reported(prog: str, work: Callable[[], int], needing: str | None = None) -> int:
+    """Runs a command's ``work`` and returns its exit status, saying what stopped it in one line:
+    bad input or a failure (an artifact, a value, the runtime) as ``PROG: error: ...`` (status 2),
+    Ctrl-C as ``PROG: interrupted`` (130). ``needing``: what the command does that an optional
+    extra serves, so that the extra's missing import is named in one line too (else re-raised)."""
+    try:
+        return work()
+    except ImportError as exc:
+        error = missing_extra(exc, needing) if needing else None
+        if error is None:
+            raise
+        _err(f"{prog}: error: {error}")
+        return 2
+    except (ArtifactError, ValueError, RuntimeError) as exc:
+        _err(f"{prog}: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err(f"\n{prog}: interrupted")
+        return 130
 
 
 @contextlib.contextmanager
@@ -174,7 +195,8 @@ def generate_main(argv=None) -> int:
         p.error(f"--step-delay must be >= 0, got {a.step_delay}")
     if a.system is not None and a.no_chat:
         p.error("--system needs the chat template; it cannot be combined with --no-chat")
-    try:
+
+    def work() -> int:
         from .generator import Generator
 
         text = sys.stdin.read() if a.prompt == "-" else a.prompt
@@ -185,12 +207,8 @@ def generate_main(argv=None) -> int:
             if a.show_unmasking:
                 return _show_unmasking(gen, prompt, _decoding_kwargs(a), a.step_delay)
             return _stream(gen, prompt, _decoding_kwargs(a), a.json)
-    except (ArtifactError, ValueError, RuntimeError) as exc:
-        _err(f"sdar-generate: error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        _err("\nsdar-generate: interrupted")
-        return 130
+
+    return reported("sdar-generate", work)
 
 
 def ensure_checkpoint(model_dir: str | None, revision: str | None = None) -> Path:
@@ -264,7 +282,8 @@ def demo_main(argv=None) -> int:
     _add_decoding_args(p)
     p.set_defaults(max_new_tokens=64)
     a = p.parse_args(argv)
-    try:
+
+    def work() -> int:
         model_dir = ensure_checkpoint(a.model_dir)
         art = ensure_artifact(model_dir, a.output, a.fp16)
         from .generator import Generator
@@ -278,18 +297,8 @@ def demo_main(argv=None) -> int:
         _err(f"      prompt: {prompt!r}")
         with _first_ctrl_c_only():
             return _stream(gen, prompt, _decoding_kwargs(a))
-    except ImportError as exc:
-        error = missing_extra(exc, "exporting a checkpoint")
-        if error is None:
-            raise
-        _err(f"sdar-demo: error: {error}")
-        return 2
-    except (ArtifactError, ValueError, RuntimeError) as exc:
-        _err(f"sdar-demo: error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        _err("\nsdar-demo: interrupted")
-        return 130
+
+    return reported("sdar-demo", work, needing="exporting a checkpoint")
 
 
 if __name__ == "__main__":
