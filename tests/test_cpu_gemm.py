@@ -41,6 +41,9 @@ def _runner(monkeypatch, kernels: str, min_rows: str | None, threads: int = 2) -
     (45, 525, (SWITCH, SWITCH + 3, 64)),
     (130, 33, (40,)),
     (24, 300, (512,)),
+    # 32-column strips (the AVX-512 microkernel's): two whole, one of 3 panels; tiles of 12 rows, partial.
+    (85, 3 * 256 + 7, (SWITCH + 7, 100)),
+    (59, 512, (512,)),
 ])
 def test_gemm_equals_the_small_m_kernels(monkeypatch, kernels, N, K, rows):
     rng = np.random.default_rng(N * 1000 + K)

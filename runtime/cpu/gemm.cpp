@@ -13,6 +13,9 @@ namespace sdar::cpu {
 #ifndef SDAR_CPU_HAVE_AVX2
 const GemmKernels* avx2_gemm() { return nullptr; }
 #endif
+#ifndef SDAR_CPU_HAVE_AVX512F_GEMM
+const GemmKernels* avx512_gemm() { return nullptr; }
+#endif
 #ifndef SDAR_CPU_HAVE_NEON
 const GemmKernels* neon_gemm() { return nullptr; }
 #endif
@@ -27,16 +30,27 @@ bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
+bool cpu_has_avx512f() {
+#if defined(__GNUC__) || defined(__clang__)
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
 }  // namespace
 #endif
 
 const GemmKernels& gemm_kernels_for(const KernelTable& table) {
   // Every x86 table but the portable one runs on AVX2 + FMA CPUs only (the AVX-512 and AVX-VNNI
-  // tables include them), so those take the AVX2 microkernels; the check keeps that true for any
+  // tables include them), so those take the AVX2 microkernels; the AVX-512 VNNI table's CPUs also
+  // have AVX-512 F, all that the AVX-512 microkernels add. The CPU checks keep that true for any
   // table added later.
   if (std::strcmp(table.name, "scalar") == 0) return scalar_gemm();
   if (std::strcmp(table.name, "neon") == 0 && neon_gemm() != nullptr) return *neon_gemm();
 #if defined(__x86_64__) || defined(__i386__)
+  if (std::strcmp(table.name, "avx512vnni") == 0 && avx512_gemm() != nullptr && cpu_has_avx512f()) {
+    return *avx512_gemm();
+  }
   if (avx2_gemm() != nullptr && cpu_has_avx2_fma()) return *avx2_gemm();
 #endif
   return scalar_gemm();
@@ -112,29 +126,32 @@ void Gemm::f32(ThreadPool& pool, const PackedMatrix& w, const float* x, int rows
     for (int t = tiles * task / pack_tasks; t < tiles * (task + 1) / pack_tasks; ++t) pack_tile(p, x, rows, ldx, t);
   });
 
+  // Output columns go in strips of tile_panels panels (the microkernel's width; the last strip may
+  // be narrower), and the threads split the strips.
   const int panels = w.panels();
-  const int pairs = ceil_div(panels, 2);
+  const int strip_panels = kernels_.tile_panels;
+  const int strips = ceil_div(panels, strip_panels);
   const int blocks = ceil_div(K, kGemmDepth);
   const int group_tiles = std::max(1, kGemmGroupRows / T);
   const auto* weights = static_cast<const float*>(w.data);
-  const int tasks = std::min(pairs, workers == 1 ? 1 : workers * 4);
+  const long panel_stride = static_cast<long>(K) * kPanel;
+  const int tasks = std::min(strips, workers == 1 ? 1 : workers * 4);
   pool.parallel_for(tasks, [&](int task) {
-    const int pair_begin = static_cast<int>(static_cast<long long>(pairs) * task / tasks);
-    const int pair_end = static_cast<int>(static_cast<long long>(pairs) * (task + 1) / tasks);
+    const int strip_begin = static_cast<int>(static_cast<long long>(strips) * task / tasks);
+    const int strip_end = static_cast<int>(static_cast<long long>(strips) * (task + 1) / tasks);
     for (int b = 0; b < blocks; ++b) {
       const int k0 = b * kGemmDepth;
       const int depth = std::min(kGemmDepth, K - k0);
       for (int g = 0; g < tiles; g += group_tiles) {
         const int group_end = std::min(tiles, g + group_tiles);
-        for (int q = pair_begin; q < pair_end; ++q) {
-          const int pa = 2 * q;
-          const bool two = pa + 1 < panels;
-          const float* wa = weights + (static_cast<std::size_t>(pa) * K + k0) * kPanel;
-          const float* wb = two ? wa + static_cast<std::size_t>(K) * kPanel : nullptr;
-          const int cols = std::min(two ? 2 * kPanel : kPanel, w.rows - pa * kPanel);
+        for (int s = strip_begin; s < strip_end; ++s) {
+          const int p0 = s * strip_panels;
+          const float* ws = weights + (static_cast<std::size_t>(p0) * K + k0) * kPanel;
+          const int cols = std::min(strip_panels * kPanel, w.rows - p0 * kPanel);
           for (int t = g; t < group_end; ++t) {
-            kernels_.f32_tile(p.tile(b, t), wa, wb, depth, y + static_cast<std::size_t>(t) * T * ldy + pa * kPanel, ldy,
-                              std::min(T, rows - t * T), cols, b > 0);
+            kernels_.f32_tile(p.tile(b, t), ws, panel_stride, depth,
+                              y + static_cast<std::size_t>(t) * T * ldy + p0 * kPanel, ldy, std::min(T, rows - t * T),
+                              cols, b > 0);
           }
         }
       }

@@ -6,9 +6,10 @@
 // so at M = 256 the panel (8 KB per 256 values of K) comes from L2 for each of 64 tiles and the
 // tiles from L3. Here x is packed once per call into tiles of `tile_rows` rows, k-major, in blocks
 // of kGemmDepth values of K; a block of a group of tiles (at most kGemmGroupRows rows: 256 KB)
-// stays in L2, and the block's slice of two weight panels (16 output columns, 16 KB) stays in L1
-// while every tile of the group runs against it. The microkernel keeps tile_rows x 16 outputs in
-// registers for the whole depth of the block.
+// stays in L2, and the block's slice of a strip of `tile_panels` weight panels (16 output columns,
+// 16 KB, for AVX2 and NEON; 32 columns, 32 KB, for AVX-512) stays in L1 while every tile of the
+// group runs against it. The microkernel keeps tile_rows x (8 * tile_panels) outputs in registers
+// for the whole depth of the block.
 //
 // Float32 weights only: each output is one chain of fused multiply-adds over k in order, from
 // zero (between blocks the partial sum waits in y, unchanged). That is the chain of the scalar

@@ -65,8 +65,10 @@ inline void f32_full(const float* x, const float* wa, const float* wb, int depth
   }
 }
 
-void f32_tile(const float* x, const float* wa, const float* wb, int depth, float* y, int ldy, int rows, int cols,
+void f32_tile(const float* x, const float* w, long panel_stride, int depth, float* y, int ldy, int rows, int cols,
               bool accumulate) {
+  const float* wa = w;
+  const float* wb = cols > kPanel ? w + panel_stride : nullptr;
   if (rows == kRows && cols == 2 * kPanel) {
     f32_full<true>(x, wa, wb, depth, y, ldy, accumulate);
     return;
@@ -91,7 +93,7 @@ void f32_tile(const float* x, const float* wa, const float* wb, int depth, float
 }  // namespace
 
 const GemmKernels* avx2_gemm() {
-  static const GemmKernels kernels{"avx2", kRows, f32_tile};
+  static const GemmKernels kernels{"avx2", kRows, 2, f32_tile};
   return &kernels;
 }
 

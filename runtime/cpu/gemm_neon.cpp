@@ -14,7 +14,7 @@ namespace {
 constexpr int kRows = 6;
 constexpr int kCols = 2 * kPanel;
 
-void f32_tile(const float* x, const float* wa, const float* wb, int depth, float* y, int ldy, int rows, int cols,
+void f32_tile(const float* x, const float* w, long panel_stride, int depth, float* y, int ldy, int rows, int cols,
               bool accumulate) {
   float32x4_t acc[kRows][4];
   const bool full = rows == kRows && cols == kCols;
@@ -36,7 +36,8 @@ void f32_tile(const float* x, const float* wa, const float* wb, int depth, float
       }
     }
   }
-  const float* wsecond = wb != nullptr ? wb : wa;  // one panel: the second half is computed and dropped
+  const float* wa = w;
+  const float* wsecond = cols > kPanel ? w + panel_stride : w;  // one panel: the second half is computed and dropped
   for (int k = 0; k < depth; ++k) {
     const float32x4_t w0 = vld1q_f32(wa + k * kPanel);
     const float32x4_t w1 = vld1q_f32(wa + k * kPanel + 4);
@@ -67,7 +68,7 @@ void f32_tile(const float* x, const float* wa, const float* wb, int depth, float
 }  // namespace
 
 const GemmKernels* neon_gemm() {
-  static const GemmKernels kernels{"neon", kRows, f32_tile};
+  static const GemmKernels kernels{"neon", kRows, 2, f32_tile};
   return &kernels;
 }
 

@@ -12,7 +12,7 @@ namespace {
 constexpr int kRows = 4;
 constexpr int kCols = 2 * kPanel;
 
-void f32_tile(const float* x, const float* wa, const float* wb, int depth, float* y, int ldy, int rows, int cols,
+void f32_tile(const float* x, const float* w, long panel_stride, int depth, float* y, int ldy, int rows, int cols,
               bool accumulate) {
   float acc[kRows][kCols] = {};
   if (accumulate) {
@@ -20,13 +20,13 @@ void f32_tile(const float* x, const float* wa, const float* wb, int depth, float
       for (int c = 0; c < cols; ++c) acc[r][c] = y[static_cast<long>(r) * ldy + c];
     }
   }
-  const int panels = wb != nullptr ? 2 : 1;
+  const int panels = (cols + kPanel - 1) / kPanel;
   for (int k = 0; k < depth; ++k) {
     for (int r = 0; r < kRows; ++r) {
       const float xv = x[k * kRows + r];
       for (int p = 0; p < panels; ++p) {
-        const float* w = (p == 0 ? wa : wb) + k * kPanel;
-        for (int c = 0; c < kPanel; ++c) acc[r][p * kPanel + c] = std::fma(w[c], xv, acc[r][p * kPanel + c]);
+        const float* wk = w + p * panel_stride + k * kPanel;
+        for (int c = 0; c < kPanel; ++c) acc[r][p * kPanel + c] = std::fma(wk[c], xv, acc[r][p * kPanel + c]);
       }
     }
   }
@@ -35,7 +35,7 @@ void f32_tile(const float* x, const float* wa, const float* wb, int depth, float
   }
 }
 
-const GemmKernels kScalar{"scalar", kRows, f32_tile};
+const GemmKernels kScalar{"scalar", kRows, kCols / kPanel, f32_tile};
 
 }  // namespace
 

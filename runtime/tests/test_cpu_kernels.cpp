@@ -189,6 +189,11 @@ void test_matmul(const sdar::cpu::KernelTable& kernels, int threads, std::mt1993
 // their chains, so those rows are compared with the scalar table only), and within the float tolerance
 // of the double reference. Odd N and K, K over several GEMM blocks, M around the switch-over and 512.
 void test_gemm(const sdar::cpu::KernelTable& kernels, int threads, std::mt19937& rng) {
+  // The AVX-512 VNNI table takes the AVX-512 microkernels wherever the build has them (its CPUs all can run them).
+  if (std::string(kernels.name) == "avx512vnni" && sdar::cpu::avx512_gemm() != nullptr) {
+    CHECK(std::string(gemm_kernels_name(kernels)) == "avx512", "the avx512vnni table takes the %s GEMM microkernels",
+          gemm_kernels_name(kernels));
+  }
   sdar::cpu::ThreadPool pool(threads);
   sdar::cpu::Matmul gemm(kernels, pool);
   sdar::cpu::Matmul small(kernels, pool);
@@ -203,6 +208,10 @@ void test_gemm(const sdar::cpu::KernelTable& kernels, int threads, std::mt19937&
       {37, 100, {threshold - 1, threshold, threshold + 1, threshold + 2, 61}},
       {45, 2 * sdar::cpu::kGemmDepth + 13, {threshold, threshold + 3, 64}},
       {24, 300, {512}},
+      // Strips of 4 panels (the AVX-512 microkernel's 32 columns): two whole ones and one of 3 panels,
+      // the last of them partial; tiles of 12 rows with 3 and 4 rows in the last.
+      {85, 3 * sdar::cpu::kGemmDepth + 7, {threshold + 7, 100}},
+      {59, 2 * sdar::cpu::kGemmDepth, {512}},
   };
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (const Case& c : cases) {
