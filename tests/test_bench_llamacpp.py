@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -155,6 +156,54 @@ def test_llama_cpp_build_options_per_instruction_set(tmp_path, isa, expected):
     assert expected in str(err.value)
     with pytest.raises(ValueError, match="no llama.cpp build for instruction set 'neon'"):
         build_tools(tree, tmp_path / "build", "neon", log=lambda m: None)
+
+
+def _crashing_tree(root: Path) -> Path:
+    """A llama.cpp source tree whose converter writes a placeholder GGUF and whose llama-bench dies of
+    an illegal instruction, as a build for instructions the CPU or system does not allow does."""
+    tree = root / "crashing-llama.cpp"
+    (tree / "gguf-py").mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text(
+        "import sys\n"
+        "class TextModel:\n"
+        "    def get_vocab_base_pre(self, tokenizer):\n"
+        "        return 'qwen2'\n"
+        "def main():\n"
+        "    out = sys.argv[sys.argv.index('--outfile') + 1]\n"
+        "    open(out, 'wb').write(b'GGUF')\n"
+    )
+    (tree / "bench.c").write_text("#include <signal.h>\nint main(void) { raise(SIGILL); return 0; }\n")
+    (tree / "quantize.c").write_text("int main(void) { return 1; }\n")
+    (tree / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(crashing C)\n"
+        "set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\n"
+        "add_executable(llama-bench bench.c)\nadd_executable(llama-quantize quantize.c)\n"
+    )
+    return tree
+
+
+def test_llama_bench_that_crashes_is_reported_as_skipped(tiny, tmp_path, monkeypatch):
+    """llama-bench killed by a signal while timed: that comparison is skipped with the signal named and
+    what to do; the run goes on and writes its report."""
+    from sdar_rt.bench.llamacpp_tools import converter_missing
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler to build the stand-in llama.cpp tools")
+    monkeypatch.setenv("SDAR_LLAMA_CPP_HOME", str(tmp_path / "home"))
+    reason = _skip_reason(tiny, tmp_path, _crashing_tree(tmp_path))
+    if converter_missing():
+        assert reason == converter_missing()
+        return
+    assert reason.startswith("llama-bench failed (killed by SIGILL: it ran an instruction")
+    assert "--llama-cpp-isa avx2" in reason
+
+
+def test_tool_exit_reasons():
+    from sdar_rt.bench.llamacpp import _exit_reason
+
+    assert _exit_reason(3) == "exit 3"
+    assert _exit_reason(-9) == "killed by SIGKILL"
+    assert _exit_reason(-4).startswith("killed by SIGILL: ")
 
 
 def _built_or_skip():

@@ -3,7 +3,8 @@
     sdar-bench [ARTIFACT_OR_MODEL_DIR | --shape 0.6b] [--runs 3] [--warmup 1] [--max-new-tokens 64]
                [--block-lengths 4 8 16] [--steps 2 4] [--threshold 0.9 0.7] [--remasking POLICY]
                [--batch 1 4] [--prompt-lengths 16 256] [--prompts FILE] [--threads N]
-               [--baselines reference,ar,ort-genai,llama.cpp] [--llama-cpp SOURCE_DIR] [--pp-tokens 512]
+               [--baselines reference,ar,ort-genai,llama.cpp] [--llama-cpp SOURCE_DIR] [--llama-cpp-isa auto]
+               [--pp-tokens 512]
                [--int4 [--group-size 128] [--lm-head-bits {4,8}]] [--min-run-seconds 0.5]
                [--memory-calls N] [--json OUT.json | --json -] [--plot OUT.png] [--markdown OUT.md]
 
@@ -145,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="SOURCE_DIR",
         help="the llama.cpp baseline: build and use this llama.cpp source tree (default: the llama.cpp "
         "of llama-cpp-python's source on PyPI, fetched with pip and built once)",
+    )
+    p.add_argument(
+        "--llama-cpp-isa",
+        default="auto",
+        choices=["auto", "native", "avx512vnni", "avxvnni", "avx2"],
+        help="the instruction sets llama.cpp is built for: native (everything this CPU has), or those of "
+        "one sdar_rt kernel table; auto (default): native, or --cpu-kernels' table when that is narrower",
     )
     p.add_argument(
         "--pp-tokens",

@@ -133,10 +133,16 @@ class Runner:
             "llama.cpp-int4": "sdar_rt int4 vs llama.cpp",
         }
         self._peer_prefill = None
+        from .llamacpp_tools import LlamaCppUnavailable
+
         with self.phases.phase(f"{titles[kind]}: {self.a.runs} alternating rounds") as bar:
-            res = getattr(self, "_" + kind.replace("-", "_").replace(".", "_"))(bar)
-            if self._peer_prefill is not None and "skipped" not in res and self.a.pp_tokens:
-                res["prompt_processing"] = self._prompt_processing(res, bar)
+            try:
+                res = getattr(self, "_" + kind.replace("-", "_").replace(".", "_"))(bar)
+                if self._peer_prefill is not None and "skipped" not in res and self.a.pp_tokens:
+                    res["prompt_processing"] = self._prompt_processing(res, bar)
+            except LlamaCppUnavailable as exc:  # a peer tool that fails while timed: the rest goes on
+                log(f"skipped: {exc}")
+                res = {"skipped": str(exc)}
         self._peer_prefill = None
         gc.collect()
         res["kind"], res["title"] = kind, titles[kind]
@@ -311,7 +317,7 @@ class Runner:
         art = gen.artifact
         try:
             llamacpp.gguf_type(art.dtype, art.quantization)  # a format llama.cpp has, before any build
-            tools = llamacpp_tools.tools(self.a.llama_cpp, log=log, isa=_llama_cpp_isa(self.a.cpu_kernels))
+            tools = llamacpp_tools.tools(self.a.llama_cpp, log=log, isa=_llama_cpp_isa(self.a))
             model = llamacpp.gguf(
                 tools, self.targets.need_weights("llama.cpp"), art.dtype, art.quantization, log
             )
@@ -360,12 +366,15 @@ class Runner:
         return self._llama_cpp(bar, lowbit(self.a))
 
 
-def _llama_cpp_isa(cpu_kernels: str) -> str | None:
-    """The instruction set llama.cpp is built for against sdar_rt's kernel table (None: this CPU's)."""
+def _llama_cpp_isa(a) -> str | None:
+    """The instruction set llama.cpp is built for (None: this CPU's): --llama-cpp-isa, else the one of
+    sdar_rt's kernel table when that is narrower than the CPU's own."""
     from .. import _core
     from . import llamacpp_tools
 
-    return llamacpp_tools.isa_for(cpu_kernels, list(_core.cpu_kernels_available()))
+    if a.llama_cpp_isa != "auto":
+        return None if a.llama_cpp_isa == "native" else a.llama_cpp_isa
+    return llamacpp_tools.isa_for(a.cpu_kernels, list(_core.cpu_kernels_available()))
 
 
 def _engine_threads() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -56,8 +57,23 @@ def _run(cmd: list[str], what: str) -> str:
         raise LlamaCppUnavailable(f"{what}: {exc}") from exc
     if proc.returncode != 0:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-        raise LlamaCppUnavailable(f"{what} failed (exit {proc.returncode}): {tail}")
+        said = f": {tail}" if tail else ""
+        raise LlamaCppUnavailable(f"{what} failed ({_exit_reason(proc.returncode)}){said}")
     return proc.stdout
+
+
+def _exit_reason(returncode: int) -> str:
+    """A tool's exit status in words; a signal is named, and an illegal instruction explained."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if -returncode == signal.SIGILL:
+        return (f"killed by {name}: it ran an instruction this CPU or system does not allow; "
+                "--llama-cpp-isa avx2 builds llama.cpp for fewer instructions")
+    return f"killed by {name}"
 
 
 def gguf(

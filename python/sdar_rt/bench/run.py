@@ -64,6 +64,7 @@ def _new_report(a, targets: Targets, max_context: int | None) -> dict:
             "min_run_seconds": a.min_run_seconds,
             "pp_tokens": a.pp_tokens,
             "cpu_kernels": a.cpu_kernels,
+            "llama_cpp_isa": a.llama_cpp_isa,
             "dtype": targets.dtype,
             "max_context": max_context,
             "temperature": 0.0,
