@@ -101,6 +101,17 @@ def test_bench_without_a_cached_artifact_names_the_export_extra(run):
     _says_extra(run("sdar-bench"), "sdar-bench", "export")
 
 
+def test_python_dash_m_entry_points_name_the_export_extra(run):
+    """``python -m sdar_export`` and ``python -m sdar_rt.bench`` go the console scripts' way."""
+    import sys
+
+    for module, prog, args in (("sdar_export", "sdar-export", [str(PACKAGED_CHECKPOINT)]),
+                               ("sdar_rt.bench", "sdar-bench", [str(PACKAGED_CHECKPOINT)])):
+        r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=run.env,
+                           timeout=600)
+        _says_extra(r, prog, "export")
+
+
 def test_serve_names_the_serve_extra(run, artifact):
     line = _says_extra(run("sdar-serve", str(artifact)), "sdar-serve", "serve")
     assert "the OpenAI-compatible server" in line

@@ -1,5 +1,5 @@
-"""``python -m sdar_export`` == ``sdar-export``."""
+"""``python -m sdar_export`` == ``sdar-export``, a missing optional extra said in one line."""
 
-from .cli import main
+from sdar_rt.console import export
 
-raise SystemExit(main())
+raise SystemExit(export())
