@@ -18,10 +18,12 @@ def test_report_of_both_paths(tmp_path_factory, tmp_path, capsys):
     os.environ.pop(prefill.ENV, None)
     rc = prefill.main([str(art), "--tokens", "40", "--rounds", "3", "--threads", "1", "--json", str(out)])
     assert rc == 0
-    assert prefill.ENV not in os.environ
+    assert prefill.ENV not in os.environ and prefill.AMX_ENV not in os.environ
     res = json.loads(out.read_text())
     (r,) = res["results"]
     assert r["prompt_tokens"] == 40 and r["weights"] == "float32" and r["same_tokens"] is True
+    assert set(r["amx"]) == {"gemm", "small-m"} and r["amx"]["small-m"] is False
+    assert isinstance(res["cpu_amx_usable"], bool)
     rates = r["prompt_tokens_per_second"]
     assert set(rates) == {"gemm", "small-m"}
     for s in rates.values():
@@ -41,3 +43,17 @@ def test_one_path_and_refusals(tmp_path_factory, capsys):
     assert prefill.main([str(art), "--tokens", "4000", "--rounds", "1"]) == 2
     assert "do not fit its context" in capsys.readouterr().err
     assert prefill.main([str(art), "--rounds", "0"]) == 2
+
+
+def test_amx_paths(tmp_path_factory, tmp_path, capsys):
+    """``--paths gemm no-amx``: the ratio per round, and which path the engine took (the setting for
+    no-amx stays inside the benchmark)."""
+    _, art = tiny_artifact(tmp_path_factory, "float32")
+    out = tmp_path / "p.json"
+    rc = prefill.main([str(art), "--tokens", "40", "--rounds", "2", "--threads", "1",
+                       "--paths", "gemm", "no-amx", "--json", str(out)])
+    assert rc == 0 and prefill.AMX_ENV not in os.environ
+    (r,) = json.loads(out.read_text())["results"]
+    assert not r["amx"]["no-amx"]
+    assert len(r["gemm_over_no_amx"]["values"]) == 2 and "gemm_over_small_m" not in r
+    assert "gemm / no-amx per round" in capsys.readouterr().out

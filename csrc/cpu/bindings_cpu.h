@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/amx.h"
 #include "cpu/cpu_engine.h"
 #include "cpu/cpu_features.h"
 #include "cpu/cpu_model.h"
@@ -141,6 +142,7 @@ class MatmulRunner {
   }
 
   std::string kernels() const { return matmul_.kernels().name; }
+  bool amx() const { return matmul_.amx(); }
   int threads() { return pool_.size(); }
 
  private:
@@ -221,6 +223,9 @@ inline void bind_arrays(CpuEngine& engine, const py::array_t<std::int64_t, py::a
 inline void bind_cpu(py::module_& m) {
   m.def("cpu_kernels_available", &available_kernels,
         "CPU kernel tables this build has and this CPU can run, fastest first.");
+  m.def("cpu_amx_usable", &amx_usable,
+        "Whether this build, CPU and OS can run the AMX-INT8 path of quantized prefill matmuls (with the "
+        "avx512vnni kernels; SDAR_CPU_AMX=0 turns it off).");
   py::class_<ArrayMatrix, std::shared_ptr<ArrayMatrix>>(m, "CpuMatrix")
       .def(py::init<const std::string&, int, int, py::array, py::object, py::object, int, bool>(), py::arg("format"),
            py::arg("rows"), py::arg("cols"), py::arg("data"), py::arg("scales") = py::none(),
@@ -235,6 +240,8 @@ inline void bind_cpu(py::module_& m) {
       .def("run_all", &MatmulRunner::run_all, py::arg("matrices"), py::arg("x"), py::arg("activations") = "int8")
       .def("read_seconds", &MatmulRunner::read_seconds, py::arg("array"))
       .def_property_readonly("kernels", &MatmulRunner::kernels)
+      .def_property_readonly("amx", &MatmulRunner::amx,
+                             "Whether quantized matmuls of many rows (int8 activations) take the AMX path.")
       .def_property_readonly("threads", &MatmulRunner::threads);
 
   py::class_<CpuModel, std::shared_ptr<CpuModel>>(m, "CpuModel")
@@ -279,6 +286,8 @@ inline void bind_cpu(py::module_& m) {
            py::arg("value_caches"), py::arg("block_length"),
            "Binds to numpy buffers (keep them alive): ids [B, T] int64, logits [B, L, V] float32, caches [S, B, KVH, D].")
       .def_property_readonly("kernels", &CpuEngine::kernels)
+      .def_property_readonly("amx", &CpuEngine::amx,
+                             "Whether quantized matmuls of many rows (a prefill's) take the AMX path.")
       .def_property_readonly("threads", &CpuEngine::threads)
       .def_property_readonly("runs", &CpuEngine::runs)
       .def_property_readonly("seconds", &CpuEngine::seconds)

@@ -44,6 +44,8 @@ class CpuEngine final : public Engine {
   int host_threads() const override { return pool_.size(); }
 
   const char* kernels() const { return matmul_.kernels().name; }
+  // Whether its quantized matmuls of many rows (a prefill's) take the AMX path (matmul.h).
+  bool amx() const { return matmul_.amx(); }
   int threads() const { return pool_.size(); }
   long runs() const { return runs_; }
   double seconds() const { return seconds_; }

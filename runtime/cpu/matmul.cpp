@@ -1,6 +1,7 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "errors.h"
@@ -43,17 +44,37 @@ void panelize(const float* x, int rows, int ldx, int cols, int cap, float* out) 
 
 int activation_block(const PackedMatrix& w) { return std::min(w.group, 128); }
 
+namespace {
+
+// The AMX kernel reads the avx512vnni table's activation layout (runs of 64 codes); every AMX CPU has
+// that table.
+bool amx_available_for(const KernelTable& kernels) {
+  return std::strcmp(kernels.name, "avx512vnni") == 0 && amx_usable();
+}
+
+}  // namespace
+
 Matmul::Matmul(const KernelTable& kernels, ThreadPool& pool)
-    : kernels_(kernels), pool_(pool), gemm_(gemm_kernels_for(kernels)), gemm_min_rows_(gemm_min_rows_from_environment()) {}
+    : kernels_(kernels),
+      pool_(pool),
+      gemm_(gemm_kernels_for(kernels)),
+      gemm_min_rows_(gemm_min_rows_from_environment()),
+      amx_available_(amx_available_for(kernels)),
+      amx_on_(amx_enabled_from_environment() && amx_available_),  // the setting is checked on every machine
+      amx_(amx_quantized_kernel()) {}
 
 void Matmul::reserve(int max_rows, int max_cols) {
   if (gemm_min_rows_ > 0 && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
     gemm_.reserve(std::max(max_rows, max_rows_), std::max(max_cols, max_cols_));
   }
+  if (amx_on_ && std::max(max_rows, max_rows_) >= kAmxMinRows) {
+    amx_.reserve(round_up(std::max(max_rows, max_rows_), kAmxPassRows), std::max(max_cols, max_cols_), pool_.size());
+  }
   if (max_rows <= max_rows_ && max_cols <= max_cols_) return;
   max_rows_ = std::max(max_rows, max_rows_);
   max_cols_ = std::max(max_cols, max_cols_);
-  const std::size_t cap = static_cast<std::size_t>(round_up(max_rows_, 8));
+  // Rows rounded up to 32, not just 8: the AMX path reads the activations in passes of 32 rows.
+  const std::size_t cap = static_cast<std::size_t>(round_up(max_rows_, kAmxPassRows));
   tiles_.assign(cap / 4 + 1, MTile{});
   if (kernels_.wants_panel_x) xp_.assign(cap * ((max_cols_ + kF32Step - 1) / kF32Step * kF32Step), 0.0f);
   q_.assign(cap * static_cast<std::size_t>(round_up(max_cols_, 64)), 0);  // runs of up to 64 codes
@@ -72,6 +93,19 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
   }
   if (w.format == WeightFormat::F32 && gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
     gemm_.f32(pool_, w, x, rows, ldx, y, ldy);
+    return;
+  }
+  if (w.format != WeightFormat::F32 && activations == Activations::Int8 && amx_on_ && rows >= kAmxMinRows) {
+    MatmulArgs args;
+    args.w = w;
+    args.rows = rows;
+    args.y = y;
+    args.ldy = ldy;
+    const int cap = round_up(rows, kAmxPassRows);  // whole passes of 32 rows, the padding rows zero
+    const int block = activation_block(w);
+    kernels_.quantize(x, rows, ldx, w.cols, block, cap, q_.data(), nullptr, scales_.data(), sums_.data());
+    args.a = QuantizedRows{q_.data(), nullptr, scales_.data(), sums_.data(), cap, block};
+    amx_.quantized(pool_, args);
     return;
   }
   MatmulArgs args;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "amx.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "thread_pool.h"
@@ -38,6 +39,13 @@ class Matmul {
   int gemm_min_rows() const { return gemm_min_rows_; }
   void set_gemm_min_rows(int rows) { gemm_min_rows_ = rows; }
 
+  // Whether quantized matmuls (int8 activations) of at least kAmxMinRows rows take the AMX path
+  // (amx.h; the same results). Default: with the avx512vnni table where amx_usable() and
+  // amx_enabled_from_environment(). set_amx(true) turns it on only where it can run; call reserve()
+  // after changing it.
+  bool amx() const { return amx_on_; }
+  void set_amx(bool on) { amx_on_ = on && amx_available_; }
+
  private:
   const KernelTable& kernels_;
   ThreadPool& pool_;
@@ -51,6 +59,9 @@ class Matmul {
   std::vector<float> sums_;
   Gemm gemm_;
   int gemm_min_rows_;
+  bool amx_available_;  // this table, build, CPU and OS can run the AMX path
+  bool amx_on_;
+  AmxMatmul amx_;
 };
 
 }  // namespace sdar::cpu

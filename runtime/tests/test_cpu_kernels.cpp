@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "amx.h"
 #include "cpu_features.h"
 #include "errors.h"
 #include "gemm.h"
@@ -265,6 +266,99 @@ void test_gemm_setting() {
   CHECK(sdar::cpu::gemm_min_rows_from_environment() == sdar::cpu::kGemmDefaultMinRows, "unset: the default");
 }
 
+// The AMX path (amx.h) of quantized matmuls of many rows against the avx512vnni table's small-M path
+// and the scalar table: the same bits on every row and column, and within the int8 bound of the
+// double reference. Q4 and Q8, symmetric and not, activation blocks of 32, 64 and 128 (groups up to
+// 256), N with partial strips of 32 columns (1, 2 or 3 panels of the last) and a part panel, K over
+// several blocks (and an odd number of chunks of 32), M around the switch-over, not a multiple of
+// 16, and 512. Where the CPU, OS or build lacks AMX it says so and tests nothing.
+void test_amx(int threads, std::mt19937& rng) {
+  bool has_table = false;
+  for (const std::string& n : sdar::cpu::available_kernels()) has_table = has_table || n == "avx512vnni";
+  if (!has_table || !sdar::cpu::amx_usable()) {
+    std::printf("amx: SKIPPED: this CPU, OS or build has no AMX-INT8 (or no avx512vnni table): not tested here\n");
+    return;
+  }
+  const sdar::cpu::KernelTable& table = sdar::cpu::select_kernels("avx512vnni");
+  sdar::cpu::ThreadPool pool(threads);
+  sdar::cpu::Matmul amx(table, pool);
+  sdar::cpu::Matmul small(table, pool);
+  sdar::cpu::ThreadPool scalar_pool(1);
+  sdar::cpu::Matmul scalar(sdar::cpu::scalar_kernels(), scalar_pool);
+  amx.set_amx(true);
+  small.set_amx(false);
+  CHECK(amx.amx() && !small.amx(), "set_amx must turn the AMX path on and off where it can run");
+  const int threshold = sdar::cpu::kAmxMinRows;
+  struct Case { WeightFormat format; int n; int k; int group; bool symmetric; std::vector<int> rows; };
+  const Case cases[] = {
+      {WeightFormat::Q4, 37, 256, 32, true, {threshold - 1, threshold, threshold + 1, 47}},
+      {WeightFormat::Q4, 85, 384, 128, false, {threshold + 16, 100}},
+      {WeightFormat::Q4, 64, 512, 64, true, {512}},
+      {WeightFormat::Q4, 13, 96, 32, false, {threshold + 3}},  // 3 chunks: half a Q4 unit; one strip of 2 panels
+      {WeightFormat::Q4, 200, 1024, 256, false, {61}},          // blocks of 128 in groups of 256
+      {WeightFormat::Q8, 37, 256, 32, false, {threshold, 77}},
+      {WeightFormat::Q8, 90, 512, 128, true, {64, 130}},
+      {WeightFormat::Q8, 24, 160, 32, true, {40}},              // 5 chunks; a strip of 3 panels
+      {WeightFormat::Q8, 8, 192, 64, false, {512}},
+  };
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Case& c : cases) {
+    const TestMatrix t = make_matrix(c.format, c.n, c.k, c.group, c.symmetric, rng);
+    for (const int rows : c.rows) {
+      for (sdar::cpu::Matmul* m : {&amx, &small, &scalar}) m->reserve(rows, c.k);
+      std::vector<float> x(static_cast<std::size_t>(rows) * c.k);
+      for (auto& v : x) v = normal(rng);
+      x[1] *= 40.0f;  // one large block next to ordinary ones
+      const std::string what = std::string("AMX ") + sdar::cpu::weight_format_name(c.format) + " " + std::to_string(c.n) +
+                               "x" + std::to_string(c.k) + " g" + std::to_string(c.group) +
+                               (c.symmetric ? " sym" : " asym") + " M=" + std::to_string(rows) +
+                               " threads=" + std::to_string(threads);
+      std::vector<float> y(static_cast<std::size_t>(rows) * c.n, NAN);
+      std::vector<float> y_small(y.size(), NAN);
+      std::vector<float> y_scalar(y.size(), NAN);
+      amx(t.view, x.data(), rows, c.k, y.data(), c.n);
+      small(t.view, x.data(), rows, c.k, y_small.data(), c.n);
+      scalar(t.view, x.data(), rows, c.k, y_scalar.data(), c.n);
+      check(t, x, rows, y, true, sdar::cpu::activation_block(t.view), what);
+      int differ_small = 0;
+      int differ_scalar = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        differ_small += !(y[i] == y_small[i]);  // NaN (an output never written) differs too
+        differ_scalar += !(y[i] == y_scalar[i]);
+      }
+      CHECK(differ_small == 0, "%s: %d outputs differ from the avx512vnni small-M path's bit for bit", what.c_str(),
+            differ_small);
+      CHECK(differ_scalar == 0, "%s: %d outputs differ from the scalar kernels' bit for bit", what.c_str(), differ_scalar);
+    }
+  }
+}
+
+void test_amx_setting() {
+  ::setenv("SDAR_CPU_AMX", "0", 1);
+  CHECK(!sdar::cpu::amx_enabled_from_environment(), "SDAR_CPU_AMX=0 must turn the AMX path off");
+  ::setenv("SDAR_CPU_AMX", "1", 1);
+  CHECK(sdar::cpu::amx_enabled_from_environment(), "SDAR_CPU_AMX=1 must leave it on");
+  for (const char* bad : {"no", "2", "off"}) {
+    ::setenv("SDAR_CPU_AMX", bad, 1);
+    bool refused = false;
+    try {
+      sdar::cpu::amx_enabled_from_environment();
+    } catch (const sdar::InvalidArgument&) {
+      refused = true;
+    }
+    CHECK(refused, "SDAR_CPU_AMX=%s must be refused", bad);
+  }
+  ::unsetenv("SDAR_CPU_AMX");
+  CHECK(sdar::cpu::amx_enabled_from_environment(), "unset: on");
+  // Only the avx512vnni table takes it, and only where it can run.
+  sdar::cpu::ThreadPool pool(1);
+  for (const std::string& name : sdar::cpu::available_kernels()) {
+    sdar::cpu::Matmul m(sdar::cpu::select_kernels(name), pool);
+    const bool expected = name == "avx512vnni" && sdar::cpu::amx_usable();
+    CHECK(m.amx() == expected, "the %s table: AMX path %s", name.c_str(), m.amx() ? "on" : "off");
+  }
+}
+
 void test_thread_pool() {
   for (int i = 0; i < 50; ++i) sdar::cpu::ThreadPool short_lived(3);  // destroyed before its threads start
 
@@ -314,12 +408,14 @@ int main() {
   test_detection();
   std::mt19937 rng(1234);
   test_gemm_setting();
+  test_amx_setting();
   const std::vector<std::string> available = sdar::cpu::available_kernels();
   for (const std::string& name : available) {
     std::printf("kernels: %s\n", name.c_str());
     for (int threads : {1, 2}) test_matmul(sdar::cpu::select_kernels(name), threads, rng);
     for (int threads : {1, 2}) test_gemm(sdar::cpu::select_kernels(name), threads, rng);
   }
+  for (int threads : {1, 2}) test_amx(threads, rng);
 #if defined(__x86_64__) || defined(_M_X64)
   for (const char* name : {"avx512vnni", "avxvnni", "avx2"}) {
     bool found = false;

@@ -1,20 +1,23 @@
-"""Prompt processing (prefill) speed of the native CPU engine: the GEMM path against the small-M kernels.
+"""Prompt processing (prefill) speed of the native CPU engine: its large-M paths against the small-M kernels.
 
     python -m sdar_rt.bench.prefill ART [ART ...] [--tokens 512] [--threads 2] [--rounds 7]
-                                    [--kernels auto] [--paths gemm small-m] [--json OUT]
+                                    [--kernels auto] [--paths gemm small-m no-amx] [--json OUT]
 
 For each artifact (exported with the CPU engine's weights), one Generator per matmul path in the
 same process, on the same mapped weights:
-  * ``gemm``: float32 matmuls of many rows run as a blocked GEMM (the default);
-  * ``small-m``: every matmul runs the small-M kernels of decoding (``SDAR_CPU_GEMM_MIN_ROWS=0``),
-    the path before the GEMM existed.
+  * ``gemm``: the default: float32 matmuls of many rows run as a blocked GEMM, and int4 / int8 ones
+    on AMX tiles where the CPU has AMX-INT8 (``sdar_rt._core.cpu_amx_usable()``, avx512vnni kernels);
+  * ``small-m``: every matmul runs the small-M kernels of decoding (``SDAR_CPU_GEMM_MIN_ROWS=0``,
+    ``SDAR_CPU_AMX=0``), the path before either existed;
+  * ``no-amx``: the default without AMX (``SDAR_CPU_AMX=0``): for int4 / int8 weights, the AMX path
+    against the small-M kernels.
 Each round prefills the same prompt of ``--tokens`` random token ids once per path, alternately (the
 order reversed every other round), so both paths see the same load on a shared host; a call
 generates one block after the prompt, and the prompt's tokens per second are the prompt length over
 the call's ``prefill_seconds`` (the prefill's chunks of ``prefill_chunk`` tokens, as in any call).
 Reported per path: the median round, the slowest and fastest, every round; the ratio of the paths per
-round; whether both generated the same tokens (they must: the GEMM gives the same bits as the
-small-M kernels).
+round; whether the engine took AMX; whether every path generated the same tokens (they must: the
+GEMM and the AMX path give the same bits as the small-M kernels).
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ import numpy as np
 from .. import _core
 from .spread import spread
 
-PATHS = {"gemm": None, "small-m": "0"}  # SDAR_CPU_GEMM_MIN_ROWS for each path (None: the default)
 ENV = "SDAR_CPU_GEMM_MIN_ROWS"
+AMX_ENV = "SDAR_CPU_AMX"
+# The settings of each path (a variable left out: unset, the default).
+PATHS = {"gemm": {}, "small-m": {ENV: "0", AMX_ENV: "0"}, "no-amx": {AMX_ENV: "0"}}
+DEFAULT_PATHS = ["gemm", "small-m"]
 SETTLE_SECONDS = 0.05  # idle before each call: the other engine's workers stop spinning
 
 
@@ -40,24 +46,26 @@ def _log(msg: str) -> None:
     print(f"sdar_rt.bench.prefill: {msg}", file=sys.stderr, flush=True)
 
 
-def _generator(path: str, threads: int, kernels: str, min_rows: str | None):
-    """A Generator whose CPU engine reads ``min_rows`` from the environment when it is built."""
+def _generator(path: str, threads: int, kernels: str, settings: dict[str, str]):
+    """A Generator whose CPU engine reads ``settings`` from the environment when it is built."""
     from ..artifact import load_artifact
     from ..cpu_engine import make_cpu_engine
     from ..generator import Generator
 
-    saved = os.environ.get(ENV)
+    saved = {name: os.environ.get(name) for name in (ENV, AMX_ENV)}
     try:
-        if min_rows is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = min_rows
+        for name in saved:
+            if name in settings:
+                os.environ[name] = settings[name]
+            else:
+                os.environ.pop(name, None)
         engine = make_cpu_engine(load_artifact(path), threads=threads, kernels=kernels)
     finally:
-        if saved is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return Generator(path, engine=engine)
 
 
@@ -88,12 +96,14 @@ def bench_artifact(path: str, args) -> dict:
     q = a.quantization or {}
     res = {"artifact": os.path.basename(os.path.normpath(path)), "weights": q.get("weights", a.dtype),
            "kernels": first.engine.kernels, "threads": first.engine.threads, "prompt_tokens": args.tokens,
+           "amx": {n: g.engine.amx for n, g in gens.items()},
            "prefill_chunk": getattr(first.spec, "prefill_chunk", None),
            "prompt_tokens_per_second": {n: spread(v) for n, v in rates.items()},
            "same_tokens": len({tuple(t) for t in outputs.values()}) == 1}
-    if "gemm" in rates and "small-m" in rates:
-        pairs = zip(rates["gemm"], rates["small-m"], strict=True)
-        res["gemm_over_small_m"] = spread([g / s for g, s in pairs])
+    for other in ("small-m", "no-amx"):
+        if "gemm" in rates and other in rates:
+            pairs = zip(rates["gemm"], rates[other], strict=True)
+            res[f"gemm_over_{other.replace('-', '_')}"] = spread([g / s for g, s in pairs])
     return res
 
 
@@ -102,10 +112,15 @@ def _table(res: dict) -> str:
              f"{res['threads']} threads, {res['prompt_tokens']}-token prompt",
              "  path      prompt tokens/s (median [min, max] of the rounds)"]
     for name, s in res["prompt_tokens_per_second"].items():
-        lines.append(f"  {name:8s}  {s['median']:8.1f} [{s['min']:.1f}, {s['max']:.1f}]")
-    if "gemm_over_small_m" in res:
-        s = res["gemm_over_small_m"]
-        lines.append(f"  gemm / small-m per round: {s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]")
+        amx = ", AMX" if res["amx"][name] else ""
+        lines.append(f"  {name:8s}  {s['median']:8.1f} [{s['min']:.1f}, {s['max']:.1f}]  "
+                     f"rounds: {', '.join(f'{v:.1f}' for v in s['values'])}{amx}")
+    for other in ("small-m", "no-amx"):
+        key = f"gemm_over_{other.replace('-', '_')}"
+        if key in res:
+            s = res[key]
+            lines.append(f"  gemm / {other} per round: {s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]  "
+                         f"rounds: {', '.join(f'{v:.2f}' for v in s['values'])}")
     lines.append(f"  same tokens on every path: {res['same_tokens']}")
     return "\n".join(lines)
 
@@ -119,8 +134,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernels", default="auto",
                    help="kernel table: auto or a name from sdar_rt._core.cpu_kernels_available()")
-    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
-                   help="matmul paths to time (default: both)")
+    p.add_argument("--paths", nargs="+", default=DEFAULT_PATHS, choices=list(PATHS),
+                   help="matmul paths to time (default: gemm small-m)")
     p.add_argument("--json", default=None, help="write the results here")
     return p
 
@@ -140,6 +155,7 @@ def main(argv=None) -> int:
     from .machine import _cpu_model
 
     out = {"started_utc": started, "cpu": _cpu_model(), "cpu_kernels": _core.cpu_kernels_available(),
+           "cpu_amx_usable": _core.cpu_amx_usable(),
            "rounds": args.rounds, "load_average_start": load,
            "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None, "results": results}
     for r in results:
