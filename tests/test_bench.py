@@ -514,6 +514,10 @@ def test_cpu_kernels_option(bench, tiny, tmp_path):
     assert status == 0, err
     default = json.loads((tmp_path / "d.json").read_text())
     assert {r["cpu_kernels"] for r in default["results"]} == {_core.cpu_kernels_available()[0]}
+    # AMX prefill only with the table that has it, where the CPU and OS allow it.
+    assert {r["cpu_amx"] for r in report["results"]} == {False}
+    best_has_amx = _core.cpu_amx_usable() and _core.cpu_kernels_available()[0] == "avx512vnni"
+    assert {r["cpu_amx"] for r in default["results"]} == {best_has_amx}
     status, err = _main(bench, [str(tiny / "ck"), "--cpu-kernels", "sse9"])
     assert status == 2 and "--cpu-kernels 'sse9'" in err and "scalar" in err
     status, err = _main(bench, [str(tiny / "ck"), "--cpu-kernels", "scalar", "--engine", "ort"])

@@ -70,9 +70,14 @@ def _row(c: dict, kernels: str) -> list[str]:
     ]
 
 
+def _kernels_label(row: dict) -> str:
+    label = row.get("cpu_kernels") or row.get("engine", "-")
+    return label + " + AMX prefill" if row.get("cpu_amx") else label
+
+
 def render(report: dict) -> str:
     m, st = report["machine"], report["settings"]
-    kernels = ", ".join(sorted({r.get("cpu_kernels") or r.get("engine", "-") for r in report["results"]}))
+    kernels = ", ".join(sorted({_kernels_label(r) for r in report["results"]}))
     primary = report["results"][0]["config"] if report["results"] else {}
     lines = [
         f"`sdar-bench {shlex.join(report['argv'])}`",

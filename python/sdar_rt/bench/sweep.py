@@ -111,6 +111,7 @@ def run(a, targets, groups, checks: Checks, report: dict, phases: Phases) -> dic
                     config={**c, "commit": commit},
                     engine=type(gen.engine).__name__,
                     cpu_kernels=getattr(gen.engine, "kernels", None),  # the CPU engine's table
+                    cpu_amx=getattr(gen.engine, "amx", None),  # quantized prefill on AMX tiles
                     device=gen.device,
                     device_memory_in_use_mib=_device_memory_mib(gen),
                 )
