@@ -40,12 +40,11 @@ bool cpu_reports_amx_int8() {
   constexpr unsigned kTileState = (1u << 17) | (1u << 18);  // XTILECFG, XTILEDATA
   return (xcr0_low & kTileState) == kTileState;
 }
-#endif
 
 // Linux enables the tile data state per process, on request (since 5.16): without the permission
 // the first tile instruction faults. Other systems: not supported here.
 bool os_grants_amx() {
-#if defined(SDAR_AMX_X86) && defined(__linux__) && defined(SYS_arch_prctl)
+#if defined(__linux__) && defined(SYS_arch_prctl)
   constexpr long kArchReqXcompPerm = 0x1023;
   constexpr long kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
@@ -53,6 +52,7 @@ bool os_grants_amx() {
   return false;
 #endif
 }
+#endif
 
 bool detect_amx() {
 #ifdef SDAR_AMX_X86
