@@ -44,3 +44,18 @@ def packaged_artifact(tmp_path_factory, *, batch: int = 4, max_context: int = 25
         export(PACKAGED_CHECKPOINT, root / "tiny-sort", max_context=max_context, batch=batch, quiet=True)
         _CACHE[key] = root
     return _CACHE[key] / "tiny-sort"
+
+
+def matmul_runner(monkeypatch, env: str, value: str | None, kernels: str, threads: int = 2):
+    """A ``_core.CpuMatmul`` built with the environment variable ``env`` set to ``value`` (unset for
+    None): its Matmul reads the switches (SDAR_CPU_GEMM_MIN_ROWS, SDAR_CPU_AMX) when it is built, so
+    the variable is unset again right after."""
+    from sdar_rt import _core
+
+    if value is None:
+        monkeypatch.delenv(env, raising=False)
+    else:
+        monkeypatch.setenv(env, value)
+    runner = _core.CpuMatmul(threads=threads, kernels=kernels)
+    monkeypatch.delenv(env, raising=False)
+    return runner

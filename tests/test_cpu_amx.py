@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sdar_fixtures import tiny_artifact
+from sdar_fixtures import matmul_runner, tiny_artifact
 from sdar_rt import _core
 
 cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
@@ -31,14 +31,7 @@ needs_amx = pytest.mark.skipif(
 
 
 def _runner(monkeypatch, kernels: str, amx: str | None, threads: int = 2) -> _core.CpuMatmul:
-    """A matmul runner; its Matmul reads SDAR_CPU_AMX when it is built."""
-    if amx is None:
-        monkeypatch.delenv(ENV, raising=False)
-    else:
-        monkeypatch.setenv(ENV, amx)
-    runner = _core.CpuMatmul(threads=threads, kernels=kernels)
-    monkeypatch.delenv(ENV, raising=False)
-    return runner
+    return matmul_runner(monkeypatch, ENV, amx, kernels, threads)
 
 
 def _matrix(bits, group, symmetric, N, K, seed):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sdar_fixtures import tiny_artifact
+from sdar_fixtures import matmul_runner, tiny_artifact
 from sdar_rt import _core
 
 cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
@@ -25,14 +25,7 @@ SWITCH = 32  # the default row count from which float32 matmuls take the GEMM (g
 
 
 def _runner(monkeypatch, kernels: str, min_rows: str | None, threads: int = 2) -> _core.CpuMatmul:
-    """A matmul runner; its Matmul reads SDAR_CPU_GEMM_MIN_ROWS when it is built."""
-    if min_rows is None:
-        monkeypatch.delenv(ENV, raising=False)
-    else:
-        monkeypatch.setenv(ENV, min_rows)
-    runner = _core.CpuMatmul(threads=threads, kernels=kernels)
-    monkeypatch.delenv(ENV, raising=False)
-    return runner
+    return matmul_runner(monkeypatch, ENV, min_rows, kernels, threads)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)

@@ -10,7 +10,7 @@
 namespace sdar::cpu {
 
 // Builds without a microkernel source (CMake decides per architecture, as for the kernel tables).
-#ifndef SDAR_CPU_HAVE_AVX2
+#ifndef SDAR_CPU_HAVE_AVX2_GEMM
 const GemmKernels* avx2_gemm() { return nullptr; }
 #endif
 #ifndef SDAR_CPU_HAVE_AVX512F_GEMM
