@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "errors.h"
@@ -95,7 +96,8 @@ std::size_t acc_bytes(int rows) {
 }  // namespace
 
 void AmxMatmul::reserve(int max_rows, int max_cols, int threads) {
-  const int tasks = tasks_for(threads);
+  // Slots for the most tasks parallel_ranges makes on this pool.
+  const int tasks = ThreadPool::range_tasks(std::numeric_limits<int>::max(), threads);
   if (max_rows <= max_rows_ && max_cols <= max_cols_ && tasks <= tasks_) return;
   max_rows_ = std::max(max_rows, max_rows_);
   max_cols_ = std::max(max_cols, max_cols_);
@@ -114,14 +116,8 @@ AmxScratch AmxMatmul::scratch(int task) {
 void AmxMatmul::quantized(ThreadPool& pool, const MatmulArgs& args) {
   reserve(args.a.row_capacity, args.w.cols, pool.size());  // a no-op once Matmul::reserve sized it
   const int strips = (args.w.panels() + kAmxStripPanels - 1) / kAmxStripPanels;
-  // A few tasks per worker (as Matmul): a worker slowed by another process leaves its share to the
-  // others. Each task has its own scratch slot, so no two running tasks share one.
-  const int tasks = std::min(strips, tasks_for(pool.size()));
-  pool.parallel_for(tasks, [&](int task) {
-    const int begin = static_cast<int>(static_cast<long long>(strips) * task / tasks);
-    const int end = static_cast<int>(static_cast<long long>(strips) * (task + 1) / tasks);
-    kernel_(args, begin, end, scratch(task));
-  });
+  // Each task has its own scratch slot, so no two running tasks share one.
+  pool.parallel_ranges(strips, [&](int task, int begin, int end) { kernel_(args, begin, end, scratch(task)); });
 }
 
 }  // namespace sdar::cpu

@@ -46,7 +46,6 @@ class AmxMatmul {
   void quantized(ThreadPool& pool, const MatmulArgs& args);
 
  private:
-  static int tasks_for(int threads) { return threads == 1 ? 1 : threads * 4; }
   AmxScratch scratch(int task);
 
   AmxQuantizedKernel kernel_;

@@ -51,9 +51,8 @@ void CpuEngine::for_rows(int rows, int cost_per_row, F&& f) {
     for (int r = 0; r < rows; ++r) f(r);
     return;
   }
-  const int tasks = rows < pool_.size() * 4 ? rows : pool_.size() * 4;
-  pool_.parallel_for(tasks, [&](int task) {
-    for (int r = rows * task / tasks; r < rows * (task + 1) / tasks; ++r) f(r);
+  pool_.parallel_ranges(rows, [&](int, int begin, int end) {
+    for (int r = begin; r < end; ++r) f(r);
   });
 }
 

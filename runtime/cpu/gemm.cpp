@@ -119,11 +119,8 @@ void Gemm::f32(ThreadPool& pool, const PackedMatrix& w, const float* x, int rows
   const int K = w.cols;
   const int tiles = ceil_div(rows, T);
   const PackedX p{packed_.data(), T, tiles * T, K};
-  const int workers = pool.size();
-  // A few tasks per worker (as Matmul): a worker slowed by another process leaves its share to the others.
-  const int pack_tasks = std::min(tiles, workers == 1 ? 1 : workers * 4);
-  pool.parallel_for(pack_tasks, [&](int task) {
-    for (int t = tiles * task / pack_tasks; t < tiles * (task + 1) / pack_tasks; ++t) pack_tile(p, x, rows, ldx, t);
+  pool.parallel_ranges(tiles, [&](int, int begin, int end) {
+    for (int t = begin; t < end; ++t) pack_tile(p, x, rows, ldx, t);
   });
 
   // Output columns go in strips of tile_panels panels (the microkernel's width; the last strip may
@@ -135,10 +132,7 @@ void Gemm::f32(ThreadPool& pool, const PackedMatrix& w, const float* x, int rows
   const int group_tiles = std::max(1, kGemmGroupRows / T);
   const auto* weights = static_cast<const float*>(w.data);
   const long panel_stride = static_cast<long>(K) * kPanel;
-  const int tasks = std::min(strips, workers == 1 ? 1 : workers * 4);
-  pool.parallel_for(tasks, [&](int task) {
-    const int strip_begin = static_cast<int>(static_cast<long long>(strips) * task / tasks);
-    const int strip_end = static_cast<int>(static_cast<long long>(strips) * (task + 1) / tasks);
+  pool.parallel_ranges(strips, [&](int, int strip_begin, int strip_end) {
     for (int b = 0; b < blocks; ++b) {
       const int k0 = b * kGemmDepth;
       const int depth = std::min(kGemmDepth, K - k0);

@@ -83,6 +83,13 @@ void Matmul::reserve(int max_rows, int max_cols) {
   sums_.assign(scales_.size(), 0.0f);
 }
 
+QuantizedRows Matmul::quantize_rows(const PackedMatrix& w, const float* x, int rows, int ldx, int cap) {
+  const int block = activation_block(w);
+  std::int16_t* q16 = kernels_.wants_q16 ? q16_.data() : nullptr;
+  kernels_.quantize(x, rows, ldx, w.cols, block, cap, q_.data(), q16, scales_.data(), sums_.data());
+  return QuantizedRows{q_.data(), q16, scales_.data(), sums_.data(), cap, block};
+}
+
 void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx, float* y, int ldy,
                         Activations activations) {
   if (rows <= 0) return;
@@ -101,10 +108,7 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     args.rows = rows;
     args.y = y;
     args.ldy = ldy;
-    const int cap = round_up(rows, kAmxPassRows);  // whole passes of 32 rows, the padding rows zero
-    const int block = activation_block(w);
-    kernels_.quantize(x, rows, ldx, w.cols, block, cap, q_.data(), nullptr, scales_.data(), sums_.data());
-    args.a = QuantizedRows{q_.data(), nullptr, scales_.data(), sums_.data(), cap, block};
+    args.a = quantize_rows(w, x, rows, ldx, round_up(rows, kAmxPassRows));  // whole passes of 32 rows
     amx_.quantized(pool_, args);
     return;
   }
@@ -130,20 +134,10 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
       kernel = kernels_.dequantized;
     } else {
       kernel = kernels_.quantized;
-      const int block = activation_block(w);
-      std::int16_t* q16 = kernels_.wants_q16 ? q16_.data() : nullptr;
-      kernels_.quantize(x, rows, ldx, w.cols, block, cap, q_.data(), q16, scales_.data(), sums_.data());
-      args.a = QuantizedRows{q_.data(), q16, scales_.data(), sums_.data(), cap, block};
+      args.a = quantize_rows(w, x, rows, ldx, cap);
     }
   }
-  const int panels = w.panels();
-  // A few tasks per worker: a worker slowed by another process on its core leaves its share to the others.
-  const int tasks = std::min(panels, pool_.size() == 1 ? 1 : pool_.size() * 4);
-  pool_.parallel_for(tasks, [&](int task) {
-    const int begin = static_cast<int>(static_cast<long long>(panels) * task / tasks);
-    const int end = static_cast<int>(static_cast<long long>(panels) * (task + 1) / tasks);
-    kernel(args, begin, end);
-  });
+  pool_.parallel_ranges(w.panels(), [&](int, int begin, int end) { kernel(args, begin, end); });
 }
 
 }  // namespace sdar::cpu

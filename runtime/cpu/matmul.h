@@ -47,6 +47,9 @@ class Matmul {
   void set_amx(bool on) { amx_on_ = on && amx_available_; }
 
  private:
+  // x's rows as the table's int8 activations (rows [rows, cap) zero) in this workspace.
+  QuantizedRows quantize_rows(const PackedMatrix& w, const float* x, int rows, int ldx, int cap);
+
   const KernelTable& kernels_;
   ThreadPool& pool_;
   int max_rows_ = 0;

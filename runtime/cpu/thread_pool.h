@@ -42,6 +42,24 @@ class ThreadPool {
     run(tasks, [](void* c, int i) { (*static_cast<Fn*>(c))(i); }, const_cast<void*>(static_cast<const void*>(&f)));
   }
 
+  // How many tasks parallel_ranges splits `count` items into on a pool of `threads`: a few per worker,
+  // so that a worker slowed by another process on its core leaves its share to the others.
+  static int range_tasks(int count, int threads) {
+    const int per_pool = threads == 1 ? 1 : threads * 4;
+    return count < per_pool ? count : per_pool;
+  }
+
+  // [0, count) in range_tasks(count, size()) contiguous ranges: f(task, begin, end) for each, in any
+  // order and on any worker.
+  template <class F>
+  void parallel_ranges(int count, F&& f) {
+    const int tasks = range_tasks(count, size());
+    parallel_for(tasks, [&](int task) {
+      f(task, static_cast<int>(static_cast<long long>(count) * task / tasks),
+        static_cast<int>(static_cast<long long>(count) * (task + 1) / tasks));
+    });
+  }
+
  private:
   void worker_loop();
   void work();  // takes tasks until none are left
