@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the CPU kernels' test for AArch64 with a cross compiler, as CMake builds the engine there
+# Builds the CPU kernels' and attention's tests for AArch64 with a cross compiler, as CMake builds the engine there
 # (the portable sources and the NEON table for plain Armv8.0; the dot-product and i8mm tables each
 # with its own -march), and runs it under qemu when qemu-aarch64 is installed, on emulated CPUs
 # with and without the optional instructions:
@@ -23,9 +23,10 @@ FLAGS=(-std=c++17 -O2 -Wall -Wextra -Werror -I"$ROOT/runtime" -I"$ROOT/runtime/c
 extensions=$!
 (cd "$OUT" && "$CXX" "${FLAGS[@]}" -DSDAR_CPU_HAVE_NEON=1 -DSDAR_CPU_HAVE_DOTPROD=1 -DSDAR_CPU_HAVE_I8MM=1 -c \
   "$ROOT"/runtime/cpu/{amx,cpu_engine,cpu_features,cpu_model,gemm,gemm_scalar,gemm_neon,kernels_scalar,kernels_neon,mapped_file,matmul,packed_matrix,thread_pool,transformer_ops}.cpp \
-  "$ROOT"/runtime/{engine,model_spec}.cpp "$ROOT/runtime/tests/test_cpu_kernels.cpp")
+  "$ROOT"/runtime/{engine,model_spec}.cpp "$ROOT"/runtime/tests/test_cpu_{kernels,attention}.cpp)
 wait "$extensions"
-"$CXX" -static "$OUT"/*.o -o "$OUT/test_cpu_kernels" -lpthread
+"$CXX" -static $(ls "$OUT"/*.o | grep -v test_cpu_attention.o) -o "$OUT/test_cpu_kernels" -lpthread
+"$CXX" -static $(ls "$OUT"/*.o | grep -v test_cpu_kernels.o) -o "$OUT/test_cpu_attention" -lpthread
 echo "ok  AArch64 build of the CPU engine and its kernels (NEON, dot-product, i8mm)"
 if ! command -v qemu-aarch64 >/dev/null; then
   echo "skip running it: qemu-aarch64 not found (apt install qemu-user)"
@@ -42,4 +43,5 @@ for cpu_tables in "cortex-a57:neon,scalar" "cortex-a76:dotprod,neon,scalar" "max
   fi
   echo "qemu-aarch64 -cpu $cpu"
   SDAR_EXPECT_KERNELS=${cpu_tables#*:} qemu-aarch64 -cpu "$cpu" "$OUT/test_cpu_kernels"
+  qemu-aarch64 -cpu "$cpu" "$OUT/test_cpu_attention"
 done

@@ -1,5 +1,6 @@
 #include "cpu_engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -94,7 +95,15 @@ void CpuEngine::bind(const EngineBindings& b) {
   proj_.assign(rows * d.hidden_size, 0.0f);
   gate_up_.assign(rows * 2 * static_cast<std::size_t>(d.intermediate_size), 0.0f);
   act_.assign(rows * d.intermediate_size, 0.0f);
-  scores_.assign(static_cast<std::size_t>(b.batch) * d.num_kv_heads * b.max_context, 0.0f);
+  // Attention scratch per task (a batch row's kv head, or a range of its tokens: see forward()).
+  AttentionShape tile;
+  tile.heads = d.num_heads;
+  tile.kv_heads = d.num_kv_heads;
+  tile.head_dim = D;
+  attention_scratch_stride_ = attention_scratch_floats(tile, b.max_context);
+  attention_scratch_.assign(attention_scratch_stride_ * attention_tasks_per_head(b.batch * d.num_kv_heads) * b.batch *
+                                d.num_kv_heads,
+                            0.0f);
   matmul_.reserve(static_cast<int>(rows), model_->max_cols());
   // RoPE tables of every position, float32 as the graphs compute them: cos((float)pos * inv_freq).
   const int half = D / 2;
@@ -187,10 +196,18 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   shape.head_dim = D;
   shape.past_len = past_len;
   lap(Phase::Other);
-  const int attention_tasks = b_.batch * d.num_kv_heads;
+  // Tasks: (batch row, kv head, range of tokens); a long prompt's tokens are split where there are
+  // fewer heads than a few per worker.
+  const int heads_in_batch = b_.batch * d.num_kv_heads;
+  const int tiles = (tokens + attention_tile_tokens(shape) - 1) / attention_tile_tokens(shape);
+  const int ranges = std::min(attention_tasks_per_head(heads_in_batch), tiles);
+  const int attention_tasks = heads_in_batch * ranges;
   const auto attend_task = [&](int task) {
-    attend(vec_, shape, task / d.num_kv_heads, task % d.num_kv_heads, h_.data(), key_cache, value_cache, attn_.data(),
-           scores_.data() + static_cast<std::size_t>(task) * b_.max_context);
+    const int head = task / ranges;
+    const int range = task % ranges;
+    attend(vec_, shape, head / d.num_kv_heads, head % d.num_kv_heads, tokens * range / ranges,
+           tokens * (range + 1) / ranges, h_.data(), key_cache, value_cache, attn_.data(),
+           attention_scratch_.data() + static_cast<std::size_t>(task) * attention_scratch_stride_);
   };
   // Only a few microseconds of work stay on this thread (the pool's hand-off would cost more): at the
   // 0.6B shape a block of 4 over 32 cached positions is ~0.6M multiply-adds per layer, and splitting

@@ -57,6 +57,12 @@ class CpuEngine final : public Engine {
   // f(row) for rows [0, rows), over the pool when the rows are many.
   template <class F>
   void for_rows(int rows, int cost_per_row, F&& f);
+  // How many token ranges each of `heads` (batch rows x kv heads) attention tasks is split into, at
+  // most: enough for a few tasks per worker.
+  int attention_tasks_per_head(int heads) const {
+    const int wanted = (4 * pool_.size() + heads - 1) / heads;
+    return wanted > 1 ? wanted : 1;
+  }
 
   std::shared_ptr<const CpuModel> model_;
   Activations activations_;
@@ -73,7 +79,8 @@ class CpuEngine final : public Engine {
   std::vector<float> proj_;    // o / down output [rows][hidden]
   std::vector<float> gate_up_; // [rows][2 intermediate]
   std::vector<float> act_;     // [rows][intermediate]
-  std::vector<float> scores_;  // per attention task: [max_context]
+  std::vector<float> attention_scratch_;  // per attention task: attention_scratch_stride_ floats
+  std::size_t attention_scratch_stride_ = 0;
   std::vector<float> cos_;     // [max_context][D / 2]
   std::vector<float> sin_;
   long runs_ = 0;

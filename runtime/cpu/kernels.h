@@ -70,14 +70,21 @@ using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int
                                 std::int8_t* q, std::int16_t* q16, float* scales, float* sums);
 
 // Vector primitives of the rest of a step (attention, SwiGLU, RMSNorm).
-// The attention's two run over all cached rows of a head in one call (rows j at rows + j * stride,
-// d values each): per-row function calls cost more than a 128-value dot product. Each row's dot
-// product, and the weighted sum over the rows in row order, is the same chain of fused
-// multiply-adds in every table's loop, so batching changes no result.
+// The attention's two take a tile of m query rows against all cached rows of a head (rows j at
+// rows + j * stride, d values each), so that each key or value row loaded serves the whole tile:
+// per-row calls re-read the cache once per query, and per-row function calls cost more than a
+// 128-value dot product. Each score is one dot product and each output value one chain of fused
+// multiply-adds over the rows in row order from zero, whatever the tile: the same bits as one query
+// at a time (and, on x86-64, in every table).
 struct VectorKernels {
-  void (*dots)(const float* q, const float* rows, std::size_t stride, int n, int d, float* out);          // out[j] = q . row j
-  void (*weighted_sum)(const float* w, const float* rows, std::size_t stride, int n, int d, float* out);  // out = sum w[j] row j
-  float (*exp_sum)(float* v, int n, float shift);                            // v = exp(v - shift); the sum
+  // out[r * out_stride + j] = q row r . row j, for r < m, j < n; q rows at q + r * d.
+  void (*dots)(const float* q, int m, const float* rows, std::size_t stride, int n, int d, float* out,
+               std::size_t out_stride);
+  // out row r (at out + r * d) = sum over j < n of w[r * w_stride + j] * row j, for r < m.
+  void (*weighted_sum)(const float* w, std::size_t w_stride, int m, const float* rows, std::size_t stride, int n, int d,
+                       float* out);
+  // In place over n >= 1 values: e = exp(v - max v), then v = e * (1 / sum e).
+  void (*softmax)(float* v, int n);
   void (*silu_mul)(const float* gate, const float* up, float* out, int n);   // gate * sigmoid(gate) * up
   float (*sum_squares)(const float* x, int n);
 };

@@ -138,25 +138,38 @@ float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-void dots(const float* q, const float* rows, std::size_t stride, int n, int d, float* out) {
-  for (int j = 0; j < n; ++j) out[j] = dot(q, rows + static_cast<std::size_t>(j) * stride, d);
-}
-
-void weighted_sum(const float* w, const float* rows, std::size_t stride, int n, int d, float* out) {
-  for (int i = 0; i < d; ++i) out[i] = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    const float* row = rows + static_cast<std::size_t>(j) * stride;
-    for (int i = 0; i < d; ++i) out[i] = std::fma(w[j], row[i], out[i]);
+void dots(const float* q, int m, const float* rows, std::size_t stride, int n, int d, float* out,
+          std::size_t out_stride) {
+  for (int r = 0; r < m; ++r) {
+    for (int j = 0; j < n; ++j) {
+      out[r * out_stride + j] = dot(q + static_cast<std::size_t>(r) * d, rows + static_cast<std::size_t>(j) * stride, d);
+    }
   }
 }
 
-float exp_sum(float* v, int n, float shift) {
-  float s = 0.0f;
+void weighted_sum(const float* w, std::size_t w_stride, int m, const float* rows, std::size_t stride, int n, int d,
+                  float* out) {
+  for (int r = 0; r < m; ++r) {
+    const float* wr = w + r * w_stride;
+    float* o = out + static_cast<std::size_t>(r) * d;
+    for (int i = 0; i < d; ++i) o[i] = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float* row = rows + static_cast<std::size_t>(j) * stride;
+      for (int i = 0; i < d; ++i) o[i] = std::fma(wr[j], row[i], o[i]);
+    }
+  }
+}
+
+void softmax(float* v, int n) {
+  float top = -INFINITY;
+  for (int i = 0; i < n; ++i) top = v[i] > top ? v[i] : top;
+  float sum = 0.0f;
   for (int i = 0; i < n; ++i) {
-    v[i] = std::exp(v[i] - shift);
-    s += v[i];
+    v[i] = std::exp(v[i] - top);
+    sum += v[i];
   }
-  return s;
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < n; ++i) v[i] *= inv;
 }
 
 void silu_mul(const float* gate, const float* up, float* out, int n) {
@@ -170,7 +183,7 @@ float sum_squares(const float* x, int n) {
 }
 
 const KernelTable kScalar{"scalar",  f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, false,
-                          VectorKernels{dots, weighted_sum, exp_sum, silu_mul, sum_squares}};
+                          VectorKernels{dots, weighted_sum, softmax, silu_mul, sum_squares}};
 
 }  // namespace
 

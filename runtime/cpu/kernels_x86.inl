@@ -14,6 +14,7 @@
 // Everything here has internal linkage: the compilations never share a symbol.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -679,60 +680,19 @@ float vec_dot(const float* a, const float* b, int n) {
   return hsum(_mm256_add_ps(s0, s1));
 }
 
-// Four rows at a time share each load of q (vec_dot's chain per row: two accumulators by 16, in order).
-void vec_dots(const float* q, const float* rows, std::size_t stride, int n, int d, float* out) {
-  int j = 0;
-  if (d % 16 == 0) {
-    for (; j + 4 <= n; j += 4) {
-      const float* r = rows + static_cast<std::size_t>(j) * stride;
-      __m256 s0[4], s1[4];
-      for (int t = 0; t < 4; ++t) s0[t] = s1[t] = _mm256_setzero_ps();
-      for (int i = 0; i < d; i += 16) {
-        const __m256 q0 = _mm256_loadu_ps(q + i);
-        const __m256 q1 = _mm256_loadu_ps(q + i + 8);
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; ++t) {
-          s0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r + t * stride + i), s0[t]);
-          s1[t] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(r + t * stride + i + 8), s1[t]);
-        }
-      }
-      for (int t = 0; t < 4; ++t) out[j + t] = hsum(_mm256_add_ps(s0[t], s1[t]));
-    }
-  }
-  for (; j < n; ++j) out[j] = vec_dot(q, rows + static_cast<std::size_t>(j) * stride, d);
-}
+#include "attention_x86.inl"
 
-// 64 outputs at a time held in registers across all rows; each lane's chain is fma(w[j], row_j, acc)
-// from zero, in row order.
-void vec_weighted_sum(const float* w, const float* rows, std::size_t stride, int n, int d, float* out) {
+// The exps and their sum as the scalar table's loop would take them lane by lane: 8 partial sums,
+// then hsum; the maximum and the scaling are exact in any order.
+void vec_softmax(float* v, int n) {
+  __m256 top8 = _mm256_set1_ps(-HUGE_VALF);
   int i = 0;
-  for (; i + 64 <= d; i += 64) {
-    __m256 acc[8];
-    for (auto& v : acc) v = _mm256_setzero_ps();
-    for (int j = 0; j < n; ++j) {
-      const __m256 wj = _mm256_set1_ps(w[j]);
-      const float* r = rows + static_cast<std::size_t>(j) * stride + i;
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(r + 8 * c), acc[c]);
-    }
-    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(out + i + 8 * c, acc[c]);
-  }
-  for (; i + 8 <= d; i += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int j = 0; j < n; ++j) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(rows + static_cast<std::size_t>(j) * stride + i), acc);
-    _mm256_storeu_ps(out + i, acc);
-  }
-  for (; i < d; ++i) {
-    float acc = 0.0f;
-    for (int j = 0; j < n; ++j) acc = __builtin_fmaf(w[j], rows[static_cast<std::size_t>(j) * stride + i], acc);
-    out[i] = acc;
-  }
-}
-
-float vec_exp_sum(float* v, int n, float shift) {
-  const __m256 sh = _mm256_set1_ps(shift);
+  for (; i + 8 <= n; i += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(v + i));
+  float top = hmax(top8);
+  for (; i < n; ++i) top = v[i] > top ? v[i] : top;
+  const __m256 sh = _mm256_set1_ps(top);
   __m256 sum = _mm256_setzero_ps();
-  int i = 0;
+  i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(v + i), sh));
     _mm256_storeu_ps(v + i, e);
@@ -744,7 +704,11 @@ float vec_exp_sum(float* v, int n, float shift) {
     _mm256_maskstore_ps(v + i, m, e);
     sum = _mm256_add_ps(sum, e);
   }
-  return hsum(sum);
+  const float inv = 1.0f / hsum(sum);
+  const __m256 inv8 = _mm256_set1_ps(inv);
+  i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), inv8));
+  for (; i < n; ++i) v[i] *= inv;
 }
 
 void vec_silu_mul(const float* gate, const float* up, float* out, int n) {
@@ -766,7 +730,7 @@ void vec_silu_mul(const float* gate, const float* up, float* out, int n) {
 
 float vec_sum_squares(const float* x, int n) { return vec_dot(x, x, n); }
 
-constexpr VectorKernels kVectorKernels{vec_dots, vec_weighted_sum, vec_exp_sum, vec_silu_mul, vec_sum_squares};
+constexpr VectorKernels kVectorKernels{vec_dots, vec_weighted_sum, vec_softmax, vec_silu_mul, vec_sum_squares};
 
 }  // namespace
 }  // namespace sdar::cpu

@@ -1,6 +1,7 @@
 #include "transformer_ops.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace sdar::cpu {
 
@@ -52,28 +53,58 @@ void norm_rope(const VectorKernels& v, float* head, const float* w, const float*
   }
 }
 
-void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, const float* q, const float* key_cache,
-            const float* value_cache, float* out, float* scores) {
+int attention_tile_tokens(const AttentionShape& s) {
+  const int G = s.heads / s.kv_heads;
+  return G >= kAttentionTileRows ? 1 : kAttentionTileRows / G;
+}
+
+std::size_t attention_scratch_floats(const AttentionShape& s, std::int64_t max_context) {
+  const std::size_t rows = static_cast<std::size_t>(attention_tile_tokens(s)) * (s.heads / s.kv_heads);
+  return rows * (static_cast<std::size_t>(max_context) + 2 * static_cast<std::size_t>(s.head_dim));
+}
+
+void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, int t_begin, int t_end, const float* q,
+            const float* key_cache, const float* value_cache, float* out, float* scratch) {
   const int D = s.head_dim;
   const int G = s.heads / s.kv_heads;
   const std::size_t q_row = static_cast<std::size_t>(s.heads) * D;
   const std::size_t cache_row = static_cast<std::size_t>(s.batch) * s.kv_heads * D;  // one position, all rows
   const float* keys = key_cache + (static_cast<std::size_t>(b) * s.kv_heads + kv_head) * D;
   const float* values = value_cache + (static_cast<std::size_t>(b) * s.kv_heads + kv_head) * D;
-  for (int t = 0; t < s.tokens; ++t) {
+  const int tile_tokens = attention_tile_tokens(s);
+  const std::size_t tile_rows = static_cast<std::size_t>(tile_tokens) * G;
+  // Scratch: the tile's query rows [rows][D], its output rows [rows][D], then its scores.
+  float* q_tile = scratch;
+  float* out_tile = q_tile + tile_rows * D;
+  float* scores = out_tile + tile_rows * D;
+  const auto visible = [&](int t) {  // cache rows query token t sees
     const int visible_new = (t / s.block_length + 1) * s.block_length;
-    const std::int64_t n = s.past_len + (visible_new < s.tokens ? visible_new : s.tokens);
-    for (int g = 0; g < G; ++g) {
-      const int head = kv_head * G + g;
-      const float* qh = q + (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(head) * D;
-      const int rows = static_cast<int>(n);
-      v.dots(qh, keys, cache_row, rows, D, scores);
-      float top = -INFINITY;
-      for (int j = 0; j < rows; ++j) top = scores[j] > top ? scores[j] : top;
-      const float inv = 1.0f / v.exp_sum(scores, rows, top);
-      for (int j = 0; j < rows; ++j) scores[j] *= inv;
-      float* oh = out + (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(head) * D;
-      v.weighted_sum(scores, values, cache_row, rows, D, oh);
+    return static_cast<int>(s.past_len + (visible_new < s.tokens ? visible_new : s.tokens));
+  };
+  const auto row_of = [&](int t, int g) {  // where query (or output) head g of token t starts
+    return (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(kv_head * G + g) * D;
+  };
+  for (int t0 = t_begin; t0 < t_end; t0 += tile_tokens) {
+    const int t1 = t0 + tile_tokens < t_end ? t0 + tile_tokens : t_end;
+    const int rows = (t1 - t0) * G;
+    for (int t = t0; t < t1; ++t) {
+      for (int g = 0; g < G; ++g) std::memcpy(q_tile + ((t - t0) * G + g) * D, q + row_of(t, g), D * sizeof(float));
+    }
+    // Every row of the tile is scored against the keys its last token sees (visible() grows with t);
+    // a row's softmax covers its own keys, and its weights past them are exact zeros, which leave
+    // each output's chain of fused multiply-adds as it was (acc + 0 * v == acc for the finite
+    // values of the rows written so far), so a tile gives the bits of one query at a time.
+    const int n = visible(t1 - 1);
+    v.dots(q_tile, rows, keys, cache_row, n, D, scores, n);
+    for (int r = 0; r < rows; ++r) {
+      float* row = scores + static_cast<std::size_t>(r) * n;
+      const int own = visible(t0 + r / G);
+      v.softmax(row, own);
+      for (int j = own; j < n; ++j) row[j] = 0.0f;
+    }
+    v.weighted_sum(scores, n, rows, values, cache_row, n, D, out_tile);
+    for (int t = t0; t < t1; ++t) {
+      for (int g = 0; g < G; ++g) std::memcpy(out + row_of(t, g), out_tile + ((t - t0) * G + g) * D, D * sizeof(float));
     }
   }
 }

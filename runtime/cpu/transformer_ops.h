@@ -24,9 +24,11 @@ void norm_rope(const VectorKernels& v, float* head, const float* w, const float*
                float scale);
 
 // Block-causal attention of one (batch row, kv head): for each of its query heads g < G and new
-// tokens t < T, softmax over cache rows [0, past_len + min(T, (t / L + 1) * L)) of q.k, times V.
-// q / out: [B * T][heads * D] rows (row b * T + t); the cache: [max_context][B][kv_heads][D].
-// scores: scratch of at least past_len + T floats.
+// tokens t in [t_begin, t_end), softmax over cache rows [0, past_len + min(T, (t / L + 1) * L)) of
+// q.k, times V. q / out: [B * T][heads * D] rows (row b * T + t); the cache:
+// [max_context][B][kv_heads][D]. The query rows go in tiles of up to attention_tile_tokens() tokens
+// times G heads (VectorKernels: each cache row read serves the tile). scratch: at least
+// attention_scratch_floats(s, past_len + T) floats.
 struct AttentionShape {
   int batch = 0;
   int tokens = 0;
@@ -36,7 +38,11 @@ struct AttentionShape {
   int head_dim = 0;
   std::int64_t past_len = 0;
 };
-void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, const float* q, const float* key_cache,
-            const float* value_cache, float* out, float* scores);
+// Query rows per tile: 12 fill the register tiles of every x86 table (6 or 3 rows at a time).
+constexpr int kAttentionTileRows = 12;
+int attention_tile_tokens(const AttentionShape& s);
+std::size_t attention_scratch_floats(const AttentionShape& s, std::int64_t max_context);
+void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, int t_begin, int t_end, const float* q,
+            const float* key_cache, const float* value_cache, float* out, float* scratch);
 
 }  // namespace sdar::cpu
