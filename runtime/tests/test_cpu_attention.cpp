@@ -48,6 +48,20 @@ std::vector<float> random_values(std::size_t n, std::mt19937& rng, float scale =
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
 
+// sum of a[i * a_step] * b[i * b_step] over i < count in double precision, and whether `got` is within
+// `count + slack` roundings of 2^-24 of the products' magnitudes.
+bool near_exact_sum(float got, const float* a, std::size_t a_step, const float* b, std::size_t b_step, int count,
+                    int slack) {
+  double sum = 0.0;
+  double magnitude = 0.0;
+  for (int i = 0; i < count; ++i) {
+    const double p = static_cast<double>(a[i * a_step]) * b[i * b_step];
+    sum += p;
+    magnitude += std::fabs(p);
+  }
+  return std::fabs(got - sum) <= (count + slack) * 0x1p-24 * magnitude;
+}
+
 // Scores and weighted sums of m query rows against n cache rows (stride apart, d values each).
 void test_vector_kernels(const VectorKernels& v, std::mt19937& rng) {
   for (int d : {8, 16, 24, 64, 80, 128}) {
@@ -65,15 +79,9 @@ void test_vector_kernels(const VectorKernels& v, std::mt19937& rng) {
         for (int r = 0; r < m; ++r) {
           v.dots(q.data() + static_cast<std::size_t>(r) * d, 1, rows.data(), stride, n, d, alone.data(), n);
           for (int j = 0; j < n; ++j) {
-            tiled_equal = tiled_equal && same_bits(scores[r * out_stride + j], alone[j]);
-            double ref = 0.0;
-            double mag = 0.0;
-            for (int i = 0; i < d; ++i) {
-              const double p = static_cast<double>(q[r * d + i]) * rows[j * stride + i];
-              ref += p;
-              mag += std::fabs(p);
-            }
-            near_reference = near_reference && std::fabs(scores[r * out_stride + j] - ref) <= (d + 4) * 0x1p-24 * mag;
+            const float score = scores[r * out_stride + j];
+            tiled_equal = tiled_equal && same_bits(score, alone[j]);
+            near_reference = near_reference && near_exact_sum(score, q.data() + r * d, 1, rows.data() + j * stride, 1, d, 4);
           }
         }
         CHECK(tiled_equal, "a tile of queries changed a score's bits");
@@ -94,15 +102,10 @@ void test_vector_kernels(const VectorKernels& v, std::mt19937& rng) {
         for (int r = 0; r < m; ++r) {
           v.weighted_sum(w.data() + r * out_stride, out_stride, 1, rows.data(), stride, own[r], d, single.data());
           for (int i = 0; i < d; ++i) {
-            tiled_equal = tiled_equal && same_bits(out[r * d + i], single[i]);
-            double ref = 0.0;
-            double mag = 0.0;
-            for (int j = 0; j < n; ++j) {
-              const double p = static_cast<double>(w[r * out_stride + j]) * rows[j * stride + i];
-              ref += p;
-              mag += std::fabs(p);
-            }
-            near_reference = near_reference && std::fabs(out[r * d + i] - ref) <= (n + 1) * 0x1p-24 * mag;
+            const float value = out[r * d + i];
+            tiled_equal = tiled_equal && same_bits(value, single[i]);
+            near_reference =
+                near_reference && near_exact_sum(value, w.data() + r * out_stride, 1, rows.data() + i, stride, n, 1);
           }
         }
         CHECK(tiled_equal, "a tile, or zero weights past a row's keys, changed a weighted sum's bits");
