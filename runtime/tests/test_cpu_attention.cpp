@@ -138,26 +138,36 @@ Case make_case(int batch, int tokens, int block, int heads, int kv_heads, int d,
   return c;
 }
 
-// One query at a time, with the same kernels (m = 1): the attention before it was tiled.
-std::vector<float> attend_one_by_one(const VectorKernels& v, const Case& c) {
+// f(row, head_at, cache_row, n) for every query of the case: where its q (and output) row starts,
+// where its kv head's first cache row starts, the cache's row stride, how many cache rows it sees.
+template <class F>
+void for_each_query(const Case& c, F&& f) {
   const AttentionShape& s = c.shape;
   const int D = s.head_dim;
   const int G = s.heads / s.kv_heads;
   const std::size_t cache_row = static_cast<std::size_t>(s.batch) * s.kv_heads * D;
-  std::vector<float> out(c.q.size(), NAN);
-  std::vector<float> scores(s.past_len + s.tokens);
   for (int b = 0; b < s.batch; ++b) {
     for (int h = 0; h < s.heads; ++h) {
       const std::size_t head_at = (static_cast<std::size_t>(b) * s.kv_heads + h / G) * D;
       for (int t = 0; t < s.tokens; ++t) {
         const int n = static_cast<int>(s.past_len) + std::min(s.tokens, (t / s.block_length + 1) * s.block_length);
         const std::size_t row = (static_cast<std::size_t>(b) * s.tokens + t) * s.heads * D + static_cast<std::size_t>(h) * D;
-        v.dots(c.q.data() + row, 1, c.keys.data() + head_at, cache_row, n, D, scores.data(), n);
-        v.softmax(scores.data(), n);
-        v.weighted_sum(scores.data(), n, 1, c.values.data() + head_at, cache_row, n, D, out.data() + row);
+        f(row, head_at, cache_row, n);
       }
     }
   }
+}
+
+// One query at a time, with the same kernels (m = 1): the attention before it was tiled.
+std::vector<float> attend_one_by_one(const VectorKernels& v, const Case& c) {
+  const int D = c.shape.head_dim;
+  std::vector<float> out(c.q.size(), NAN);
+  std::vector<float> scores(c.shape.past_len + c.shape.tokens);
+  for_each_query(c, [&](std::size_t row, std::size_t head_at, std::size_t cache_row, int n) {
+    v.dots(c.q.data() + row, 1, c.keys.data() + head_at, cache_row, n, D, scores.data(), n);
+    v.softmax(scores.data(), n);
+    v.weighted_sum(scores.data(), n, 1, c.values.data() + head_at, cache_row, n, D, out.data() + row);
+  });
   return out;
 }
 
@@ -179,35 +189,25 @@ std::vector<float> attend_tiled(const VectorKernels& v, const Case& c, int range
 
 // Double precision, straight from the definition.
 std::vector<double> attend_reference(const Case& c) {
-  const AttentionShape& s = c.shape;
-  const int D = s.head_dim;
-  const int G = s.heads / s.kv_heads;
-  const std::size_t cache_row = static_cast<std::size_t>(s.batch) * s.kv_heads * D;
+  const int D = c.shape.head_dim;
   std::vector<double> out(c.q.size());
-  for (int b = 0; b < s.batch; ++b) {
-    for (int h = 0; h < s.heads; ++h) {
-      const std::size_t head_at = (static_cast<std::size_t>(b) * s.kv_heads + h / G) * D;
-      for (int t = 0; t < s.tokens; ++t) {
-        const int n = static_cast<int>(s.past_len) + std::min(s.tokens, (t / s.block_length + 1) * s.block_length);
-        const std::size_t row = (static_cast<std::size_t>(b) * s.tokens + t) * s.heads * D + static_cast<std::size_t>(h) * D;
-        std::vector<double> p(n);
-        double top = -INFINITY;
-        for (int j = 0; j < n; ++j) {
-          double dot = 0.0;
-          for (int i = 0; i < D; ++i) dot += static_cast<double>(c.q[row + i]) * c.keys[head_at + j * cache_row + i];
-          p[j] = dot;
-          top = std::max(top, dot);
-        }
-        double sum = 0.0;
-        for (double& x : p) sum += (x = std::exp(x - top));
-        for (int i = 0; i < D; ++i) {
-          double acc = 0.0;
-          for (int j = 0; j < n; ++j) acc += p[j] / sum * c.values[head_at + j * cache_row + i];
-          out[row + i] = acc;
-        }
-      }
+  for_each_query(c, [&](std::size_t row, std::size_t head_at, std::size_t cache_row, int n) {
+    std::vector<double> p(n);
+    double top = -INFINITY;
+    for (int j = 0; j < n; ++j) {
+      double dot = 0.0;
+      for (int i = 0; i < D; ++i) dot += static_cast<double>(c.q[row + i]) * c.keys[head_at + j * cache_row + i];
+      p[j] = dot;
+      top = std::max(top, dot);
     }
-  }
+    double sum = 0.0;
+    for (double& x : p) sum += (x = std::exp(x - top));
+    for (int i = 0; i < D; ++i) {
+      double acc = 0.0;
+      for (int j = 0; j < n; ++j) acc += p[j] / sum * c.values[head_at + j * cache_row + i];
+      out[row + i] = acc;
+    }
+  });
   return out;
 }
 
