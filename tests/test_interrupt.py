@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,3 +172,43 @@ def test_cancel_token_stops_a_cpp_engine_in_another_thread():
     assert out.stats.nfe == engine.calls and engine.calls < 1000  # a whole call: 1001 passes
     expected = [engine.winner(p) for p in range(3, 3 + len(out.rows[0].tokens))]
     assert list(out.rows[0].tokens) == expected  # the finished blocks, untouched
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="reads the threads' names and signal masks from /proc (Linux)")
+def test_cpu_engine_workers_leave_ctrl_c_to_the_application():
+    """The C++ worker threads start with SIGINT (and the other asynchronous signals) blocked, so that a
+    Ctrl-C goes to a thread of the application, where Python runs its handler and where a blocking wait
+    is cut short; faults stay unblocked. The thread that built the pool keeps its own mask."""
+    from sdar_rt import _core
+
+    def masks() -> dict[int, tuple[str, int]]:
+        out = {}
+        for task in Path("/proc/self/task").iterdir():
+            name = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
+            blocked = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigBlk:")), 16)
+            out[int(task.name)] = (name, blocked)
+        return out
+
+    def bit(sig: int) -> int:
+        return 1 << (int(sig) - 1)
+
+    own_before = masks()[threading.get_native_id()][1]
+    runner = _core.CpuMatmul(threads=3)  # two workers besides the caller
+    deadline = time.monotonic() + 10.0  # a worker names itself once it runs: on a busy host, later
+    while True:
+        threads = masks()
+        workers = [blocked for name, blocked in threads.values() if name == "sdar-cpu"]
+        if len(workers) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert len(workers) == 2, threads
+    for blocked in workers:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+            assert blocked & bit(sig), (sig, hex(blocked))
+        for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
+            assert not blocked & bit(sig), (sig, hex(blocked))
+    assert threads[threading.get_native_id()][1] == own_before
+    assert not own_before & bit(signal.SIGINT)
+    del runner

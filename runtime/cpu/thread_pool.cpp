@@ -2,8 +2,52 @@
 
 #include <chrono>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#include <signal.h>
+#endif
+
 namespace sdar::cpu {
 namespace {
+
+#if defined(__unix__) || defined(__APPLE__)
+// While one lives, the calling thread holds back the process's asynchronous signals (Ctrl-C's
+// SIGINT, SIGTERM, SIGHUP, ...), and the threads it starts inherit that. The workers never take
+// such a signal: the kernel hands it to a thread that has it unblocked, the application's own (in
+// Python, the main thread, where the handlers run and where a blocking wait is cut short by the
+// signal). A worker that took a Ctrl-C would only set Python's flag, and a main thread asleep on a
+// queue would see it only when it next woke. Faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
+// SIGABRT, SIGSYS) stay unblocked: they belong to the thread that causes them.
+class AsyncSignalsHeldBack {
+ public:
+  AsyncSignalsHeldBack() {
+    sigset_t set;
+    sigfillset(&set);
+    for (const int fault : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS}) sigdelset(&set, fault);
+    held_ = pthread_sigmask(SIG_BLOCK, &set, &previous_) == 0;
+  }
+  ~AsyncSignalsHeldBack() {
+    if (held_) pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  AsyncSignalsHeldBack(const AsyncSignalsHeldBack&) = delete;
+  AsyncSignalsHeldBack& operator=(const AsyncSignalsHeldBack&) = delete;
+
+ private:
+  sigset_t previous_{};
+  bool held_ = false;
+};
+#else
+struct AsyncSignalsHeldBack {
+  AsyncSignalsHeldBack() {}  // no POSIX signal masks: nothing to hold back
+};
+#endif
+
+// The workers' name in ps, top and /proc (Linux's limit: 15 characters).
+void name_this_worker() {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), "sdar-cpu");
+#endif
+}
 
 // How long an idle worker polls for the next job before sleeping: longer than the gap between
 // two matmuls of a step (norms, RoPE, attention on the caller), far shorter than between steps.
@@ -22,7 +66,13 @@ inline void cpu_relax() {
 ThreadPool::ThreadPool(int threads) {
   const int extra = threads > 1 ? threads - 1 : 0;
   workers_.reserve(extra);
-  for (int i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
+  const AsyncSignalsHeldBack held_back;  // the workers start with these signals blocked
+  for (int i = 0; i < extra; ++i) {
+    workers_.emplace_back([this] {
+      name_this_worker();
+      worker_loop();
+    });
+  }
 }
 
 ThreadPool::~ThreadPool() {

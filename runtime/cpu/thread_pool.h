@@ -6,7 +6,9 @@
 // the workers inside, so a worker the OS has not scheduled yet (a busy shared host) never delays
 // a step; the caller then simply runs more of the tasks. Idle workers spin briefly (a step's
 // matmuls follow each other within microseconds) and then sleep on a condition variable, so a
-// pool between generation calls costs no CPU.
+// pool between generation calls costs no CPU. The workers (named "sdar-cpu") start with the
+// process's asynchronous signals blocked, so a Ctrl-C reaches the application's own threads
+// (thread_pool.cpp).
 #pragma once
 
 #include <atomic>
