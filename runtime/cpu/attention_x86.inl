@@ -152,7 +152,14 @@ inline void dots_tile(const float* q, int d, const float* k, std::size_t stride,
 }
 #endif
 
-// MR query rows against all n key rows (d a multiple of 16).
+// Both kernels take the cache rows in blocks that stay in L1 (32 rows of 128 values: 16 KB) while
+// every register tile of query rows runs against them, so that a row comes from memory (or L2) once
+// per call rather than once per register tile. The weighted sums carry their accumulators from one
+// block to the next through `out` (a float stored and loaded back is the same float), so each output
+// is still one chain over the rows in order.
+constexpr int kCacheBlock = 32;
+
+// MR query rows against n key rows (d a multiple of 16).
 template <int MR>
 void dots_rows(const float* q, int d, const float* rows, std::size_t stride, int n, float* out, std::size_t out_stride) {
   int j = 0;
@@ -185,12 +192,17 @@ void vec_dots(const float* q, int m, const float* rows, std::size_t stride, int 
     }
     return;
   }
-  int r = 0;
-  for (; r + kDotRows <= m; r += kDotRows) {
-    dots_rows<kDotRows>(q + static_cast<std::size_t>(r) * d, d, rows, stride, n, out + r * out_stride, out_stride);
-  }
-  dots_rest<kDotRows - 1>(m - r, q + static_cast<std::size_t>(r) * d, d, rows, stride, n, out + r * out_stride,
+  for (int j0 = 0; j0 < n; j0 += kCacheBlock) {
+    const int nb = n - j0 < kCacheBlock ? n - j0 : kCacheBlock;
+    const float* block = rows + static_cast<std::size_t>(j0) * stride;
+    int r = 0;
+    for (; r + kDotRows <= m; r += kDotRows) {
+      dots_rows<kDotRows>(q + static_cast<std::size_t>(r) * d, d, block, stride, nb, out + r * out_stride + j0,
                           out_stride);
+    }
+    dots_rest<kDotRows - 1>(m - r, q + static_cast<std::size_t>(r) * d, d, block, stride, nb,
+                            out + r * out_stride + j0, out_stride);
+  }
 }
 
 // Weighted sums: MR query rows x NC vectors of output columns starting at column i, over all n rows.
@@ -219,14 +231,18 @@ inline Lanes lanes_fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b,
 inline Lanes lanes_broadcast(float v) { return _mm256_set1_ps(v); }
 #endif
 
+// Rows [j0, j1) into the MR x NC tile of outputs at column i: from zero where j0 == 0, else from what
+// `out` holds.
 template <int MR, int NC>
-inline void sum_tile(const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int n, int d, int i,
-                     float* out) {
+inline void sum_tile(const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int j0, int j1, int d,
+                     int i, float* out) {
   Lanes acc[MR][NC];
-  for (auto& row : acc) {
-    for (auto& a : row) a = lanes_zero();
+  for (int r = 0; r < MR; ++r) {
+    for (int c = 0; c < NC; ++c) {
+      acc[r][c] = j0 == 0 ? lanes_zero() : lanes_load(out + static_cast<std::size_t>(r) * d + i + c * kLanes);
+    }
   }
-  for (int j = 0; j < n; ++j) {
+  for (int j = j0; j < j1; ++j) {
     const float* row = rows + static_cast<std::size_t>(j) * stride + i;
     Lanes wj[MR];
     for (int r = 0; r < MR; ++r) wj[r] = lanes_broadcast(w[r * w_stride + j]);
@@ -241,40 +257,50 @@ inline void sum_tile(const float* w, std::size_t w_stride, const float* rows, st
   }
 }
 
-// MR query rows, every output column.
+// MR query rows, every output column, rows [j0, j1).
 template <int MR>
-void sum_rows(const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int n, int d, float* out) {
+void sum_rows(const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int j0, int j1, int d,
+              float* out) {
   int i = 0;
   for (; i + kSumVectors * kLanes <= d; i += kSumVectors * kLanes) {
-    sum_tile<MR, kSumVectors>(w, w_stride, rows, stride, n, d, i, out);
+    sum_tile<MR, kSumVectors>(w, w_stride, rows, stride, j0, j1, d, i, out);
   }
-  for (; i + kLanes <= d; i += kLanes) sum_tile<MR, 1>(w, w_stride, rows, stride, n, d, i, out);
+  for (; i + kLanes <= d; i += kLanes) sum_tile<MR, 1>(w, w_stride, rows, stride, j0, j1, d, i, out);
   for (; i < d; ++i) {  // columns past the last full vector: the same chain, one lane
     for (int r = 0; r < MR; ++r) {
-      float acc = 0.0f;
-      for (int j = 0; j < n; ++j) acc = __builtin_fmaf(w[r * w_stride + j], rows[static_cast<std::size_t>(j) * stride + i], acc);
-      out[static_cast<std::size_t>(r) * d + i] = acc;
+      float* o = out + static_cast<std::size_t>(r) * d + i;
+      float acc = j0 == 0 ? 0.0f : *o;
+      for (int j = j0; j < j1; ++j) acc = __builtin_fmaf(w[r * w_stride + j], rows[static_cast<std::size_t>(j) * stride + i], acc);
+      *o = acc;
     }
   }
 }
 
 template <int MR>
-void sum_rest(int left, const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int n, int d,
-              float* out) {
+void sum_rest(int left, const float* w, std::size_t w_stride, const float* rows, std::size_t stride, int j0, int j1,
+              int d, float* out) {
   if constexpr (MR > 0) {
     if (left == MR) {
-      sum_rows<MR>(w, w_stride, rows, stride, n, d, out);
+      sum_rows<MR>(w, w_stride, rows, stride, j0, j1, d, out);
     } else {
-      sum_rest<MR - 1>(left, w, w_stride, rows, stride, n, d, out);
+      sum_rest<MR - 1>(left, w, w_stride, rows, stride, j0, j1, d, out);
     }
   }
 }
 
 void vec_weighted_sum(const float* w, std::size_t w_stride, int m, const float* rows, std::size_t stride, int n, int d,
                       float* out) {
-  int r = 0;
-  for (; r + kSumRows <= m; r += kSumRows) {
-    sum_rows<kSumRows>(w + r * w_stride, w_stride, rows, stride, n, d, out + static_cast<std::size_t>(r) * d);
+  if (n == 0) {  // no rows: zeros, as the chain from zero gives
+    for (std::size_t i = 0; i < static_cast<std::size_t>(m) * d; ++i) out[i] = 0.0f;
+    return;
   }
-  sum_rest<kSumRows - 1>(m - r, w + r * w_stride, w_stride, rows, stride, n, d, out + static_cast<std::size_t>(r) * d);
+  for (int j0 = 0; j0 < n; j0 += kCacheBlock) {
+    const int j1 = n - j0 < kCacheBlock ? n : j0 + kCacheBlock;
+    int r = 0;
+    for (; r + kSumRows <= m; r += kSumRows) {
+      sum_rows<kSumRows>(w + r * w_stride, w_stride, rows, stride, j0, j1, d, out + static_cast<std::size_t>(r) * d);
+    }
+    sum_rest<kSumRows - 1>(m - r, w + r * w_stride, w_stride, rows, stride, j0, j1, d,
+                           out + static_cast<std::size_t>(r) * d);
+  }
 }
