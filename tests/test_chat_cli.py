@@ -7,6 +7,7 @@ conversation."""
 from __future__ import annotations
 
 import re
+import signal
 
 import pexpect  # the test extra
 import pytest
@@ -18,6 +19,13 @@ PROMPT = r"\r\n(?:\x1b\[[0-9;?]*[A-Za-z])*> "
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Slow enough to press Ctrl-C in the middle of a reply (the shipped model answers within a few steps).
 STEP_DELAY = "0.4"
+
+
+def _as_from_a_terminal() -> None:
+    """Run in the child before exec: Ctrl-C as a terminal's shell gives it. A parent started in the
+    background without job control (a CI script's `cmd &`) ignores SIGINT, a child inherits that, and
+    Python then leaves it ignored, so the Ctrl-C under test would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,8 @@ def test_chat_turns_reset_system_interrupt_and_exit(artifact, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TERM": "xterm", "PATH": "/usr/bin:/bin"}
     cmd, args = console_command("sdar-chat")
     chat = pexpect.spawn(cmd, [*args, str(artifact), "--max-new-tokens", "48", "--step-delay", STEP_DELAY],
-                         env=env, encoding="utf-8", timeout=120, dimensions=(40, 200))
+                         env=env, encoding="utf-8", timeout=120, dimensions=(40, 200),
+                         preexec_fn=_as_from_a_terminal)
     chat.expect(PROMPT)
     assert "/help" in chat.before  # the banner
 
