@@ -205,7 +205,7 @@ void vec_dots(const float* q, int m, const float* rows, std::size_t stride, int 
   }
 }
 
-// Weighted sums: MR query rows x NC vectors of output columns starting at column i, over all n rows.
+// Weighted sums: MR query rows x NC vectors of output columns starting at column i, over a block of rows.
 #if SDAR_X86_VNNI == 1
 // 6 rows x 4 vectors (64 columns): 24 accumulators, the 6 rows' weights and one value vector.
 constexpr int kSumRows = 6;

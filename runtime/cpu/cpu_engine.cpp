@@ -101,8 +101,9 @@ void CpuEngine::bind(const EngineBindings& b) {
   tile.kv_heads = d.num_kv_heads;
   tile.head_dim = D;
   attention_scratch_stride_ = attention_scratch_floats(tile, b.max_context);
-  attention_scratch_.assign(attention_scratch_stride_ * attention_tasks_per_head(b.batch * d.num_kv_heads) * b.batch *
-                                d.num_kv_heads,
+  const int heads_in_batch = b.batch * d.num_kv_heads;
+  const int most_tiles = (b.ids_capacity + attention_tile_tokens(tile) - 1) / attention_tile_tokens(tile);
+  attention_scratch_.assign(attention_scratch_stride_ * heads_in_batch * attention_ranges(heads_in_batch, most_tiles),
                             0.0f);
   matmul_.reserve(static_cast<int>(rows), model_->max_cols());
   // RoPE tables of every position, float32 as the graphs compute them: cos((float)pos * inv_freq).
@@ -200,7 +201,7 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   // fewer heads than a few per worker.
   const int heads_in_batch = b_.batch * d.num_kv_heads;
   const int tiles = (tokens + attention_tile_tokens(shape) - 1) / attention_tile_tokens(shape);
-  const int ranges = std::min(attention_tasks_per_head(heads_in_batch), tiles);
+  const int ranges = attention_ranges(heads_in_batch, tiles);
   const int attention_tasks = heads_in_batch * ranges;
   const auto attend_task = [&](int task) {
     const int head = task / ranges;

@@ -4,6 +4,7 @@
 // bind(); a step runs entirely in C++ on the engine's thread pool.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -57,11 +58,12 @@ class CpuEngine final : public Engine {
   // f(row) for rows [0, rows), over the pool when the rows are many.
   template <class F>
   void for_rows(int rows, int cost_per_row, F&& f);
-  // How many token ranges each of `heads` (batch rows x kv heads) attention tasks is split into, at
-  // most: enough for a few tasks per worker.
-  int attention_tasks_per_head(int heads) const {
-    const int wanted = (4 * pool_.size() + heads - 1) / heads;
-    return wanted > 1 ? wanted : 1;
+  // Token ranges per attention task of `heads` (batch rows x kv heads), each range at least one tile
+  // of the `tiles`: where the heads alone are fewer, enough ranges for the pool's few tasks per worker
+  // (ThreadPool::range_tasks).
+  int attention_ranges(int heads, int tiles) const {
+    const int wanted = ThreadPool::range_tasks(heads * tiles, pool_.size());
+    return std::clamp((wanted + heads - 1) / heads, 1, tiles);
   }
 
   std::shared_ptr<const CpuModel> model_;
