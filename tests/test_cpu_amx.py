@@ -2,7 +2,8 @@
 
 The integer sums per activation block are exact in any order and the float steps per block are the
 kernel tables' own (runtime/cpu/kernels.h), so the AMX path must give the same bits as the
-avx512vnni table's small-M kernels (``SDAR_CPU_AMX=0``) and as the scalar table on every row and
+avx512vnni table's other path (``SDAR_CPU_AMX=0``: its strips kernel, itself tested against the
+small-M kernels in test_cpu_quantized_strips.py) and as the scalar table on every row and
 column: Q4 and Q8, symmetric and not, activation blocks of 32, 64 and 128, row counts around the
 switch-over (32) and up to 512 (not multiples of 16 or 32 too), N with a partial last strip of 32
 columns, K over several blocks, and the LM head's shape class (N in the thousands). A whole prefill
@@ -51,7 +52,7 @@ def _check_equal(monkeypatch, mat, K, rows, seed, scalar_too=True):
         x = rng.standard_normal((M, K)).astype(np.float32)
         x[0, :5] *= 40.0  # one large block next to ordinary ones
         y = amx.matmul(mat, x)
-        np.testing.assert_array_equal(y, small.matmul(mat, x), err_msg=f"AMX vs avx512vnni small-M, M={M}")
+        np.testing.assert_array_equal(y, small.matmul(mat, x), err_msg=f"AMX vs avx512vnni no AMX, M={M}")
         if scalar_too:
             np.testing.assert_array_equal(y, scalar.matmul(mat, x), err_msg=f"AMX vs scalar, M={M}")
 

@@ -143,6 +143,9 @@ class MatmulRunner {
 
   std::string kernels() const { return matmul_.kernels().name; }
   bool amx() const { return matmul_.amx(); }
+  bool quantized_strips() const {
+    return matmul_.kernels().quantized_strips != nullptr && matmul_.gemm_min_rows() > 0 && !matmul_.amx();
+  }
   int threads() { return pool_.size(); }
 
  private:
@@ -242,6 +245,9 @@ inline void bind_cpu(py::module_& m) {
       .def_property_readonly("kernels", &MatmulRunner::kernels)
       .def_property_readonly("amx", &MatmulRunner::amx,
                              "Whether quantized matmuls of many rows (int8 activations) take the AMX path.")
+      .def_property_readonly("quantized_strips", &MatmulRunner::quantized_strips,
+                             "Whether quantized matmuls of many rows (int8 activations) take the kernel table's "
+                             "blocked strips kernel (the AMX path off, SDAR_CPU_GEMM_MIN_ROWS not 0).")
       .def_property_readonly("threads", &MatmulRunner::threads);
 
   py::class_<CpuModel, std::shared_ptr<CpuModel>>(m, "CpuModel")

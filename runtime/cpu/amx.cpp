@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <limits>
 #include <string>
 
 #include "errors.h"
@@ -96,19 +95,13 @@ std::size_t acc_bytes(int rows) {
 }  // namespace
 
 void AmxMatmul::reserve(int max_rows, int max_cols, int threads) {
-  // Slots for the most tasks parallel_ranges makes on this pool.
-  const int tasks = ThreadPool::range_tasks(std::numeric_limits<int>::max(), threads);
-  if (max_rows <= max_rows_ && max_cols <= max_cols_ && tasks <= tasks_) return;
   max_rows_ = std::max(max_rows, max_rows_);
   max_cols_ = std::max(max_cols, max_cols_);
-  tasks_ = std::max(tasks, tasks_);
-  task_bytes_ = weight_bytes(max_cols_) + kDotBytes + acc_bytes(max_rows_);
-  bytes_.assign(task_bytes_ * tasks_ + 64, 0);  // + 64: the slots start at the first 64-byte boundary
+  scratch_.reserve(weight_bytes(max_cols_) + kDotBytes + acc_bytes(max_rows_), threads);
 }
 
 AmxScratch AmxMatmul::scratch(int task) {
-  const auto base = reinterpret_cast<std::uintptr_t>(bytes_.data());
-  auto* slot = reinterpret_cast<std::uint8_t*>((base + 63) / 64 * 64) + task_bytes_ * task;
+  std::uint8_t* slot = scratch_.slot(task);
   const std::size_t weights = weight_bytes(max_cols_);
   return AmxScratch{slot, reinterpret_cast<std::int32_t*>(slot + weights), reinterpret_cast<float*>(slot + weights + kDotBytes)};
 }

@@ -8,10 +8,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
-
 #include "amx_kernels.h"
 #include "kernels.h"
+#include "task_scratch.h"
 #include "thread_pool.h"
 
 namespace sdar::cpu {
@@ -51,9 +50,7 @@ class AmxMatmul {
   AmxQuantizedKernel kernel_;
   int max_rows_ = 0;
   int max_cols_ = 0;
-  int tasks_ = 0;
-  std::size_t task_bytes_ = 0;
-  std::vector<std::uint8_t> bytes_;  // tasks_ slots of task_bytes_, from a 64-byte boundary
+  TaskScratch scratch_;
 };
 
 }  // namespace sdar::cpu

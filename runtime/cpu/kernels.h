@@ -69,6 +69,16 @@ using PanelKernel = void (*)(const MatmulArgs& args, int panel_begin, int panel_
 using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int block, int row_capacity,
                                 std::int8_t* q, std::int16_t* q16, float* scales, float* sums);
 
+// The blocked kernel of quantized weights against many rows of int8 activations (a prompt's
+// prefill), where a table has one: the weights of a strip of a few panels are unpacked once per call
+// into `scratch` (at most kMaxStripPanels * kPanel * round_up(K, 64) bytes, 64-byte aligned, one
+// slot per task) in the layout of the integer dot instruction, and then serve every tile of rows of
+// x from L1/L2, where the small-M kernels re-decode a panel's codes for every tile of 8 rows.
+// Computes the output columns of panels [panel_begin, panel_end) for every row, with the same bits
+// as the small-M kernels (the integer sums are exact and the float steps per block are every table's).
+constexpr int kMaxStripPanels = 4;
+using QuantizedStripKernel = void (*)(const MatmulArgs& args, int panel_begin, int panel_end, std::uint8_t* scratch);
+
 // Vector primitives of the rest of a step (attention, SwiGLU, RMSNorm).
 // The attention's two take a tile of m query rows against all cached rows of a head (rows j at
 // rows + j * stride, d values each), so that each key or value row loaded serves the whole tile:
@@ -98,6 +108,7 @@ struct KernelTable {
   bool wants_q16;            // its Q8 kernel reads QuantizedRows::q16
   bool wants_panel_x;        // its float-activation kernels read MatmulArgs::xp
   VectorKernels vec;
+  QuantizedStripKernel quantized_strips = nullptr;  // null: the table has none (the small-M kernels at every M)
 };
 
 // Portable C++; every build has it.

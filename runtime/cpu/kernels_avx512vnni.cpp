@@ -13,7 +13,7 @@ namespace sdar::cpu {
 
 const KernelTable* avx512vnni_kernels() {
   static const KernelTable table{"avx512vnni", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, true,
-                                 kVectorKernels};
+                                 kVectorKernels, quantized_strips_kernel};
   return &table;
 }
 

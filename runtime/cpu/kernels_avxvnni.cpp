@@ -9,7 +9,7 @@ namespace sdar::cpu {
 
 const KernelTable* avxvnni_kernels() {
   static const KernelTable table{"avxvnni", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, false, true,
-                                 kVectorKernels};
+                                 kVectorKernels, quantized_strips_kernel};
   return &table;
 }
 

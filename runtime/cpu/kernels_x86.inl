@@ -397,10 +397,34 @@ void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
 
+// Dwords 4h..4h+3 of the 32 bytes of rows 0-7 of a unit (rows at unit + 32 r) -> out[d], lane r: the
+// transpose of a unit of 8 panel rows described in quantized_transposed256.inl (its kernel and the
+// blocked strips kernel of quantized_strips.inl use it).
+inline void transpose_half_unit(const std::uint8_t* unit, int h, __m256i (&out)[4]) {
+  __m256i v[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const std::uint8_t* row = unit + 32 * i + 16 * h;
+    v[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row))),
+                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * 32)), 1);
+  }
+  const __m256i lo01 = _mm256_unpacklo_epi32(v[0], v[1]);  // rows (0, 1) x dwords 0, 1 (of the half)
+  const __m256i hi01 = _mm256_unpackhi_epi32(v[0], v[1]);  // dwords 2, 3
+  const __m256i lo23 = _mm256_unpacklo_epi32(v[2], v[3]);  // rows (2, 3)
+  const __m256i hi23 = _mm256_unpackhi_epi32(v[2], v[3]);
+  out[0] = _mm256_unpacklo_epi64(lo01, lo23);
+  out[1] = _mm256_unpackhi_epi64(lo01, lo23);
+  out[2] = _mm256_unpacklo_epi64(hi01, hi23);
+  out[3] = _mm256_unpackhi_epi64(hi01, hi23);
+}
+
 #if SDAR_X86_VNNI == 1
 #include "quantized_vnni.inl"
 #else
 #include "quantized_transposed256.inl"
+#endif
+#if SDAR_X86_VNNI
+#include "quantized_strips.inl"
 #endif
 
 // ---------------------------------------------------------------- quantized weights, float activations

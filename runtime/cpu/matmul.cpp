@@ -70,6 +70,10 @@ void Matmul::reserve(int max_rows, int max_cols) {
   if (amx_on_ && std::max(max_rows, max_rows_) >= kAmxMinRows) {
     amx_.reserve(round_up(std::max(max_rows, max_rows_), kAmxPassRows), std::max(max_cols, max_cols_), pool_.size());
   }
+  if (kernels_.quantized_strips != nullptr && gemm_min_rows_ > 0 && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
+    const std::size_t strip_bytes = static_cast<std::size_t>(kMaxStripPanels) * kPanel * round_up(std::max(max_cols, max_cols_), 64);
+    strip_scratch_.reserve(strip_bytes, pool_.size());
+  }
   if (max_rows <= max_rows_ && max_cols <= max_cols_) return;
   max_rows_ = std::max(max_rows, max_rows_);
   max_cols_ = std::max(max_cols, max_cols_);
@@ -110,6 +114,19 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     args.ldy = ldy;
     args.a = quantize_rows(w, x, rows, ldx, round_up(rows, kAmxPassRows));  // whole passes of 32 rows
     amx_.quantized(pool_, args);
+    return;
+  }
+  if (w.format != WeightFormat::F32 && activations == Activations::Int8 && kernels_.quantized_strips != nullptr &&
+      gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
+    MatmulArgs args;
+    args.w = w;
+    args.rows = rows;
+    args.y = y;
+    args.ldy = ldy;
+    args.a = quantize_rows(w, x, rows, ldx, round_up(rows, 8));
+    pool_.parallel_ranges(w.panels(), [&](int task, int begin, int end) {
+      kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(task));
+    });
     return;
   }
   MatmulArgs args;

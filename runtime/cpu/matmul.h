@@ -8,6 +8,7 @@
 #include "amx.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "task_scratch.h"
 #include "thread_pool.h"
 
 namespace sdar::cpu {
@@ -34,8 +35,10 @@ class Matmul {
   const KernelTable& kernels() const { return kernels_; }
   ThreadPool& pool() { return pool_; }
 
-  // Float32 matmuls of at least this many rows run as a blocked GEMM (gemm.h; the same results);
-  // 0: never. Default: gemm_min_rows_from_environment(). Call reserve() after changing it.
+  // Matmuls of at least this many rows take the blocked paths (the same results): float32 weights the
+  // GEMM (gemm.h), quantized weights the table's strips kernel where it has one (kernels.h) and the
+  // AMX path is off; 0: never. Default: gemm_min_rows_from_environment(). Call reserve() after
+  // changing it.
   int gemm_min_rows() const { return gemm_min_rows_; }
   void set_gemm_min_rows(int rows) { gemm_min_rows_ = rows; }
 
@@ -61,6 +64,7 @@ class Matmul {
   std::vector<float> scales_;
   std::vector<float> sums_;
   Gemm gemm_;
+  TaskScratch strip_scratch_;  // the quantized strips kernel's unpacked weights, per task
   int gemm_min_rows_;
   bool amx_available_;  // this table, build, CPU and OS can run the AMX path
   bool amx_on_;

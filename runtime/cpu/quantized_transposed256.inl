@@ -27,25 +27,6 @@
 // transposed kernel): with 1 or 2 rows too few x rows would share each unit's transpose.
 constexpr int kTransposed256MinRows = 4;
 
-// Dwords 4h..4h+3 of the 32 bytes of rows 0-7 of a unit (rows at unit + 32 r) -> out[d], lane r.
-inline void transpose_half_unit(const std::uint8_t* unit, int h, __m256i (&out)[4]) {
-  __m256i v[4];
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    const std::uint8_t* row = unit + 32 * i + 16 * h;
-    v[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row))),
-                                   _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * 32)), 1);
-  }
-  const __m256i lo01 = _mm256_unpacklo_epi32(v[0], v[1]);  // rows (0, 1) x dwords 0, 1 (of the half)
-  const __m256i hi01 = _mm256_unpackhi_epi32(v[0], v[1]);  // dwords 2, 3
-  const __m256i lo23 = _mm256_unpacklo_epi32(v[2], v[3]);  // rows (2, 3)
-  const __m256i hi23 = _mm256_unpackhi_epi32(v[2], v[3]);
-  out[0] = _mm256_unpacklo_epi64(lo01, lo23);
-  out[1] = _mm256_unpackhi_epi64(lo01, lo23);
-  out[2] = _mm256_unpacklo_epi64(hi01, hi23);
-  out[3] = _mm256_unpackhi_epi64(hi01, hi23);
-}
-
 inline __m256i broadcast_x4(const std::int8_t* p) {
   std::int32_t v;
   __builtin_memcpy(&v, p, 4);

@@ -10,7 +10,7 @@ namespace sdar::cpu {
 
 const KernelTable* emulated_avxvnni_kernels() {
   static const KernelTable table{"avxvnni-emulated", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel,
-                                 false, true, kVectorKernels};
+                                 false, true, kVectorKernels, quantized_strips_kernel};
   return &table;
 }
 

@@ -266,29 +266,26 @@ void test_gemm_setting() {
   CHECK(sdar::cpu::gemm_min_rows_from_environment() == sdar::cpu::kGemmDefaultMinRows, "unset: the default");
 }
 
-// The AMX path (amx.h) of quantized matmuls of many rows against the avx512vnni table's small-M path
-// and the scalar table: the same bits on every row and column, and within the int8 bound of the
-// double reference. Q4 and Q8, symmetric and not, activation blocks of 32, 64 and 128 (groups up to
-// 256), N with partial strips of 32 columns (1, 2 or 3 panels of the last) and a part panel, K over
-// several blocks (and an odd number of chunks of 32), M around the switch-over, not a multiple of
-// 16, and 512. Where the CPU, OS or build lacks AMX it says so and tests nothing.
-void test_amx(int threads, std::mt19937& rng) {
-  bool has_table = false;
-  for (const std::string& n : sdar::cpu::available_kernels()) has_table = has_table || n == "avx512vnni";
-  if (!has_table || !sdar::cpu::amx_usable()) {
-    std::printf("amx: SKIPPED: this CPU, OS or build has no AMX-INT8 (or no avx512vnni table): not tested here\n");
-    return;
-  }
-  const sdar::cpu::KernelTable& table = sdar::cpu::select_kernels("avx512vnni");
+// The blocked paths of quantized matmuls of many rows, the AMX kernel (amx.h) and a table's strips
+// kernel (kernels.h), against the same table's small-M path and the scalar table: the same bits on
+// every row and column, and within the int8 bound of the double reference. Q4 and Q8, symmetric and
+// not, activation blocks of 32, 64 and 128 (groups up to 256), N with partial strips (1, 2 or 3
+// panels of AMX's 4, one of the strips kernel's 2) and a part panel, K over several blocks (and an
+// odd number of chunks of 32), M around the switch-over, not a multiple of 16, leaving every
+// remainder of the strips kernel's tiles of 6 rows, and 512.
+void test_quantized_blocked(const sdar::cpu::KernelTable& table, bool amx_path, int threads, std::mt19937& rng) {
+  const std::string path = amx_path ? "AMX" : std::string(table.name) + " strips";
   sdar::cpu::ThreadPool pool(threads);
-  sdar::cpu::Matmul amx(table, pool);
+  sdar::cpu::Matmul blocked(table, pool);
   sdar::cpu::Matmul small(table, pool);
   sdar::cpu::ThreadPool scalar_pool(1);
   sdar::cpu::Matmul scalar(sdar::cpu::scalar_kernels(), scalar_pool);
-  amx.set_amx(true);
+  blocked.set_amx(amx_path);
+  blocked.set_gemm_min_rows(sdar::cpu::kGemmDefaultMinRows);
   small.set_amx(false);
-  CHECK(amx.amx() && !small.amx(), "set_amx must turn the AMX path on and off where it can run");
-  const int threshold = sdar::cpu::kAmxMinRows;
+  small.set_gemm_min_rows(0);
+  CHECK(blocked.amx() == amx_path && !small.amx(), "set_amx must turn the AMX path on and off where it can run");
+  const int threshold = amx_path ? sdar::cpu::kAmxMinRows : sdar::cpu::kGemmDefaultMinRows;
   struct Case { WeightFormat format; int n; int k; int group; bool symmetric; std::vector<int> rows; };
   const Case cases[] = {
       {WeightFormat::Q4, 37, 256, 32, true, {threshold - 1, threshold, threshold + 1, 47}},
@@ -305,18 +302,17 @@ void test_amx(int threads, std::mt19937& rng) {
   for (const Case& c : cases) {
     const TestMatrix t = make_matrix(c.format, c.n, c.k, c.group, c.symmetric, rng);
     for (const int rows : c.rows) {
-      for (sdar::cpu::Matmul* m : {&amx, &small, &scalar}) m->reserve(rows, c.k);
+      for (sdar::cpu::Matmul* m : {&blocked, &small, &scalar}) m->reserve(rows, c.k);
       std::vector<float> x(static_cast<std::size_t>(rows) * c.k);
       for (auto& v : x) v = normal(rng);
       x[1] *= 40.0f;  // one large block next to ordinary ones
-      const std::string what = std::string("AMX ") + sdar::cpu::weight_format_name(c.format) + " " + std::to_string(c.n) +
-                               "x" + std::to_string(c.k) + " g" + std::to_string(c.group) +
-                               (c.symmetric ? " sym" : " asym") + " M=" + std::to_string(rows) +
-                               " threads=" + std::to_string(threads);
+      const std::string what = path + " " + sdar::cpu::weight_format_name(c.format) + " " + std::to_string(c.n) + "x" +
+                               std::to_string(c.k) + " g" + std::to_string(c.group) + (c.symmetric ? " sym" : " asym") +
+                               " M=" + std::to_string(rows) + " threads=" + std::to_string(threads);
       std::vector<float> y(static_cast<std::size_t>(rows) * c.n, NAN);
       std::vector<float> y_small(y.size(), NAN);
       std::vector<float> y_scalar(y.size(), NAN);
-      amx(t.view, x.data(), rows, c.k, y.data(), c.n);
+      blocked(t.view, x.data(), rows, c.k, y.data(), c.n);
       small(t.view, x.data(), rows, c.k, y_small.data(), c.n);
       scalar(t.view, x.data(), rows, c.k, y_scalar.data(), c.n);
       check(t, x, rows, y, true, sdar::cpu::activation_block(t.view), what);
@@ -326,11 +322,21 @@ void test_amx(int threads, std::mt19937& rng) {
         differ_small += !(y[i] == y_small[i]);  // NaN (an output never written) differs too
         differ_scalar += !(y[i] == y_scalar[i]);
       }
-      CHECK(differ_small == 0, "%s: %d outputs differ from the avx512vnni small-M path's bit for bit", what.c_str(),
-            differ_small);
+      CHECK(differ_small == 0, "%s: %d outputs differ from the %s small-M path's bit for bit", what.c_str(), differ_small,
+            table.name);
       CHECK(differ_scalar == 0, "%s: %d outputs differ from the scalar kernels' bit for bit", what.c_str(), differ_scalar);
     }
   }
+}
+
+void test_amx(int threads, std::mt19937& rng) {
+  bool has_table = false;
+  for (const std::string& n : sdar::cpu::available_kernels()) has_table = has_table || n == "avx512vnni";
+  if (!has_table || !sdar::cpu::amx_usable()) {
+    std::printf("amx: SKIPPED: this CPU, OS or build has no AMX-INT8 (or no avx512vnni table): not tested here\n");
+    return;
+  }
+  test_quantized_blocked(sdar::cpu::select_kernels("avx512vnni"), true, threads, rng);
 }
 
 void test_amx_setting() {
@@ -414,6 +420,10 @@ int main() {
     std::printf("kernels: %s\n", name.c_str());
     for (int threads : {1, 2}) test_matmul(sdar::cpu::select_kernels(name), threads, rng);
     for (int threads : {1, 2}) test_gemm(sdar::cpu::select_kernels(name), threads, rng);
+    const sdar::cpu::KernelTable& table = sdar::cpu::select_kernels(name);
+    if (table.quantized_strips != nullptr) {
+      for (int threads : {1, 2}) test_quantized_blocked(table, false, threads, rng);
+    }
   }
   for (int threads : {1, 2}) test_amx(threads, rng);
 #if defined(__x86_64__) || defined(_M_X64)
@@ -429,6 +439,7 @@ int main() {
   if (has_avx2) {
     std::printf("kernels: avxvnni source, vpdpbusd emulated with AVX2\n");
     for (int threads : {1, 2}) test_matmul(*sdar::cpu::emulated_avxvnni_kernels(), threads, rng);
+    for (int threads : {1, 2}) test_quantized_blocked(*sdar::cpu::emulated_avxvnni_kernels(), false, threads, rng);
   }
 #endif
   bool refused = false;

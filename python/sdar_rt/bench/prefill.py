@@ -6,18 +6,19 @@
 For each artifact (exported with the CPU engine's weights), one Generator per matmul path in the
 same process, on the same mapped weights:
   * ``gemm``: the default: float32 matmuls of many rows run as a blocked GEMM, and int4 / int8 ones
-    on AMX tiles where the CPU has AMX-INT8 (``sdar_rt._core.cpu_amx_usable()``, avx512vnni kernels);
+    on AMX tiles where the CPU has AMX-INT8 (``sdar_rt._core.cpu_amx_usable()``, avx512vnni kernels),
+    else with the VNNI tables' blocked strips kernel;
   * ``small-m``: every matmul runs the small-M kernels of decoding (``SDAR_CPU_GEMM_MIN_ROWS=0``,
-    ``SDAR_CPU_AMX=0``), the path before either existed;
+    ``SDAR_CPU_AMX=0``), the path before any of them existed;
   * ``no-amx``: the default without AMX (``SDAR_CPU_AMX=0``): for int4 / int8 weights, the AMX path
-    against the small-M kernels.
+    against the strips kernel (the small-M kernels on a table without one).
 Each round prefills the same prompt of ``--tokens`` random token ids once per path, alternately (the
 order reversed every other round), so both paths see the same load on a shared host; a call
 generates one block after the prompt, and the prompt's tokens per second are the prompt length over
 the call's ``prefill_seconds`` (the prefill's chunks of ``prefill_chunk`` tokens, as in any call).
 Reported per path: the median round, the slowest and fastest, every round; the ratio of the paths per
 round; whether the engine took AMX; whether every path generated the same tokens (they must: the
-GEMM and the AMX path give the same bits as the small-M kernels).
+GEMM, the AMX path and the strips kernel give the same bits as the small-M kernels).
 """
 
 from __future__ import annotations

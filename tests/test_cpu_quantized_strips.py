@@ -1,0 +1,129 @@
+"""The CPU engine's strips kernel: int4 / int8 matmuls of many rows (a prompt's prefill) on the
+VNNI tables, where the weights of a strip of panels are unpacked once per call into vpdpbusd's
+layout and serve every tile of rows (runtime/cpu/quantized_strips.inl).
+
+The integer sums per activation block are exact in any order and the float steps per block are
+every table's (runtime/cpu/kernels.h), so the strips kernel must give the same bits as the same
+table's small-M kernels (``SDAR_CPU_GEMM_MIN_ROWS=0``) and as the scalar table on every row and
+column: Q4 and Q8, symmetric and not, activation blocks of 32, 64 and 128, row counts around the
+switch-over (32) and up to 512 (every remainder of the kernel's tiles of rows), N with partial
+strips and a part panel, K over several blocks and an odd number of chunks, and the LM head's
+shape class. A whole prefill through the engine gives the same tokens with the strips kernel and
+without it. The AMX path is turned off here (``SDAR_CPU_AMX=0``): with it, it takes these matmuls.
+
+Tables without a strips kernel (AVX2, Arm, scalar) are not parametrized; on a CPU with neither VNNI
+table every test here is skipped with that reason (the C++ test runs the AVX-VNNI source with its
+dot instruction emulated, so the kernel's code is tested there too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sdar_fixtures import tiny_artifact
+from sdar_rt import _core
+
+cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
+quantize = pytest.importorskip("sdar_export.quantize")
+
+ENV = "SDAR_CPU_GEMM_MIN_ROWS"
+SWITCH = 32  # kGemmDefaultMinRows (runtime/cpu/gemm.h)
+STRIP_TABLES = [k for k in ("avx512vnni", "avxvnni") if k in _core.cpu_kernels_available()]
+needs_strips = pytest.mark.skipif(not STRIP_TABLES, reason="this CPU or build has neither VNNI kernel table: "
+                                  "the strips kernel is not run here")
+
+
+def _runner(monkeypatch, kernels: str, min_rows: str | None, threads: int = 2) -> _core.CpuMatmul:
+    monkeypatch.setenv("SDAR_CPU_AMX", "0")
+    if min_rows is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, min_rows)
+    runner = _core.CpuMatmul(threads=threads, kernels=kernels)
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("SDAR_CPU_AMX", raising=False)
+    return runner
+
+
+def _matrix(bits, group, symmetric, N, K, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    p = cpu_pack.pack_qtensor(quantize.quantize_rtn(w, bits, group, symmetric, np.float32))
+    return _core.CpuMatrix(p.format, p.rows, p.cols, p.data, p.scales, p.zero_scales, p.group, p.symmetric)
+
+
+def _check_equal(monkeypatch, kernels, mat, K, rows, seed):
+    strips = _runner(monkeypatch, kernels, None)
+    small = _runner(monkeypatch, kernels, "0")
+    assert strips.quantized_strips and not small.quantized_strips and not strips.amx
+    scalar = _runner(monkeypatch, "scalar", None, threads=1)
+    assert not scalar.quantized_strips
+    rng = np.random.default_rng(seed)
+    for M in rows:
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        x[0, :5] *= 40.0  # one large block next to ordinary ones
+        y = strips.matmul(mat, x)
+        np.testing.assert_array_equal(y, small.matmul(mat, x), err_msg=f"{kernels} strips vs small-M, M={M}")
+        np.testing.assert_array_equal(y, scalar.matmul(mat, x), err_msg=f"{kernels} strips vs scalar, M={M}")
+
+
+@needs_strips
+@pytest.mark.parametrize("kernels", STRIP_TABLES)
+@pytest.mark.parametrize("bits,group,symmetric,N,K,rows", [
+    (4, 32, True, 37, 96, (SWITCH - 1, SWITCH, SWITCH + 1)),   # 3 chunks of 32: half a Q4 unit
+    (4, 32, False, 85, 256, (47, 64)),                          # a part panel; a last strip of 3 panels
+    (4, 64, True, 40, 320, (SWITCH + 16, 100)),                 # a last strip of 1 panel
+    (4, 128, True, 70, 512, (SWITCH + 3, 512)),
+    (4, 256, False, 16, 768, (SWITCH + 4, 130)),                # blocks of 128 in groups of 256
+    (8, 32, True, 45, 160, (SWITCH, 61)),                       # 5 chunks
+    (8, 64, False, 64, 256, (SWITCH + 5, 59)),
+    (8, 128, True, 30, 384, (100, 512)),
+])
+def test_strips_equal_the_kernel_tables(monkeypatch, kernels, bits, group, symmetric, N, K, rows):
+    mat = _matrix(bits, group, symmetric, N, K, seed=N * 7 + K)
+    _check_equal(monkeypatch, kernels, mat, K, rows, seed=K)
+
+
+@needs_strips
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (8, False)])
+def test_strips_lm_head_shape(monkeypatch, bits, symmetric):
+    """N in the thousands (an LM head's class of shape): many strips per task."""
+    mat = _matrix(bits, 128, symmetric, 3001, 256, seed=bits)
+    _check_equal(monkeypatch, STRIP_TABLES[0], mat, 256, (SWITCH + 2,), seed=3)
+
+
+def test_tables_without_strips_say_so(monkeypatch):
+    for kernels in _core.cpu_kernels_available():
+        runner = _runner(monkeypatch, kernels, None, threads=1)
+        assert runner.quantized_strips == (kernels in ("avx512vnni", "avxvnni")), kernels
+
+
+@needs_strips
+def test_prefill_tokens_are_the_same_with_and_without_the_strips(tmp_path_factory, monkeypatch):
+    """A 2 x 60-token prompt prefills 120 rows per matmul of a tiny int4 artifact (4-bit head): every
+    generated token equal with the strips kernel and with the small-M kernels."""
+    from sdar_export.cli import export
+    from sdar_rt import Generator
+    from sdar_rt.artifact import load_artifact
+    from sdar_rt.cpu_engine import make_cpu_engine
+
+    ck, _ = tiny_artifact(tmp_path_factory, "float32")
+    art = export(ck, tmp_path_factory.mktemp("strips") / "art", quantize="int4", group_size=32,
+                 lm_head_bits=4, max_context=128, batch=2, quiet=True)
+    a = load_artifact(art)
+    rng = np.random.default_rng(11)
+    prompts = [[int(t) for t in rng.integers(0, 500, 60)] for _ in range(2)]
+    outs = []
+    monkeypatch.setenv("SDAR_CPU_AMX", "0")
+    for min_rows in (None, "0"):
+        if min_rows is None:
+            monkeypatch.delenv(ENV, raising=False)
+        else:
+            monkeypatch.setenv(ENV, min_rows)
+        gen = Generator(art, engine=make_cpu_engine(a, threads=2, kernels=STRIP_TABLES[-1]))
+        monkeypatch.delenv(ENV, raising=False)
+        for fused in (True, False):
+            out = gen.generate(prompt_ids=prompts, max_new_tokens=16, fused_commit=fused)
+            outs.append([o.token_ids for o in out])
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+    assert all(outs[0]) and all(outs[1])
