@@ -59,3 +59,71 @@ def matmul_runner(monkeypatch, env: str, value: str | None, kernels: str, thread
     runner = _core.CpuMatmul(threads=threads, kernels=kernels)
     monkeypatch.delenv(env, raising=False)
     return runner
+
+
+def tiny_int4_artifact(tmp_path_factory) -> Path:
+    """The tiny checkpoint exported with int4 weights (group 32) and a 4-bit head, batch 2."""
+    key = "int4-g32-head4-b2"
+    if key not in _CACHE:
+        from sdar_export.cli import export
+
+        ck, _ = tiny_artifact(tmp_path_factory, "float32")
+        root = tmp_path_factory.mktemp(key)
+        export(ck, root / "art", quantize="int4", group_size=32, lm_head_bits=4, max_context=128, batch=2,
+               quiet=True)
+        _CACHE[key] = root
+    return _CACHE[key] / "art"
+
+
+def assert_same_bits(runners: dict, matrix, K: int, rows, seed: int) -> None:
+    """Every runner (``_core.CpuMatmul``, named) gives the first one's result bit for bit on x of each
+    row count (random, one large block next to ordinary ones)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (name, runner), *others = runners.items()
+    for M in rows:
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        x[0, :5] *= 40.0
+        y = runner.matmul(matrix, x)
+        for other_name, other in others:
+            np.testing.assert_array_equal(y, other.matmul(matrix, x),
+                                          err_msg=f"{name} vs {other_name}, M={M}")
+
+
+def assert_prefill_tokens_unchanged(monkeypatch, env: str, artifact: Path, make_engine) -> None:
+    """Generates from a 2 x 60-token prompt (120 rows per matmul of its prefill) with ``env`` unset and
+    set to 0, the engine built by ``make_engine(setting)`` while the variable holds it, fused and
+    separate commits: every generated token equal across the two settings."""
+    import numpy as np
+    from sdar_rt import Generator
+
+    rng = np.random.default_rng(11)
+    prompts = [[int(t) for t in rng.integers(0, 500, 60)] for _ in range(2)]
+    outs = []
+    for setting in (None, "0"):
+        if setting is None:
+            monkeypatch.delenv(env, raising=False)
+        else:
+            monkeypatch.setenv(env, setting)
+        engine = make_engine(setting)
+        monkeypatch.delenv(env, raising=False)
+        gen = Generator(artifact, engine=engine)
+        for fused in (True, False):
+            out = gen.generate(prompt_ids=prompts, max_new_tokens=16, fused_commit=fused)
+            outs.append([o.token_ids for o in out])
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+    assert all(outs[0]) and all(outs[1])
+
+
+def quantized_matrix(bits: int, group: int, symmetric: bool, N: int, K: int, seed: int):
+    """A random N x K weight matrix quantized by the exporter (round to nearest) and packed in the CPU
+    engine's layout, as a ``_core.CpuMatrix``."""
+    import numpy as np
+    from sdar_export import cpu_pack, quantize
+    from sdar_rt import _core
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
+    p = cpu_pack.pack_qtensor(quantize.quantize_rtn(w, bits, group, symmetric, np.float32))
+    return _core.CpuMatrix(p.format, p.rows, p.cols, p.data, p.scales, p.zero_scales, p.group, p.symmetric)

@@ -14,13 +14,18 @@ On a CPU (or OS, or build) without AMX-INT8 every test here is skipped with that
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from sdar_fixtures import matmul_runner, tiny_artifact
+from sdar_fixtures import (
+    assert_prefill_tokens_unchanged,
+    assert_same_bits,
+    matmul_runner,
+    quantized_matrix,
+    tiny_int4_artifact,
+)
 from sdar_rt import _core
 
-cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
-quantize = pytest.importorskip("sdar_export.quantize")
+pytest.importorskip("sdar_export.cpu_pack")
+pytest.importorskip("sdar_export.quantize")
 
 ENV = "SDAR_CPU_AMX"
 SWITCH = 32  # kAmxMinRows (runtime/cpu/amx.h)
@@ -35,26 +40,14 @@ def _runner(monkeypatch, kernels: str, amx: str | None, threads: int = 2) -> _co
     return matmul_runner(monkeypatch, ENV, amx, kernels, threads)
 
 
-def _matrix(bits, group, symmetric, N, K, seed):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
-    p = cpu_pack.pack_qtensor(quantize.quantize_rtn(w, bits, group, symmetric, np.float32))
-    return _core.CpuMatrix(p.format, p.rows, p.cols, p.data, p.scales, p.zero_scales, p.group, p.symmetric)
-
-
 def _check_equal(monkeypatch, mat, K, rows, seed, scalar_too=True):
     amx = _runner(monkeypatch, "avx512vnni", None)
-    small = _runner(monkeypatch, "avx512vnni", "0")
-    assert amx.amx and not small.amx
-    scalar = _runner(monkeypatch, "scalar", None, threads=1)
-    rng = np.random.default_rng(seed)
-    for M in rows:
-        x = rng.standard_normal((M, K)).astype(np.float32)
-        x[0, :5] *= 40.0  # one large block next to ordinary ones
-        y = amx.matmul(mat, x)
-        np.testing.assert_array_equal(y, small.matmul(mat, x), err_msg=f"AMX vs avx512vnni no AMX, M={M}")
-        if scalar_too:
-            np.testing.assert_array_equal(y, scalar.matmul(mat, x), err_msg=f"AMX vs scalar, M={M}")
+    no_amx = _runner(monkeypatch, "avx512vnni", "0")
+    assert amx.amx and not no_amx.amx
+    runners = {"AMX": amx, "avx512vnni no AMX": no_amx}
+    if scalar_too:
+        runners["scalar"] = _runner(monkeypatch, "scalar", None, threads=1)
+    assert_same_bits(runners, mat, K, rows, seed)
 
 
 @needs_amx
@@ -72,7 +65,7 @@ def _check_equal(monkeypatch, mat, K, rows, seed, scalar_too=True):
     (8, 128, False, 50, 256, (SWITCH, 40)),
 ])
 def test_amx_equals_the_kernel_tables(monkeypatch, bits, group, symmetric, N, K, rows):
-    mat = _matrix(bits, group, symmetric, N, K, seed=N * 7 + K)
+    mat = quantized_matrix(bits, group, symmetric, N, K, seed=N * 7 + K)
     _check_equal(monkeypatch, mat, K, rows, seed=K)
 
 
@@ -81,7 +74,7 @@ def test_amx_equals_the_kernel_tables(monkeypatch, bits, group, symmetric, N, K,
 def test_amx_lm_head_shape(monkeypatch, bits, symmetric):
     """The LM head's class: thousands of output columns (many strips over the threads), a part strip."""
     N, K = 8197, 512
-    mat = _matrix(bits, 128, symmetric, N, K, seed=3)
+    mat = quantized_matrix(bits, 128, symmetric, N, K, seed=3)
     _check_equal(monkeypatch, mat, K, (SWITCH, 72), seed=4)
 
 
@@ -106,29 +99,15 @@ def test_bad_amx_setting_is_refused(monkeypatch, value):
 def test_prefill_tokens_are_the_same_with_and_without_amx(tmp_path_factory, monkeypatch):
     """A 2 x 60-token prompt prefills 120 rows per matmul of a tiny int4 artifact (4-bit head): every
     generated token equal with AMX and without it."""
-    from sdar_export.cli import export
-    from sdar_rt import Generator
     from sdar_rt.artifact import load_artifact
     from sdar_rt.cpu_engine import make_cpu_engine
 
-    ck, _ = tiny_artifact(tmp_path_factory, "float32")
-    art = export(ck, tmp_path_factory.mktemp("amx") / "art", quantize="int4", group_size=32, lm_head_bits=4,
-                 max_context=128, batch=2, quiet=True)
+    art = tiny_int4_artifact(tmp_path_factory)
     a = load_artifact(art)
-    rng = np.random.default_rng(11)
-    prompts = [[int(t) for t in rng.integers(0, 500, 60)] for _ in range(2)]
-    outs = []
-    for setting in (None, "0"):
-        if setting is None:
-            monkeypatch.delenv(ENV, raising=False)
-        else:
-            monkeypatch.setenv(ENV, setting)
-        engine = make_cpu_engine(a, threads=2, kernels="avx512vnni")
-        monkeypatch.delenv(ENV, raising=False)
-        assert engine.amx == (setting is None)
-        gen = Generator(art, engine=engine)
-        for fused in (True, False):
-            out = gen.generate(prompt_ids=prompts, max_new_tokens=16, fused_commit=fused)
-            outs.append([o.token_ids for o in out])
-    assert outs[0] == outs[2] and outs[1] == outs[3]
-    assert all(outs[0]) and all(outs[1])
+
+    def engine(setting):
+        e = make_cpu_engine(a, threads=2, kernels="avx512vnni")
+        assert e.amx == (setting is None)
+        return e
+
+    assert_prefill_tokens_unchanged(monkeypatch, ENV, art, engine)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sdar_fixtures import matmul_runner, tiny_artifact
+from sdar_fixtures import assert_prefill_tokens_unchanged, matmul_runner, tiny_artifact
 from sdar_rt import _core
 
 cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
@@ -81,18 +81,4 @@ def test_prefill_tokens_are_the_same_with_and_without_the_gemm(tmp_path_factory,
 
     _, art = tiny_artifact(tmp_path_factory, "float32", batch=2)
     a = Generator(art, engine="ort").artifact
-    rng = np.random.default_rng(11)
-    prompts = [[int(t) for t in rng.integers(0, 500, 60)] for _ in range(2)]
-    outs = []
-    for min_rows in (None, "0"):
-        if min_rows is None:
-            monkeypatch.delenv(ENV, raising=False)
-        else:
-            monkeypatch.setenv(ENV, min_rows)
-        gen = Generator(art, engine=make_cpu_engine(a, threads=2))
-        monkeypatch.delenv(ENV, raising=False)
-        for fused in (True, False):
-            out = gen.generate(prompt_ids=prompts, max_new_tokens=16, fused_commit=fused)
-            outs.append([o.token_ids for o in out])
-    assert outs[0] == outs[2] and outs[1] == outs[3]
-    assert all(outs[0]) and all(outs[1])
+    assert_prefill_tokens_unchanged(monkeypatch, ENV, art, lambda setting: make_cpu_engine(a, threads=2))

@@ -18,13 +18,18 @@ dot instruction emulated, so the kernel's code is tested there too).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from sdar_fixtures import tiny_artifact
+from sdar_fixtures import (
+    assert_prefill_tokens_unchanged,
+    assert_same_bits,
+    matmul_runner,
+    quantized_matrix,
+    tiny_int4_artifact,
+)
 from sdar_rt import _core
 
-cpu_pack = pytest.importorskip("sdar_export.cpu_pack")
-quantize = pytest.importorskip("sdar_export.quantize")
+pytest.importorskip("sdar_export.cpu_pack")
+pytest.importorskip("sdar_export.quantize")
 
 ENV = "SDAR_CPU_GEMM_MIN_ROWS"
 SWITCH = 32  # kGemmDefaultMinRows (runtime/cpu/gemm.h)
@@ -34,37 +39,18 @@ needs_strips = pytest.mark.skipif(not STRIP_TABLES, reason="this CPU or build ha
 
 
 def _runner(monkeypatch, kernels: str, min_rows: str | None, threads: int = 2) -> _core.CpuMatmul:
-    monkeypatch.setenv("SDAR_CPU_AMX", "0")
-    if min_rows is None:
-        monkeypatch.delenv(ENV, raising=False)
-    else:
-        monkeypatch.setenv(ENV, min_rows)
-    runner = _core.CpuMatmul(threads=threads, kernels=kernels)
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.delenv("SDAR_CPU_AMX", raising=False)
-    return runner
-
-
-def _matrix(bits, group, symmetric, N, K, seed):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((N, K)).astype(np.float32) * 0.05
-    p = cpu_pack.pack_qtensor(quantize.quantize_rtn(w, bits, group, symmetric, np.float32))
-    return _core.CpuMatrix(p.format, p.rows, p.cols, p.data, p.scales, p.zero_scales, p.group, p.symmetric)
+    monkeypatch.setenv("SDAR_CPU_AMX", "0")  # AMX would take these matmuls where the CPU has it
+    return matmul_runner(monkeypatch, ENV, min_rows, kernels, threads)
 
 
 def _check_equal(monkeypatch, kernels, mat, K, rows, seed):
     strips = _runner(monkeypatch, kernels, None)
     small = _runner(monkeypatch, kernels, "0")
-    assert strips.quantized_strips and not small.quantized_strips and not strips.amx
     scalar = _runner(monkeypatch, "scalar", None, threads=1)
+    assert strips.quantized_strips and not small.quantized_strips and not strips.amx
     assert not scalar.quantized_strips
-    rng = np.random.default_rng(seed)
-    for M in rows:
-        x = rng.standard_normal((M, K)).astype(np.float32)
-        x[0, :5] *= 40.0  # one large block next to ordinary ones
-        y = strips.matmul(mat, x)
-        np.testing.assert_array_equal(y, small.matmul(mat, x), err_msg=f"{kernels} strips vs small-M, M={M}")
-        np.testing.assert_array_equal(y, scalar.matmul(mat, x), err_msg=f"{kernels} strips vs scalar, M={M}")
+    runners = {f"{kernels} strips": strips, f"{kernels} small-M": small, "scalar": scalar}
+    assert_same_bits(runners, mat, K, rows, seed)
 
 
 @needs_strips
@@ -80,7 +66,7 @@ def _check_equal(monkeypatch, kernels, mat, K, rows, seed):
     (8, 128, True, 30, 384, (100, 512)),
 ])
 def test_strips_equal_the_kernel_tables(monkeypatch, kernels, bits, group, symmetric, N, K, rows):
-    mat = _matrix(bits, group, symmetric, N, K, seed=N * 7 + K)
+    mat = quantized_matrix(bits, group, symmetric, N, K, seed=N * 7 + K)
     _check_equal(monkeypatch, kernels, mat, K, rows, seed=K)
 
 
@@ -88,7 +74,7 @@ def test_strips_equal_the_kernel_tables(monkeypatch, kernels, bits, group, symme
 @pytest.mark.parametrize("bits,symmetric", [(4, True), (8, False)])
 def test_strips_lm_head_shape(monkeypatch, bits, symmetric):
     """N in the thousands (an LM head's class of shape): many strips per task."""
-    mat = _matrix(bits, 128, symmetric, 3001, 256, seed=bits)
+    mat = quantized_matrix(bits, 128, symmetric, 3001, 256, seed=bits)
     _check_equal(monkeypatch, STRIP_TABLES[0], mat, 256, (SWITCH + 2,), seed=3)
 
 
@@ -102,28 +88,11 @@ def test_tables_without_strips_say_so(monkeypatch):
 def test_prefill_tokens_are_the_same_with_and_without_the_strips(tmp_path_factory, monkeypatch):
     """A 2 x 60-token prompt prefills 120 rows per matmul of a tiny int4 artifact (4-bit head): every
     generated token equal with the strips kernel and with the small-M kernels."""
-    from sdar_export.cli import export
-    from sdar_rt import Generator
     from sdar_rt.artifact import load_artifact
     from sdar_rt.cpu_engine import make_cpu_engine
 
-    ck, _ = tiny_artifact(tmp_path_factory, "float32")
-    art = export(ck, tmp_path_factory.mktemp("strips") / "art", quantize="int4", group_size=32,
-                 lm_head_bits=4, max_context=128, batch=2, quiet=True)
+    art = tiny_int4_artifact(tmp_path_factory)
     a = load_artifact(art)
-    rng = np.random.default_rng(11)
-    prompts = [[int(t) for t in rng.integers(0, 500, 60)] for _ in range(2)]
-    outs = []
     monkeypatch.setenv("SDAR_CPU_AMX", "0")
-    for min_rows in (None, "0"):
-        if min_rows is None:
-            monkeypatch.delenv(ENV, raising=False)
-        else:
-            monkeypatch.setenv(ENV, min_rows)
-        gen = Generator(art, engine=make_cpu_engine(a, threads=2, kernels=STRIP_TABLES[-1]))
-        monkeypatch.delenv(ENV, raising=False)
-        for fused in (True, False):
-            out = gen.generate(prompt_ids=prompts, max_new_tokens=16, fused_commit=fused)
-            outs.append([o.token_ids for o in out])
-    assert outs[0] == outs[2] and outs[1] == outs[3]
-    assert all(outs[0]) and all(outs[1])
+    assert_prefill_tokens_unchanged(monkeypatch, ENV, art,
+                                    lambda setting: make_cpu_engine(a, threads=2, kernels=STRIP_TABLES[-1]))

@@ -63,7 +63,7 @@ int gemm_min_rows_from_environment() {
   const long rows = std::strtol(value, &end, 10);
   if (*end != '\0' || rows < 0 || rows > 1 << 30) {
     throw InvalidArgument(std::string("SDAR_CPU_GEMM_MIN_ROWS='") + value +
-                          "' is not a row count; set a non-negative integer (0 turns the GEMM path off) or unset it");
+                          "' is not a row count; set a non-negative integer (0 turns the blocked paths for many rows off) or unset it");
   }
   return static_cast<int>(rows);
 }
