@@ -1,6 +1,7 @@
-"""The CPU engine's strips kernel: int4 / int8 matmuls of many rows (a prompt's prefill) on the
-VNNI tables, where the weights of a strip of panels are unpacked once per call into vpdpbusd's
-layout and serve every tile of rows (runtime/cpu/quantized_strips.inl).
+"""The CPU engine's strips kernel: int4 / int8 matmuls of many rows (a prompt's prefill) on the x86
+tables, where the weights of a strip of panels are unpacked once per call into the layout of the
+integer dot instruction and serve every tile of rows (runtime/cpu/quantized_strips.inl). The AVX2
+table takes it for 4-bit codes only (8-bit ones keep its small-M kernel).
 
 The integer sums per activation block are exact in any order and the float steps per block are
 every table's (runtime/cpu/kernels.h), so the strips kernel must give the same bits as the same
@@ -11,9 +12,8 @@ strips and a part panel, K over several blocks and an odd number of chunks, and 
 shape class. A whole prefill through the engine gives the same tokens with the strips kernel and
 without it. The AMX path is turned off here (``SDAR_CPU_AMX=0``): with it, it takes these matmuls.
 
-Tables without a strips kernel (AVX2, Arm, scalar) are not parametrized; on a CPU with neither VNNI
-table every test here is skipped with that reason (the C++ test runs the AVX-VNNI source with its
-dot instruction emulated, so the kernel's code is tested there too).
+The Arm and scalar tables have no strips kernel; on a CPU without the x86 tables every test here is
+skipped with that reason.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ pytest.importorskip("sdar_export.quantize")
 
 ENV = "SDAR_CPU_GEMM_MIN_ROWS"
 SWITCH = 32  # kGemmDefaultMinRows (runtime/cpu/gemm.h)
-STRIP_TABLES = [k for k in ("avx512vnni", "avxvnni") if k in _core.cpu_kernels_available()]
-needs_strips = pytest.mark.skipif(not STRIP_TABLES, reason="this CPU or build has neither VNNI kernel table: "
-                                  "the strips kernel is not run here")
+STRIP_TABLES = [k for k in ("avx512vnni", "avxvnni", "avx2") if k in _core.cpu_kernels_available()]
+needs_strips = pytest.mark.skipif(not STRIP_TABLES, reason="this CPU or build has no x86 kernel table: the "
+                                  "strips kernel is not run here")
 
 
 def _runner(monkeypatch, kernels: str, min_rows: str | None, threads: int = 2) -> _core.CpuMatmul:
@@ -81,7 +81,7 @@ def test_strips_lm_head_shape(monkeypatch, bits, symmetric):
 def test_tables_without_strips_say_so(monkeypatch):
     for kernels in _core.cpu_kernels_available():
         runner = _runner(monkeypatch, kernels, None, threads=1)
-        assert runner.quantized_strips == (kernels in ("avx512vnni", "avxvnni")), kernels
+        assert runner.quantized_strips == (kernels in ("avx512vnni", "avxvnni", "avx2")), kernels
 
 
 @needs_strips

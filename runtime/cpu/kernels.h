@@ -109,6 +109,7 @@ struct KernelTable {
   bool wants_panel_x;        // its float-activation kernels read MatmulArgs::xp
   VectorKernels vec;
   QuantizedStripKernel quantized_strips = nullptr;  // null: the table has none (the small-M kernels at every M)
+  bool strips_take_q8 = true;  // false: its strips kernel takes Q4 only, Q8 keeps the small-M kernels
 };
 
 // Portable C++; every build has it.

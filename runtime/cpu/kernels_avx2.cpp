@@ -6,7 +6,7 @@ namespace sdar::cpu {
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table{"avx2", f32_kernel, quantized_kernel, dequantized_kernel, quantize_kernel, true, true,
-                                 kVectorKernels};
+                                 kVectorKernels, quantized_strips_kernel, false};
   return &table;
 }
 

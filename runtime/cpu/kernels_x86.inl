@@ -423,9 +423,7 @@ inline void transpose_half_unit(const std::uint8_t* unit, int h, __m256i (&out)[
 #else
 #include "quantized_transposed256.inl"
 #endif
-#if SDAR_X86_VNNI
 #include "quantized_strips.inl"
-#endif
 
 // ---------------------------------------------------------------- quantized weights, float activations
 

@@ -117,7 +117,7 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     return;
   }
   if (w.format != WeightFormat::F32 && activations == Activations::Int8 && kernels_.quantized_strips != nullptr &&
-      gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
+      (w.format == WeightFormat::Q4 || kernels_.strips_take_q8) && gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
     MatmulArgs args;
     args.w = w;
     args.rows = rows;

@@ -1,15 +1,16 @@
 // The blocked kernel of quantized weights (Q4, Q8) against the int8 activations of many rows (a
-// prompt's prefill) on vpdpbusd (kernels.h: QuantizedStripKernel): the AVX-VNNI table on 256-bit
-// vectors, the AVX-512 VNNI table (on CPUs without AMX) on 512-bit ones. Included by
-// kernels_x86.inl when SDAR_X86_VNNI is 1 or 2; uses its helpers.
+// prompt's prefill; kernels.h: QuantizedStripKernel): the AVX-VNNI table on 256-bit vpdpbusd, the
+// AVX-512 VNNI table (on CPUs without AMX) on 512-bit vpdpbusd, and the AVX2 table, 4-bit codes only,
+// on vpmaddubsw pairs. Included by kernels_x86.inl; uses its helpers.
 //
 // The small-M kernels transpose and mask a panel's codes again for every tile of 8 rows of x (at
 // 256 rows, 32 times per call) and broadcast one activation dword per vpdpbusd. Here the codes of a
 // strip of two vectors' columns (16 output columns on 256-bit vectors, 32 on 512-bit) are unpacked
 // once per call into the scratch in the instruction's layout, [K / 4 steps][strip columns][4 codes],
-// each code a byte (Q4 nibbles spread). Then tiles of 6 rows run over the whole strip: per step of 4
-// codes, two loads of weights and six broadcasts of x feed 12 vpdpbusd into 6 x 2 vectors of int32
-// sums (12 independent chains keep both vpdpbusd pipes busy through the instruction's latency).
+// each code a byte (Q4 nibbles spread). Then tiles of rows run over the whole strip (6 on AVX-VNNI, 12
+// on AVX-512, 4 on AVX2: the lane types below say why): per step of 4 codes, two loads of weights
+// and one broadcast of x per row feed two products per row into the tile's int32 sums (on AVX-VNNI,
+// 12 independent vpdpbusd chains keep both of its pipes busy through the instruction's latency).
 //
 // Bit-identical to every kernel table: per activation block the integer sum(u * x) is exact in any
 // order, and the float steps are the reference's (kernels.h), blocks in order from 0.0f:
@@ -17,10 +18,27 @@
 // The float sums of a tile wait in memory between blocks (they do not fit in registers beside the
 // integer ones) and go to y once the tile is done.
 
+// sums[m][v] += the products of one chunk (8 steps of 4 codes; the strip's codes at w) with rows
+// m < MT of x (row m's chunk at x + kXRun m), one V::dot (vpdpbusd) per product vector.
+template <class V, int MT>
+inline void vnni_chunk_dots(const std::uint8_t* w, const std::int8_t* x, typename V::Int (&sums)[MT][2]) {
+  constexpr std::size_t kVectorBytes = 32 * V::kPanels;
+#pragma GCC unroll 8
+  for (int s = 0; s < kChunk / 4; ++s) {
+    const typename V::Int w0 = V::load_codes(w + 2 * kVectorBytes * s);
+    const typename V::Int w1 = V::load_codes(w + 2 * kVectorBytes * s + kVectorBytes);
+#pragma GCC unroll 12
+    for (int m = 0; m < MT; ++m) {
+      const typename V::Int xm = V::x_dword(x + kXRun * m + 4 * s);
+      sums[m][0] = V::dot(sums[m][0], w0, xm);
+      sums[m][1] = V::dot(sums[m][1], w1, xm);
+    }
+  }
+}
+
 // The vector operations of the kernel on 256-bit vectors: one panel (8 columns) per vector.
-struct StripLanes256 {
+struct StripVectors256 {
   static constexpr int kPanels = 1;
-  static constexpr int kTileRows = 6;  // 12 of the 16 vector registers hold its sums
   using Int = __m256i;
   using Float = __m256;
   static Int zero_int() { return _mm256_setzero_si256(); }
@@ -31,7 +49,6 @@ struct StripLanes256 {
     __builtin_memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
   }
-  static Int dot(Int acc, Int codes, Int x) { return x86_dpbusd(acc, codes, x); }
   static Float to_float(Int v) { return _mm256_cvtepi32_ps(v); }
   static Float set1(float v) { return _mm256_set1_ps(v); }
   static Float mul(Float a, Float b) { return _mm256_mul_ps(a, b); }
@@ -43,6 +60,49 @@ struct StripLanes256 {
     return _mm256_loadu_ps(per_panel + (static_cast<std::size_t>(panels[0]) * groups + g) * kPanel);
   }
 };
+
+#if SDAR_X86_VNNI
+// AVX-VNNI (and AVX-512 VNNI's 256-bit form): vpdpbusd.
+struct StripLanes256 : StripVectors256 {
+  static constexpr int kTileRows = 6;  // 12 of the 16 vector registers hold its sums
+  static Int dot(Int acc, Int codes, Int x) { return x86_dpbusd(acc, codes, x); }
+  template <int MT>
+  static void chunk_dots(const std::uint8_t* w, const std::int8_t* x, Int (&sums)[MT][2]) {
+    vnni_chunk_dots<StripLanes256, MT>(w, x, sums);
+  }
+};
+#else
+// AVX2, 4-bit codes only: vpmaddubsw multiplies 4 codes by 4 activations into two int16 pair sums
+// per lane, each at most 2 * 15 * 127 = 3810, so the 8 steps of a chunk (30480) add up in int16
+// without saturating; vpmaddwd by ones widens them into the int32 sums once per chunk. 8-bit codes
+// would saturate the pair sums: the AVX2 table keeps its small-M kernel for them.
+struct StripLanes256 : StripVectors256 {
+  static constexpr int kTileRows = 4;  // 8 int16 and 8 int32 sums: the 16 registers, with the codes
+  template <int MT>
+  static void chunk_dots(const std::uint8_t* w, const std::int8_t* x, Int (&sums)[MT][2]) {
+    Int pairs[MT][2];
+#pragma GCC unroll 8
+    for (int s = 0; s < kChunk / 4; ++s) {
+      const Int w0 = load_codes(w + 64 * s);
+      const Int w1 = load_codes(w + 64 * s + 32);
+#pragma GCC unroll 4
+      for (int m = 0; m < MT; ++m) {
+        const Int xm = x_dword(x + kXRun * m + 4 * s);
+        // Saturating adds, though they never saturate: as in quantized_transposed256.inl, they keep
+        // the compiler from reordering the chain into a tree of live products.
+        pairs[m][0] = s == 0 ? _mm256_maddubs_epi16(w0, xm) : _mm256_adds_epi16(pairs[m][0], _mm256_maddubs_epi16(w0, xm));
+        pairs[m][1] = s == 0 ? _mm256_maddubs_epi16(w1, xm) : _mm256_adds_epi16(pairs[m][1], _mm256_maddubs_epi16(w1, xm));
+      }
+    }
+    const Int ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 4
+    for (int m = 0; m < MT; ++m) {
+      sums[m][0] = _mm256_add_epi32(sums[m][0], _mm256_madd_epi16(pairs[m][0], ones));
+      sums[m][1] = _mm256_add_epi32(sums[m][1], _mm256_madd_epi16(pairs[m][1], ones));
+    }
+  }
+};
+#endif
 
 #if SDAR_X86_VNNI == 1
 // On 512-bit vectors: two panels (16 columns) per vector.
@@ -60,6 +120,10 @@ struct StripLanes512 {
     return _mm512_set1_epi32(v);
   }
   static Int dot(Int acc, Int codes, Int x) { return _mm512_dpbusd_epi32(acc, codes, x); }
+  template <int MT>
+  static void chunk_dots(const std::uint8_t* w, const std::int8_t* x, Int (&sums)[MT][2]) {
+    vnni_chunk_dots<StripLanes512, MT>(w, x, sums);
+  }
   static Float to_float(Int v) { return _mm512_cvtepi32_ps(v); }
   static Float set1(float v) { return _mm512_set1_ps(v); }
   static Float mul(Float a, Float b) { return _mm512_mul_ps(a, b); }
@@ -110,24 +174,6 @@ void unpack_strip(const std::uint8_t* const (&panels)[P], int K, std::uint8_t* o
   }
 }
 
-// sums[m][v] += the products of one chunk (8 steps of 4 codes; the strip's codes at w) with rows
-// m < MT of x (row m's chunk at x + kXRun m).
-template <class V, int MT>
-inline void strip_chunk_dots(const std::uint8_t* w, const std::int8_t* x, typename V::Int (&sums)[MT][2]) {
-  constexpr std::size_t kVectorBytes = 32 * V::kPanels;
-#pragma GCC unroll 8
-  for (int s = 0; s < kChunk / 4; ++s) {
-    const typename V::Int w0 = V::load_codes(w + 2 * kVectorBytes * s);
-    const typename V::Int w1 = V::load_codes(w + 2 * kVectorBytes * s + kVectorBytes);
-#pragma GCC unroll 12
-    for (int m = 0; m < MT; ++m) {
-      const typename V::Int xm = V::x_dword(x + kXRun * m + 4 * s);
-      sums[m][0] = V::dot(sums[m][0], w0, xm);
-      sums[m][1] = V::dot(sums[m][1], w1, xm);
-    }
-  }
-}
-
 // Rows [first, first + MT) against the unpacked strip of `panels` (a repeated panel: a missing one,
 // its columns computed and never stored).
 template <class V, int MT>
@@ -156,7 +202,7 @@ void strip_tile(const MatmulArgs& a, const std::uint8_t* strip, const int (&pane
 #pragma GCC unroll 12
       for (int m = 0; m < MT; ++m) sums[m][0] = sums[m][1] = V::zero_int();
       for (int c = b * block_chunks; c < (b + 1) * block_chunks; ++c) {
-        strip_chunk_dots<V, MT>(strip + static_cast<std::size_t>(c) * kChunk * 2 * kVectorColumns, a.a.q + x_chunk(c, first, cap),
+        V::template chunk_dots<MT>(strip + static_cast<std::size_t>(c) * kChunk * 2 * kVectorColumns, a.a.q + x_chunk(c, first, cap),
                                 sums);
       }
       const float* sx = a.a.scales + static_cast<std::size_t>(b) * cap + first;
@@ -230,6 +276,8 @@ void quantized_strips_kernel(const MatmulArgs& a, int panel_begin, int panel_end
   if (a.w.format == WeightFormat::Q4) {
     quantized_strips_format<StripLanes, WeightFormat::Q4>(a, panel_begin, panel_end, scratch);
   } else {
+#if SDAR_X86_VNNI
     quantized_strips_format<StripLanes, WeightFormat::Q8>(a, panel_begin, panel_end, scratch);
+#endif
   }
 }
