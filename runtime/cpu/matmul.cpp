@@ -46,6 +46,13 @@ int activation_block(const PackedMatrix& w) { return std::min(w.group, 128); }
 
 namespace {
 
+// A task's scratch for the strips kernel (kernels.h): the widest strip's codes for K = cols.
+std::size_t strip_bytes(int cols) { return static_cast<std::size_t>(kMaxStripPanels) * kPanel * round_up(cols, 64); }
+
+}  // namespace
+
+namespace {
+
 // The AMX kernel reads the avx512vnni table's activation layout (runs of 64 codes); every AMX CPU has
 // that table.
 bool amx_available_for(const KernelTable& kernels) {
@@ -71,8 +78,7 @@ void Matmul::reserve(int max_rows, int max_cols) {
     amx_.reserve(round_up(std::max(max_rows, max_rows_), kAmxPassRows), std::max(max_cols, max_cols_), pool_.size());
   }
   if (kernels_.quantized_strips != nullptr && gemm_min_rows_ > 0 && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
-    const std::size_t strip_bytes = static_cast<std::size_t>(kMaxStripPanels) * kPanel * round_up(std::max(max_cols, max_cols_), 64);
-    strip_scratch_.reserve(strip_bytes, pool_.size());
+    strip_scratch_.reserve(strip_bytes(std::max(max_cols, max_cols_)), pool_.size());
   }
   if (max_rows <= max_rows_ && max_cols <= max_cols_) return;
   max_rows_ = std::max(max_rows, max_rows_);
@@ -124,6 +130,7 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     args.y = y;
     args.ldy = ldy;
     args.a = quantize_rows(w, x, rows, ldx, round_up(rows, 8));
+    strip_scratch_.reserve(strip_bytes(w.cols), pool_.size());  // a no-op once reserve() sized it
     pool_.parallel_ranges(w.panels(), [&](int task, int begin, int end) {
       kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(task));
     });
