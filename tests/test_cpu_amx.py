@@ -24,9 +24,6 @@ from sdar_fixtures import (
 )
 from sdar_rt import _core
 
-pytest.importorskip("sdar_export.cpu_pack")
-pytest.importorskip("sdar_export.quantize")
-
 ENV = "SDAR_CPU_AMX"
 SWITCH = 32  # kAmxMinRows (runtime/cpu/amx.h)
 HAS_AMX = "avx512vnni" in _core.cpu_kernels_available() and _core.cpu_amx_usable()

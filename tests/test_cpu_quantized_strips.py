@@ -28,9 +28,6 @@ from sdar_fixtures import (
 )
 from sdar_rt import _core
 
-pytest.importorskip("sdar_export.cpu_pack")
-pytest.importorskip("sdar_export.quantize")
-
 ENV = "SDAR_CPU_GEMM_MIN_ROWS"
 SWITCH = 32  # kGemmDefaultMinRows (runtime/cpu/gemm.h)
 STRIP_TABLES = [k for k in ("avx512vnni", "avxvnni", "avx2") if k in _core.cpu_kernels_available()]
