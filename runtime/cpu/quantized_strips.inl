@@ -276,6 +276,8 @@ void quantized_strips_kernel(const MatmulArgs& a, int panel_begin, int panel_end
   if (a.w.format == WeightFormat::Q4) {
     quantized_strips_format<StripLanes, WeightFormat::Q4>(a, panel_begin, panel_end, scratch);
   } else {
+    // The AVX2 table's int8 matmuls never come here (its strips_take_q8 is false: Matmul keeps them
+    // on the small-M kernel), so its build has no 8-bit form of this kernel.
 #if SDAR_X86_VNNI
     quantized_strips_format<StripLanes, WeightFormat::Q8>(a, panel_begin, panel_end, scratch);
 #endif
