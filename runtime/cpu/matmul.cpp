@@ -49,10 +49,6 @@ namespace {
 // A task's scratch for the strips kernel (kernels.h): the widest strip's codes for K = cols.
 std::size_t strip_bytes(int cols) { return static_cast<std::size_t>(kMaxStripPanels) * kPanel * round_up(cols, 64); }
 
-}  // namespace
-
-namespace {
-
 // The AMX kernel reads the avx512vnni table's activation layout (runs of 64 codes); every AMX CPU has
 // that table.
 bool amx_available_for(const KernelTable& kernels) {
