@@ -143,9 +143,7 @@ class MatmulRunner {
 
   std::string kernels() const { return matmul_.kernels().name; }
   bool amx() const { return matmul_.amx(); }
-  bool quantized_strips() const {
-    return matmul_.kernels().quantized_strips != nullptr && matmul_.gemm_min_rows() > 0 && !matmul_.amx();
-  }
+  bool quantized_strips() const { return matmul_.strips_for(WeightFormat::Q4) && !matmul_.amx(); }
   int threads() { return pool_.size(); }
 
  private:

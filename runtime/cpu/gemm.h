@@ -31,8 +31,8 @@ const GemmKernels& gemm_kernels_for(const KernelTable& table);
 
 // From how many rows of x a float32 matmul takes the GEMM (and a quantized one a table's strips
 // kernel, kernels.h): SDAR_CPU_GEMM_MIN_ROWS when set (0: never, which keeps the small-M kernels for
-// every M), else kGemmDefaultMinRows. Throws InvalidArgument on
-// a value that is not a non-negative integer.
+// every M), else kGemmDefaultMinRows. Throws InvalidArgument on a value that is not a non-negative
+// integer.
 constexpr int kGemmDefaultMinRows = 32;
 int gemm_min_rows_from_environment();
 

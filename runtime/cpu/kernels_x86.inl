@@ -397,6 +397,13 @@ void quantized_tile(const MatmulArgs& a, int panel, const MTile& t) {
   for (int pass = 0; pass < PASSES; ++pass) store_lanes<MT>(a, acc[pass], panel, pass * R, t);
 }
 
+// The 4 activation codes at p in every 32-bit lane (one vpbroadcastd from memory).
+inline __m256i broadcast_x4_256(const std::int8_t* p) {
+  std::int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
 // Dwords 4h..4h+3 of the 32 bytes of rows 0-7 of a unit (rows at unit + 32 r) -> out[d], lane r: the
 // transpose of a unit of 8 panel rows described in quantized_transposed256.inl (its kernel and the
 // blocked strips kernel of quantized_strips.inl use it).

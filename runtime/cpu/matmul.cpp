@@ -73,7 +73,7 @@ void Matmul::reserve(int max_rows, int max_cols) {
   if (amx_on_ && std::max(max_rows, max_rows_) >= kAmxMinRows) {
     amx_.reserve(round_up(std::max(max_rows, max_rows_), kAmxPassRows), std::max(max_cols, max_cols_), pool_.size());
   }
-  if (kernels_.quantized_strips != nullptr && gemm_min_rows_ > 0 && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
+  if (strips_for(WeightFormat::Q4) && std::max(max_rows, max_rows_) >= gemm_min_rows_) {
     strip_scratch_.reserve(strip_bytes(std::max(max_cols, max_cols_)), pool_.size());
   }
   if (max_rows <= max_rows_ && max_cols <= max_cols_) return;
@@ -108,28 +108,24 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
     gemm_.f32(pool_, w, x, rows, ldx, y, ldy);
     return;
   }
-  if (w.format != WeightFormat::F32 && activations == Activations::Int8 && amx_on_ && rows >= kAmxMinRows) {
+  const bool int8_activations = w.format != WeightFormat::F32 && activations == Activations::Int8;
+  const bool amx = int8_activations && amx_on_ && rows >= kAmxMinRows;
+  if (amx || (int8_activations && strips_for(w.format) && rows >= gemm_min_rows_)) {
     MatmulArgs args;
     args.w = w;
     args.rows = rows;
     args.y = y;
     args.ldy = ldy;
-    args.a = quantize_rows(w, x, rows, ldx, round_up(rows, kAmxPassRows));  // whole passes of 32 rows
-    amx_.quantized(pool_, args);
-    return;
-  }
-  if (w.format != WeightFormat::F32 && activations == Activations::Int8 && kernels_.quantized_strips != nullptr &&
-      (w.format == WeightFormat::Q4 || kernels_.strips_take_q8) && gemm_min_rows_ > 0 && rows >= gemm_min_rows_) {
-    MatmulArgs args;
-    args.w = w;
-    args.rows = rows;
-    args.y = y;
-    args.ldy = ldy;
-    args.a = quantize_rows(w, x, rows, ldx, round_up(rows, 8));
-    strip_scratch_.reserve(strip_bytes(w.cols), pool_.size());  // a no-op once reserve() sized it
-    pool_.parallel_ranges(w.panels(), [&](int task, int begin, int end) {
-      kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(task));
-    });
+    // The AMX kernel reads whole passes of 32 rows.
+    args.a = quantize_rows(w, x, rows, ldx, round_up(rows, amx ? kAmxPassRows : 8));
+    if (amx) {
+      amx_.quantized(pool_, args);
+    } else {
+      strip_scratch_.reserve(strip_bytes(w.cols), pool_.size());  // a no-op once reserve() sized it
+      pool_.parallel_ranges(w.panels(), [&](int task, int begin, int end) {
+        kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(task));
+      });
+    }
     return;
   }
   MatmulArgs args;

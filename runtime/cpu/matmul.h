@@ -42,6 +42,13 @@ class Matmul {
   int gemm_min_rows() const { return gemm_min_rows_; }
   void set_gemm_min_rows(int rows) { gemm_min_rows_ = rows; }
 
+  // Whether int8-activation matmuls of this weight format and at least gemm_min_rows() rows take the
+  // table's strips kernel (where the AMX path does not take them first).
+  bool strips_for(WeightFormat format) const {
+    return kernels_.quantized_strips != nullptr && gemm_min_rows_ > 0 &&
+           (format == WeightFormat::Q4 || (format == WeightFormat::Q8 && kernels_.strips_take_q8));
+  }
+
   // Whether quantized matmuls (int8 activations) of at least kAmxMinRows rows take the AMX path
   // (amx.h; the same results). Default: with the avx512vnni table where amx_usable() and
   // amx_enabled_from_environment(). set_amx(true) turns it on only where it can run; call reserve()

@@ -44,11 +44,7 @@ struct StripVectors256 {
   static Int zero_int() { return _mm256_setzero_si256(); }
   static Float zero_float() { return _mm256_setzero_ps(); }
   static Int load_codes(const std::uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
-  static Int x_dword(const std::int8_t* p) {
-    std::int32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-  }
+  static Int x_dword(const std::int8_t* p) { return broadcast_x4_256(p); }
   static Float to_float(Int v) { return _mm256_cvtepi32_ps(v); }
   static Float set1(float v) { return _mm256_set1_ps(v); }
   static Float mul(Float a, Float b) { return _mm256_mul_ps(a, b); }
@@ -114,11 +110,7 @@ struct StripLanes512 {
   static Int zero_int() { return _mm512_setzero_si512(); }
   static Float zero_float() { return _mm512_setzero_ps(); }
   static Int load_codes(const std::uint8_t* p) { return _mm512_load_si512(p); }
-  static Int x_dword(const std::int8_t* p) {
-    std::int32_t v;
-    __builtin_memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-  }
+  static Int x_dword(const std::int8_t* p) { return broadcast_x4(p); }  // quantized_vnni.inl
   static Int dot(Int acc, Int codes, Int x) { return _mm512_dpbusd_epi32(acc, codes, x); }
   template <int MT>
   static void chunk_dots(const std::uint8_t* w, const std::int8_t* x, Int (&sums)[MT][2]) {
@@ -202,8 +194,8 @@ void strip_tile(const MatmulArgs& a, const std::uint8_t* strip, const int (&pane
 #pragma GCC unroll 12
       for (int m = 0; m < MT; ++m) sums[m][0] = sums[m][1] = V::zero_int();
       for (int c = b * block_chunks; c < (b + 1) * block_chunks; ++c) {
-        V::template chunk_dots<MT>(strip + static_cast<std::size_t>(c) * kChunk * 2 * kVectorColumns, a.a.q + x_chunk(c, first, cap),
-                                sums);
+        const std::uint8_t* codes = strip + static_cast<std::size_t>(c) * kChunk * 2 * kVectorColumns;
+        V::template chunk_dots<MT>(codes, a.a.q + x_chunk(c, first, cap), sums);
       }
       const float* sx = a.a.scales + static_cast<std::size_t>(b) * cap + first;
       const float* sum_x = a.a.sums + static_cast<std::size_t>(b) * cap + first;

@@ -27,12 +27,6 @@
 // transposed kernel): with 1 or 2 rows too few x rows would share each unit's transpose.
 constexpr int kTransposed256MinRows = 4;
 
-inline __m256i broadcast_x4(const std::int8_t* p) {
-  std::int32_t v;
-  __builtin_memcpy(&v, p, 4);
-  return _mm256_set1_epi32(v);
-}
-
 // The u8 codes of a transposed vector: NIBBLE 0 the low nibbles, 1 the high ones, -1 all 8 bits (Q8).
 template <int NIBBLE>
 inline __m256i nibble_codes(__m256i codes) {
@@ -60,8 +54,8 @@ inline void dot_steps(const __m256i (&w)[STEPS], const std::int8_t* const (&xs)[
     __m256i odd = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int s = 0; s < STEPS; s += 2) {
-      sum[m] = x86_dpbusd(sum[m], w[s], broadcast_x4(xs[s] + kXRun * m));
-      odd = x86_dpbusd(odd, w[s + 1], broadcast_x4(xs[s + 1] + kXRun * m));
+      sum[m] = x86_dpbusd(sum[m], w[s], broadcast_x4_256(xs[s] + kXRun * m));
+      odd = x86_dpbusd(odd, w[s + 1], broadcast_x4_256(xs[s + 1] + kXRun * m));
     }
     sum[m] = _mm256_add_epi32(sum[m], odd);
 #else
@@ -69,9 +63,9 @@ inline void dot_steps(const __m256i (&w)[STEPS], const std::int8_t* const (&xs)[
     // a saturating add is not associative, so the compiler keeps the chain as written instead of
     // computing every product first (a tree of live products spilled to the stack: 1.2x the
     // instructions of the per-row kernel at 4 and 8 rows, before this).
-    __m256i pairs = _mm256_maddubs_epi16(w[0], broadcast_x4(xs[0] + kXRun * m));
+    __m256i pairs = _mm256_maddubs_epi16(w[0], broadcast_x4_256(xs[0] + kXRun * m));
 #pragma GCC unroll 8
-    for (int s = 1; s < STEPS; ++s) pairs = _mm256_adds_epi16(pairs, _mm256_maddubs_epi16(w[s], broadcast_x4(xs[s] + kXRun * m)));
+    for (int s = 1; s < STEPS; ++s) pairs = _mm256_adds_epi16(pairs, _mm256_maddubs_epi16(w[s], broadcast_x4_256(xs[s] + kXRun * m)));
     sum[m] = _mm256_add_epi32(sum[m], _mm256_madd_epi16(pairs, ones));
 #endif
   }

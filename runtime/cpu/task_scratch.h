@@ -17,8 +17,6 @@ class TaskScratch {
   // Task `task`'s slot (task < the tasks reserved for).
   std::uint8_t* slot(int task);
 
-  std::size_t slot_bytes() const { return slot_bytes_; }
-
  private:
   std::size_t slot_bytes_ = 0;
   int tasks_ = 0;
