@@ -1,6 +1,7 @@
 """``python -m sdar_rt.bench.prefill`` on a tiny artifact: every number its report is read for is
-there, positive and consistent with the others; both paths generate the same tokens; the GEMM
-setting it uses for the old path does not leak into the process; refusals. Speed is not asserted."""
+there, positive and consistent with the others (the engine's time by phase too); both paths generate
+the same tokens; the GEMM setting it uses for the old path does not leak into the process;
+refusals. Speed is not asserted."""
 
 from __future__ import annotations
 
@@ -32,7 +33,14 @@ def test_report_of_both_paths(tmp_path_factory, tmp_path, capsys):
     ratios = r["gemm_over_small_m"]["values"]
     assert ratios == pytest.approx([g / s for g, s in zip(rates["gemm"]["values"], rates["small-m"]["values"],
                                                           strict=True)])
-    assert "gemm / small-m per round" in capsys.readouterr().out
+    # The engine's split of a call by phase: every phase there, none negative, and the phases' medians
+    # adding up to about the call's engine time (each call's phases add up to its time exactly).
+    for p in r["phase_seconds"].values():
+        assert set(p) == {"seconds", "qkv", "attention", "o_proj", "gate_up", "down", "lm_head", "other"}
+        assert all(v >= 0 for v in p.values()) and p["attention"] > 0 and p["qkv"] > 0
+        assert sum(v for k, v in p.items() if k != "seconds") == pytest.approx(p["seconds"], rel=0.5)
+    printed = capsys.readouterr().out
+    assert "gemm / small-m per round" in printed and "engine seconds per call" in printed
 
 
 def test_one_path_and_refusals(tmp_path_factory, capsys):

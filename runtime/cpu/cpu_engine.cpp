@@ -105,6 +105,10 @@ void CpuEngine::bind(const EngineBindings& b) {
   const int most_tiles = (b.ids_capacity + attention_tile_tokens(tile) - 1) / attention_tile_tokens(tile);
   attention_scratch_.assign(attention_scratch_stride_ * heads_in_batch * attention_ranges(heads_in_batch, most_tiles),
                             0.0f);
+  // One copy of a head's cached rows per thread (a thread runs one task at a time): 2 x context x
+  // head_dim floats each, where one per task would grow with the batch and the heads.
+  attention_rows_stride_ = attention_rows_floats(tile, b.max_context);
+  attention_rows_.assign(attention_rows_stride_ * pool_.size(), 0.0f);
   matmul_.reserve(static_cast<int>(rows), model_->max_cols());
   // RoPE tables of every position, float32 as the graphs compute them: cos((float)pos * inv_freq).
   const int half = D / 2;
@@ -208,7 +212,8 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
     const int range = task % ranges;
     attend(vec_, shape, head / d.num_kv_heads, head % d.num_kv_heads, tokens * range / ranges,
            tokens * (range + 1) / ranges, h_.data(), key_cache, value_cache, attn_.data(),
-           attention_scratch_.data() + static_cast<std::size_t>(task) * attention_scratch_stride_);
+           attention_scratch_.data() + static_cast<std::size_t>(task) * attention_scratch_stride_,
+           attention_rows_.data() + static_cast<std::size_t>(pool_.slot()) * attention_rows_stride_);
   };
   // Only a few microseconds of work stay on this thread (the pool's hand-off would cost more): at the
   // 0.6B shape a block of 4 over 32 cached positions is ~0.6M multiply-adds per layer, and splitting

@@ -83,6 +83,8 @@ class CpuEngine final : public Engine {
   std::vector<float> act_;     // [rows][intermediate]
   std::vector<float> attention_scratch_;  // per attention task: attention_scratch_stride_ floats
   std::size_t attention_scratch_stride_ = 0;
+  std::vector<float> attention_rows_;     // per pool slot: attention_rows_stride_ floats (attend()'s rows_copy)
+  std::size_t attention_rows_stride_ = 0;
   std::vector<float> cos_;     // [max_context][D / 2]
   std::vector<float> sin_;
   long runs_ = 0;

@@ -53,6 +53,13 @@ void name_this_worker() {
 // two matmuls of a step (norms, RoPE, attention on the caller), far shorter than between steps.
 constexpr auto kSpin = std::chrono::microseconds(300);
 
+// Which pool's worker this thread is, and its slot there (ThreadPool::slot).
+struct WorkerSlot {
+  const ThreadPool* pool = nullptr;
+  int slot = 0;
+};
+thread_local WorkerSlot this_worker;
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -68,7 +75,8 @@ ThreadPool::ThreadPool(int threads) {
   workers_.reserve(extra);
   const AsyncSignalsHeldBack held_back;  // the workers start with these signals blocked
   for (int i = 0; i < extra; ++i) {
-    workers_.emplace_back([this] {
+    workers_.emplace_back([this, i] {
+      this_worker = WorkerSlot{this, i + 1};
       name_this_worker();
       worker_loop();
     });
@@ -84,6 +92,8 @@ ThreadPool::~ThreadPool() {
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
+
+int ThreadPool::slot() const { return this_worker.pool == this ? this_worker.slot : 0; }
 
 void ThreadPool::work() {
   for (int i = next_task_.fetch_add(1); i < tasks_; i = next_task_.fetch_add(1)) fn_(context_, i);

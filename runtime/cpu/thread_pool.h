@@ -33,6 +33,11 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
+  // The calling thread's slot in this pool, for per-thread scratch in tasks: 1 .. size() - 1 on the
+  // pool's workers, 0 on any other thread (the one that calls run(), which runs tasks too). During
+  // a run each slot is one thread's.
+  int slot() const;
+
   // Runs fn(context, i) for every i in [0, tasks), in any order and on any worker.
   // Not reentrant: one run at a time (the engine runs one step at a time).
   void run(int tasks, TaskFn fn, void* context);

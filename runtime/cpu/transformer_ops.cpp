@@ -63,8 +63,12 @@ std::size_t attention_scratch_floats(const AttentionShape& s, std::int64_t max_c
   return rows * (static_cast<std::size_t>(max_context) + 2 * static_cast<std::size_t>(s.head_dim));
 }
 
+std::size_t attention_rows_floats(const AttentionShape& s, std::int64_t max_context) {
+  return 2 * static_cast<std::size_t>(max_context) * static_cast<std::size_t>(s.head_dim);  // keys, then values
+}
+
 void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, int t_begin, int t_end, const float* q,
-            const float* key_cache, const float* value_cache, float* out, float* scratch) {
+            const float* key_cache, const float* value_cache, float* out, float* scratch, float* rows_copy) {
   const int D = s.head_dim;
   const int G = s.heads / s.kv_heads;
   const std::size_t q_row = static_cast<std::size_t>(s.heads) * D;
@@ -84,6 +88,24 @@ void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head,
   const auto row_of = [&](int t, int g) {  // where query (or output) head g of token t starts
     return (static_cast<std::size_t>(b) * s.tokens + t) * q_row + static_cast<std::size_t>(kv_head * G + g) * D;
   };
+  // Where the tiles read the head's cached rows. In the cache they lie cache_row floats apart (4 KB
+  // at 8 kv heads of 128), which maps a block of them onto the same few sets of L1 and L2: every
+  // tile of a range would fetch them again from further out. A range of several tiles copies them
+  // next to each other first, each row once, as the tiles come to need it (visible() grows with t);
+  // the copy holds the same values, so the tiles give the same bits.
+  const float* tile_keys = keys;
+  const float* tile_values = values;
+  std::size_t tile_stride = cache_row;
+  float* key_copy = nullptr;
+  float* value_copy = nullptr;
+  int copied = 0;
+  if (rows_copy != nullptr && t_end - t_begin > tile_tokens) {
+    key_copy = rows_copy;
+    value_copy = rows_copy + static_cast<std::size_t>(visible(t_end - 1)) * D;
+    tile_keys = key_copy;
+    tile_values = value_copy;
+    tile_stride = D;
+  }
   for (int t0 = t_begin; t0 < t_end; t0 += tile_tokens) {
     const int t1 = t0 + tile_tokens < t_end ? t0 + tile_tokens : t_end;
     const int rows = (t1 - t0) * G;
@@ -95,14 +117,18 @@ void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head,
     // each output's chain of fused multiply-adds as it was (acc + 0 * v == acc for the finite
     // values of the rows written so far), so a tile gives the bits of one query at a time.
     const int n = visible(t1 - 1);
-    v.dots(q_tile, rows, keys, cache_row, n, D, scores, n);
+    for (; key_copy != nullptr && copied < n; ++copied) {
+      std::memcpy(key_copy + static_cast<std::size_t>(copied) * D, keys + copied * cache_row, D * sizeof(float));
+      std::memcpy(value_copy + static_cast<std::size_t>(copied) * D, values + copied * cache_row, D * sizeof(float));
+    }
+    v.dots(q_tile, rows, tile_keys, tile_stride, n, D, scores, n);
     for (int r = 0; r < rows; ++r) {
       float* row = scores + static_cast<std::size_t>(r) * n;
       const int own = visible(t0 + r / G);
       v.softmax(row, own);
       for (int j = own; j < n; ++j) row[j] = 0.0f;
     }
-    v.weighted_sum(scores, n, rows, values, cache_row, n, D, out_tile);
+    v.weighted_sum(scores, n, rows, tile_values, tile_stride, n, D, out_tile);
     for (int t = t0; t < t1; ++t) {
       for (int g = 0; g < G; ++g) std::memcpy(out + row_of(t, g), out_tile + ((t - t0) * G + g) * D, D * sizeof(float));
     }

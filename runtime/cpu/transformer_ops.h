@@ -28,7 +28,10 @@ void norm_rope(const VectorKernels& v, float* head, const float* w, const float*
 // q.k, times V. q / out: [B * T][heads * D] rows (row b * T + t); the cache:
 // [max_context][B][kv_heads][D]. The query rows go in tiles of up to attention_tile_tokens() tokens
 // times G heads (VectorKernels: each cache row read serves the tile). scratch: at least
-// attention_scratch_floats(s, past_len + T) floats.
+// attention_scratch_floats(s, past_len + T) floats. rows_copy: null, or attention_rows_floats(s,
+// past_len + T) floats where a range of several tiles first copies the head's cached rows next to
+// each other (the cache keeps one position's heads together, so a head's rows lie far apart and
+// map onto the same few cache sets); the outputs are the same bits either way.
 struct AttentionShape {
   int batch = 0;
   int tokens = 0;
@@ -42,7 +45,8 @@ struct AttentionShape {
 constexpr int kAttentionTileRows = 12;
 int attention_tile_tokens(const AttentionShape& s);
 std::size_t attention_scratch_floats(const AttentionShape& s, std::int64_t max_context);
+std::size_t attention_rows_floats(const AttentionShape& s, std::int64_t max_context);
 void attend(const VectorKernels& v, const AttentionShape& s, int b, int kv_head, int t_begin, int t_end, const float* q,
-            const float* key_cache, const float* value_cache, float* out, float* scratch);
+            const float* key_cache, const float* value_cache, float* out, float* scratch, float* rows_copy);
 
 }  // namespace sdar::cpu

@@ -4,7 +4,8 @@
 //   - weights that are exact zeros past a row's own keys change no bit of its weighted sum (what
 //     attend() relies on to score a tile against its last token's keys);
 //   - attend() over token tiles and token ranges gives the bits of one query at a time (the
-//     algorithm written out below with m = 1 calls);
+//     algorithm written out below with m = 1 calls), reading the cache in place or a copy of a
+//     head's rows;
 //   - the x86-64 tables give the same bits as each other;
 //   - all against a double-precision reference. Tolerances: a score is a chain of d float32
 //     fused multiply-adds (plus a reduction), each rounding by at most 2^-24 of a partial sum, so
@@ -171,16 +172,20 @@ std::vector<float> attend_one_by_one(const VectorKernels& v, const Case& c) {
   return out;
 }
 
-// attend() as the engine calls it, each (batch row, kv head) split into `ranges` token ranges.
-std::vector<float> attend_tiled(const VectorKernels& v, const Case& c, int ranges) {
+// attend() as the engine calls it, each (batch row, kv head) split into `ranges` token ranges; with
+// `copy_rows`, the tiles read a copy of the head's cached rows (one buffer for every call, as a
+// thread of the engine reuses its own, NaN-filled first so that a row read before it is copied shows).
+std::vector<float> attend_tiled(const VectorKernels& v, const Case& c, int ranges, bool copy_rows) {
   const AttentionShape& s = c.shape;
   std::vector<float> out(c.q.size(), NAN);
   std::vector<float> scratch(sdar::cpu::attention_scratch_floats(s, s.past_len + s.tokens), NAN);
+  std::vector<float> rows(sdar::cpu::attention_rows_floats(s, s.past_len + s.tokens), NAN);
   for (int b = 0; b < s.batch; ++b) {
     for (int kv = 0; kv < s.kv_heads; ++kv) {
       for (int r = 0; r < ranges; ++r) {
+        std::fill(rows.begin(), rows.end(), NAN);
         sdar::cpu::attend(v, s, b, kv, s.tokens * r / ranges, s.tokens * (r + 1) / ranges, c.q.data(), c.keys.data(),
-                          c.values.data(), out.data(), scratch.data());
+                          c.values.data(), out.data(), scratch.data(), copy_rows ? rows.data() : nullptr);
       }
     }
   }
@@ -229,10 +234,13 @@ void test_attend(const VectorKernels& v, std::mt19937& rng, std::vector<std::vec
     for (std::size_t i = 0; i < one.size(); ++i) near_reference = near_reference && std::fabs(one[i] - ref[i]) <= 1e-5 * v_max;
     CHECK(near_reference, "attention off the double-precision reference");
     for (int ranges : {1, 3}) {
-      const std::vector<float> tiled = attend_tiled(v, c, ranges);
-      bool equal = true;
-      for (std::size_t i = 0; i < one.size(); ++i) equal = equal && same_bits(tiled[i], one[i]);
-      CHECK(equal, "tiled attention changed bits against one query at a time");
+      for (bool copy_rows : {false, true}) {
+        const std::vector<float> tiled = attend_tiled(v, c, ranges, copy_rows);
+        bool equal = true;
+        for (std::size_t i = 0; i < one.size(); ++i) equal = equal && same_bits(tiled[i], one[i]);
+        CHECK(equal, copy_rows ? "tiled attention over copied cache rows changed bits against one query at a time"
+                               : "tiled attention changed bits against one query at a time");
+      }
     }
     results.push_back(one);
   }

@@ -5,6 +5,7 @@
 // int8 activations: each activation is rounded to a multiple of its block scale s = max|x| / 127,
 // an error of at most s / 2, so |y - y_ref| <= sum over blocks of (s_b / 2) * sum_b |w| (plus the
 // float slack above). Quantized results must also be bit-identical across kernel tables.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -377,6 +378,42 @@ void test_thread_pool() {
     for (int h : hits) wrong += h != 1;
     CHECK(wrong == 0, "round %d: %d tasks not run exactly once", round, wrong);
   }
+
+  // slot(): within a run, every task sees a slot in [0, size()) that no task running at the same
+  // time holds (the engine's per-thread scratch relies on it); the calling thread's slot is 0, in
+  // this pool and in any other; another pool's worker gets 0 from this pool.
+  CHECK(pool.slot() == 0, "the calling thread's slot is %d, not 0", pool.slot());
+  std::vector<std::atomic<int>> holders(pool.size());
+  std::atomic<int> bad_slot{0};
+  std::atomic<int> shared_slot{0};
+  for (int round = 0; round < 50; ++round) {
+    pool.parallel_for(64, [&](int) {
+      const int slot = pool.slot();
+      if (slot < 0 || slot >= pool.size()) {
+        ++bad_slot;
+        return;
+      }
+      if (holders[slot].fetch_add(1) != 0) ++shared_slot;
+      for (volatile int spin = 0; spin < 2000; spin = spin + 1) {
+      }
+      holders[slot].fetch_sub(1);
+    });
+  }
+  CHECK(bad_slot.load() == 0, "%d tasks saw a slot outside [0, %d)", bad_slot.load(), pool.size());
+  CHECK(shared_slot.load() == 0, "%d tasks ran while another held their slot", shared_slot.load());
+  sdar::cpu::ThreadPool other(2);
+  std::atomic<int> foreign{0};
+  std::atomic<int> on_worker{0};  // tasks that ran on the other pool's worker (the check needs some)
+  for (int round = 0; round < 200 && on_worker.load() == 0; ++round) {
+    other.parallel_for(16, [&](int) {
+      foreign += pool.slot() != 0;
+      on_worker += other.slot() != 0;
+      for (volatile int spin = 0; spin < 20000; spin = spin + 1) {
+      }
+    });
+  }
+  CHECK(on_worker.load() > 0, "no task of a 2-thread pool ran on its worker in 200 runs");
+  CHECK(foreign.load() == 0, "%d tasks of another pool got a non-zero slot of this one", foreign.load());
 }
 
 // The run-time detection: SDAR_EXPECT_KERNELS (e.g. "dotprod,neon,scalar", set by check_aarch64.sh

@@ -17,8 +17,10 @@ order reversed every other round), so both paths see the same load on a shared h
 generates one block after the prompt, and the prompt's tokens per second are the prompt length over
 the call's ``prefill_seconds`` (the prefill's chunks of ``prefill_chunk`` tokens, as in any call).
 Reported per path: the median round, the slowest and fastest, every round; the ratio of the paths per
-round; whether the engine took AMX; whether every path generated the same tokens (they must: the
-GEMM, the AMX path and the strips kernel give the same bits as the small-M kernels).
+round; the engine's own split of a call's time by phase (``profile()``: each matmul by weight,
+attention, the rest; the block after the prompt included), the median over the rounds; whether the
+engine took AMX; whether every path generated the same tokens (they must: the GEMM, the AMX path and
+the strips kernel give the same bits as the small-M kernels).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -84,12 +87,16 @@ def bench_artifact(path: str, args) -> dict:
     for name, g in gens.items():  # warm up: workspaces, caches, thread wake-up
         outputs[name] = g.generate(prompt_ids=prompt, max_new_tokens=L).token_ids
     rates: dict[str, list[float]] = {name: [] for name in gens}
+    phases: dict[str, list[dict[str, float]]] = {name: [] for name in gens}
     for r in range(args.rounds):
         order = list(gens.items()) if r % 2 == 0 else list(gens.items())[::-1]  # neither path always first
         for name, g in order:
             time.sleep(SETTLE_SECONDS)
+            before = g.engine.profile()
             out = g.generate(prompt_ids=prompt, max_new_tokens=L)
+            after = g.engine.profile()
             rates[name].append(args.tokens / out.stats["prefill_seconds"])
+            phases[name].append({k: after[k] - before[k] for k in after if k != "runs"})
             if out.token_ids != outputs[name]:
                 raise RuntimeError(f"{path}: the {name} path generated different tokens in round {r + 1}")
         _log(f"{path}: round {r + 1}/{args.rounds}: " +
@@ -100,6 +107,8 @@ def bench_artifact(path: str, args) -> dict:
            "amx": {n: g.engine.amx for n, g in gens.items()},
            "prefill_chunk": getattr(first.spec, "prefill_chunk", None),
            "prompt_tokens_per_second": {n: spread(v) for n, v in rates.items()},
+           "phase_seconds": {n: {k: statistics.median(p[k] for p in calls) for k in calls[0]}
+                             for n, calls in phases.items()},
            "same_tokens": len({tuple(t) for t in outputs.values()}) == 1}
     for other in ("small-m", "no-amx"):
         if "gemm" in rates and other in rates:
@@ -122,6 +131,9 @@ def _table(res: dict) -> str:
             s = res[key]
             lines.append(f"  gemm / {other} per round: {s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]  "
                          f"rounds: {', '.join(f'{v:.2f}' for v in s['values'])}")
+    for name, p in res["phase_seconds"].items():
+        lines.append(f"  {name:8s}  engine seconds per call (median): " +
+                     ", ".join(f"{k} {v:.3f}" for k, v in p.items()))
     lines.append(f"  same tokens on every path: {res['same_tokens']}")
     return "\n".join(lines)
 
