@@ -85,7 +85,7 @@ bool amx_enabled_from_environment() {
 
 namespace {
 
-// Bytes of one task's scratch parts (AmxScratch), each a multiple of 64.
+// Bytes of one thread's scratch parts (AmxScratch), each a multiple of 64.
 std::size_t weight_bytes(int cols) { return static_cast<std::size_t>(kAmxStripColumns) * ((cols + 63) / 64 * 64); }
 constexpr std::size_t kDotBytes = 2 * kAmxPassRows * kAmxStripColumns * sizeof(std::int32_t);
 std::size_t acc_bytes(int rows) {
@@ -100,8 +100,8 @@ void AmxMatmul::reserve(int max_rows, int max_cols, int threads) {
   scratch_.reserve(weight_bytes(max_cols_) + kDotBytes + acc_bytes(max_rows_), threads);
 }
 
-AmxScratch AmxMatmul::scratch(int task) {
-  std::uint8_t* slot = scratch_.slot(task);
+AmxScratch AmxMatmul::scratch(const ThreadPool& pool) {
+  std::uint8_t* slot = scratch_.slot(pool);
   const std::size_t weights = weight_bytes(max_cols_);
   return AmxScratch{slot, reinterpret_cast<std::int32_t*>(slot + weights), reinterpret_cast<float*>(slot + weights + kDotBytes)};
 }
@@ -109,8 +109,7 @@ AmxScratch AmxMatmul::scratch(int task) {
 void AmxMatmul::quantized(ThreadPool& pool, const MatmulArgs& args) {
   reserve(args.a.row_capacity, args.w.cols, pool.size());  // a no-op once Matmul::reserve sized it
   const int strips = (args.w.panels() + kAmxStripPanels - 1) / kAmxStripPanels;
-  // Each task has its own scratch slot, so no two running tasks share one.
-  pool.parallel_ranges(strips, [&](int task, int begin, int end) { kernel_(args, begin, end, scratch(task)); });
+  pool.parallel_ranges(strips, [&](int, int begin, int end) { kernel_(args, begin, end, scratch(pool)); });
 }
 
 }  // namespace sdar::cpu

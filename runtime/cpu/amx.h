@@ -10,8 +10,8 @@
 #include <cstdint>
 #include "amx_kernels.h"
 #include "kernels.h"
-#include "task_scratch.h"
 #include "thread_pool.h"
+#include "thread_scratch.h"
 
 namespace sdar::cpu {
 
@@ -31,7 +31,7 @@ bool amx_enabled_from_environment();
 // faster at a few rows; from 32 rows on AMX was faster in every shape measured (docs/cpu-prefill.md).
 constexpr int kAmxMinRows = 32;
 
-// The driver: per-task scratch (allocated in reserve), tasks over the pool.
+// The driver: scratch per thread (allocated in reserve), tasks over the pool.
 class AmxMatmul {
  public:
   explicit AmxMatmul(AmxQuantizedKernel kernel) : kernel_(kernel) {}
@@ -45,12 +45,12 @@ class AmxMatmul {
   void quantized(ThreadPool& pool, const MatmulArgs& args);
 
  private:
-  AmxScratch scratch(int task);
+  AmxScratch scratch(const ThreadPool& pool);  // the calling thread's
 
   AmxQuantizedKernel kernel_;
   int max_rows_ = 0;
   int max_cols_ = 0;
-  TaskScratch scratch_;
+  ThreadScratch scratch_;
 };
 
 }  // namespace sdar::cpu

@@ -22,7 +22,7 @@ FLAGS=(-std=c++17 -O2 -Wall -Wextra -Werror -I"$ROOT/runtime" -I"$ROOT/runtime/c
   "$CXX" "${FLAGS[@]}" -march=armv8.2-a+dotprod+i8mm -c "$ROOT/runtime/cpu/kernels_i8mm.cpp" -o "$OUT/kernels_i8mm.o") &
 extensions=$!
 (cd "$OUT" && "$CXX" "${FLAGS[@]}" -DSDAR_CPU_HAVE_NEON=1 -DSDAR_CPU_HAVE_DOTPROD=1 -DSDAR_CPU_HAVE_I8MM=1 -c \
-  "$ROOT"/runtime/cpu/{amx,cpu_engine,cpu_features,cpu_model,gemm,gemm_scalar,gemm_neon,kernels_scalar,kernels_neon,mapped_file,matmul,packed_matrix,task_scratch,thread_pool,transformer_ops}.cpp \
+  "$ROOT"/runtime/cpu/{amx,cpu_engine,cpu_features,cpu_model,gemm,gemm_scalar,gemm_neon,kernels_scalar,kernels_neon,mapped_file,matmul,packed_matrix,thread_pool,thread_scratch,transformer_ops}.cpp \
   "$ROOT"/runtime/{engine,model_spec}.cpp "$ROOT"/runtime/tests/test_cpu_{kernels,attention}.cpp)
 wait "$extensions"
 "$CXX" -static $(ls "$OUT"/*.o | grep -v test_cpu_attention.o) -o "$OUT/test_cpu_kernels" -lpthread

@@ -95,20 +95,15 @@ void CpuEngine::bind(const EngineBindings& b) {
   proj_.assign(rows * d.hidden_size, 0.0f);
   gate_up_.assign(rows * 2 * static_cast<std::size_t>(d.intermediate_size), 0.0f);
   act_.assign(rows * d.intermediate_size, 0.0f);
-  // Attention scratch per task (a batch row's kv head, or a range of its tokens: see forward()).
+  // Attention scratch per thread (a thread runs one task at a time, whatever the batch and heads):
+  // attend()'s tile scratch, then its copy of a head's cached rows.
   AttentionShape tile;
   tile.heads = d.num_heads;
   tile.kv_heads = d.num_kv_heads;
   tile.head_dim = D;
-  attention_scratch_stride_ = attention_scratch_floats(tile, b.max_context);
-  const int heads_in_batch = b.batch * d.num_kv_heads;
-  const int most_tiles = (b.ids_capacity + attention_tile_tokens(tile) - 1) / attention_tile_tokens(tile);
-  attention_scratch_.assign(attention_scratch_stride_ * heads_in_batch * attention_ranges(heads_in_batch, most_tiles),
-                            0.0f);
-  // One copy of a head's cached rows per thread (a thread runs one task at a time): 2 x context x
-  // head_dim floats each, where one per task would grow with the batch and the heads.
-  attention_rows_stride_ = attention_rows_floats(tile, b.max_context);
-  attention_rows_.assign(attention_rows_stride_ * pool_.size(), 0.0f);
+  attention_tile_floats_ = attention_scratch_floats(tile, b.max_context);
+  attention_scratch_.reserve((attention_tile_floats_ + attention_rows_floats(tile, b.max_context)) * sizeof(float),
+                             pool_.size());
   matmul_.reserve(static_cast<int>(rows), model_->max_cols());
   // RoPE tables of every position, float32 as the graphs compute them: cos((float)pos * inv_freq).
   const int half = D / 2;
@@ -210,10 +205,10 @@ void CpuEngine::forward_layer(int layer, std::int64_t past_len, int tokens) {
   const auto attend_task = [&](int task) {
     const int head = task / ranges;
     const int range = task % ranges;
+    float* scratch = reinterpret_cast<float*>(attention_scratch_.slot(pool_));
     attend(vec_, shape, head / d.num_kv_heads, head % d.num_kv_heads, tokens * range / ranges,
-           tokens * (range + 1) / ranges, h_.data(), key_cache, value_cache, attn_.data(),
-           attention_scratch_.data() + static_cast<std::size_t>(task) * attention_scratch_stride_,
-           attention_rows_.data() + static_cast<std::size_t>(pool_.slot()) * attention_rows_stride_);
+           tokens * (range + 1) / ranges, h_.data(), key_cache, value_cache, attn_.data(), scratch,
+           scratch + attention_tile_floats_);
   };
   // Only a few microseconds of work stay on this thread (the pool's hand-off would cost more): at the
   // 0.6B shape a block of 4 over 32 cached positions is ~0.6M multiply-adds per layer, and splitting

@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "matmul.h"
 #include "thread_pool.h"
+#include "thread_scratch.h"
 
 namespace sdar::cpu {
 
@@ -81,10 +82,8 @@ class CpuEngine final : public Engine {
   std::vector<float> proj_;    // o / down output [rows][hidden]
   std::vector<float> gate_up_; // [rows][2 intermediate]
   std::vector<float> act_;     // [rows][intermediate]
-  std::vector<float> attention_scratch_;  // per attention task: attention_scratch_stride_ floats
-  std::size_t attention_scratch_stride_ = 0;
-  std::vector<float> attention_rows_;     // per pool slot: attention_rows_stride_ floats (attend()'s rows_copy)
-  std::size_t attention_rows_stride_ = 0;
+  ThreadScratch attention_scratch_;      // per thread: attend()'s scratch, then its rows_copy
+  std::size_t attention_tile_floats_ = 0;  // the scratch part (attention_scratch_floats)
   std::vector<float> cos_;     // [max_context][D / 2]
   std::vector<float> sin_;
   long runs_ = 0;

@@ -72,7 +72,7 @@ using QuantizeKernel = void (*)(const float* x, int rows, int ldx, int cols, int
 // The blocked kernel of quantized weights against many rows of int8 activations (a prompt's
 // prefill), where a table has one: the weights of a strip of a few panels are unpacked once per call
 // into `scratch` (at most kMaxStripPanels * kPanel * round_up(K, 64) bytes, 64-byte aligned, one
-// slot per task) in the layout of the integer dot instruction, and then serve every tile of rows of
+// slot per thread) in the layout of the integer dot instruction, and then serve every tile of rows of
 // x from L1/L2, where the small-M kernels re-decode a panel's codes for every tile of 8 rows.
 // Computes the output columns of panels [panel_begin, panel_end) for every row, with the same bits
 // as the small-M kernels (the integer sums are exact and the float steps per block are every table's).

@@ -46,7 +46,7 @@ int activation_block(const PackedMatrix& w) { return std::min(w.group, 128); }
 
 namespace {
 
-// A task's scratch for the strips kernel (kernels.h): the widest strip's codes for K = cols.
+// A thread's scratch for the strips kernel (kernels.h): the widest strip's codes for K = cols.
 std::size_t strip_bytes(int cols) { return static_cast<std::size_t>(kMaxStripPanels) * kPanel * round_up(cols, 64); }
 
 // The AMX kernel reads the avx512vnni table's activation layout (runs of 64 codes); every AMX CPU has
@@ -122,8 +122,8 @@ void Matmul::operator()(const PackedMatrix& w, const float* x, int rows, int ldx
       amx_.quantized(pool_, args);
     } else {
       strip_scratch_.reserve(strip_bytes(w.cols), pool_.size());  // a no-op once reserve() sized it
-      pool_.parallel_ranges(w.panels(), [&](int task, int begin, int end) {
-        kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(task));
+      pool_.parallel_ranges(w.panels(), [&](int, int begin, int end) {
+        kernels_.quantized_strips(args, begin, end, strip_scratch_.slot(pool_));
       });
     }
     return;

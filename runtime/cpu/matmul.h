@@ -8,8 +8,8 @@
 #include "amx.h"
 #include "gemm.h"
 #include "kernels.h"
-#include "task_scratch.h"
 #include "thread_pool.h"
+#include "thread_scratch.h"
 
 namespace sdar::cpu {
 
@@ -71,7 +71,7 @@ class Matmul {
   std::vector<float> scales_;
   std::vector<float> sums_;
   Gemm gemm_;
-  TaskScratch strip_scratch_;  // the quantized strips kernel's unpacked weights, per task
+  ThreadScratch strip_scratch_;  // the quantized strips kernel's unpacked weights, per thread
   int gemm_min_rows_;
   bool amx_available_;  // this table, build, CPU and OS can run the AMX path
   bool amx_on_;
